@@ -1,0 +1,500 @@
+//! In-process backends: the standalone server's defaults, and what embedders use in
+//! their tests. They are also the reference for what a backend must do.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::{
+    BusError, BusMessage, BusStream, Cache, CacheError, ChannelDefault, ChannelRef, DirectoryApi,
+    DirectoryError, LogEntry, LogError, LogStore, MessageBus,
+};
+
+/// A bus inside one process: every subscriber gets every message.
+///
+/// Each subscriber has a bounded queue; `publish` waits for room (backpressure on the
+/// publisher) rather than dropping, so nothing is lost. Subscribers whose stream was
+/// dropped are forgotten.
+#[derive(Debug)]
+pub struct LocalBus {
+    capacity: usize,
+    subscribers: Mutex<Vec<mpsc::Sender<BusMessage>>>,
+}
+
+impl LocalBus {
+    /// A bus whose subscribers each buffer up to `capacity` messages.
+    pub fn new(capacity: usize) -> LocalBus {
+        LocalBus {
+            capacity: capacity.max(1),
+            subscribers: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Default for LocalBus {
+    fn default() -> Self {
+        LocalBus::new(4096)
+    }
+}
+
+#[async_trait]
+impl MessageBus for LocalBus {
+    async fn publish(&self, message: BusMessage) -> Result<(), BusError> {
+        let subscribers: Vec<_> = {
+            let mut subs = lock(&self.subscribers);
+            subs.retain(|s| !s.is_closed());
+            subs.clone()
+        };
+        for s in subscribers {
+            // A subscriber gone between the snapshot and now is not an error.
+            let _ = s.send(message.clone()).await;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self) -> Result<BusStream, BusError> {
+        let (tx, rx) = mpsc::channel(self.capacity);
+        lock(&self.subscribers).push(tx);
+        Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|m| (m, rx))
+        })))
+    }
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it (the data in
+/// these backends stays consistent at every await-free step).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One station of a [`StaticDirectory`].
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Station {
+    /// Station id; defaults to the part of `login` before the first `.`.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Login (`<station id>.<name>` by convention, e.g. `1.radio1`).
+    pub login: String,
+    /// Passcode.
+    pub passcode: String,
+    /// When not empty, logins are accepted only from these networks (`10.0.0.0/8`,
+    /// `192.0.2.7`, `::1/128`).
+    #[serde(default)]
+    pub allowed_networks: Vec<String>,
+    /// Channel topics (ending with `/`) the station may publish to.
+    #[serde(default)]
+    pub channels: Vec<String>,
+}
+
+impl Station {
+    fn station_id(&self) -> &str {
+        match &self.id {
+            Some(id) => id,
+            None => self.login.split('.').next().unwrap_or(&self.login),
+        }
+    }
+}
+
+/// One channel of a [`StaticDirectory`], with its default slide.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Channel {
+    pub id: String,
+    /// Channel topic, ending with `/`.
+    pub topic: String,
+    #[serde(default)]
+    pub radiotext: Option<String>,
+    #[serde(default)]
+    pub radiolink: Option<String>,
+    #[serde(default)]
+    pub filename: Option<String>,
+    #[serde(default)]
+    pub public_url: Option<String>,
+}
+
+impl Channel {
+    fn default_slide(&self) -> Option<ChannelDefault> {
+        if self.radiotext.is_none() && self.filename.is_none() && self.public_url.is_none() {
+            return None;
+        }
+        Some(ChannelDefault {
+            filename: self.filename.clone(),
+            radiotext: self.radiotext.clone(),
+            radiolink: self.radiolink.clone(),
+            public_url: self.public_url.clone(),
+        })
+    }
+
+    fn has_picture(&self) -> bool {
+        self.filename.is_some() || self.public_url.is_some()
+    }
+}
+
+/// The contents of a directory file (see `examples/directory.toml`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryData {
+    /// ISO country code -> GCC (`ch = "4e1"`).
+    #[serde(default)]
+    pub gcc: HashMap<String, String>,
+    #[serde(default, rename = "station")]
+    pub stations: Vec<Station>,
+    #[serde(default, rename = "channel")]
+    pub channels: Vec<Channel>,
+}
+
+/// Why a directory file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryFileError {
+    #[error("cannot read directory file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid directory file {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// A directory held in memory, loaded from a TOML file or built in code.
+#[derive(Debug, Clone, Default)]
+pub struct StaticDirectory {
+    data: DirectoryData,
+    networks: Vec<Vec<IpNet>>,
+}
+
+impl StaticDirectory {
+    /// A directory with these contents. Fails on an invalid network in
+    /// `allowed_networks`.
+    pub fn new(data: DirectoryData) -> Result<StaticDirectory, String> {
+        let networks = data
+            .stations
+            .iter()
+            .map(|s| {
+                s.allowed_networks
+                    .iter()
+                    .map(|n| IpNet::parse(n).ok_or_else(|| format!("invalid network {n:?}")))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(StaticDirectory { data, networks })
+    }
+
+    /// Parses the TOML text of a directory file.
+    pub fn from_toml(text: &str) -> Result<StaticDirectory, String> {
+        let data: DirectoryData = toml::from_str(text).map_err(|e| e.to_string())?;
+        StaticDirectory::new(data)
+    }
+
+    /// Loads a directory file.
+    pub fn from_file(path: &Path) -> Result<StaticDirectory, DirectoryFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| DirectoryFileError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        StaticDirectory::from_toml(&text).map_err(|message| DirectoryFileError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// The contents.
+    pub fn data(&self) -> &DirectoryData {
+        &self.data
+    }
+}
+
+#[async_trait]
+impl DirectoryApi for StaticDirectory {
+    async fn check_auth(
+        &self,
+        username: &str,
+        password: &str,
+        ip: IpAddr,
+    ) -> Result<bool, DirectoryError> {
+        let ok = self
+            .data
+            .stations
+            .iter()
+            .zip(&self.networks)
+            .any(|(s, nets)| {
+                s.login == username
+                    && s.passcode == password
+                    && (nets.is_empty() || nets.iter().any(|n| n.contains(ip)))
+            });
+        Ok(ok)
+    }
+
+    async fn get_channels(&self, station_id: &str) -> Result<Vec<String>, DirectoryError> {
+        Ok(self
+            .data
+            .stations
+            .iter()
+            .filter(|s| s.station_id() == station_id)
+            .flat_map(|s| s.channels.iter().cloned())
+            .collect())
+    }
+
+    async fn get_gcc(&self, cc: &str) -> Result<Option<String>, DirectoryError> {
+        Ok(self.data.gcc.get(&cc.to_ascii_lowercase()).cloned())
+    }
+
+    async fn get_all_channels(&self) -> Result<Vec<ChannelRef>, DirectoryError> {
+        Ok(self
+            .data
+            .channels
+            .iter()
+            .map(|c| ChannelRef {
+                topic: c.topic.clone(),
+                id: c.id.clone(),
+            })
+            .collect())
+    }
+
+    async fn get_all_vis_channels(&self) -> Result<Vec<ChannelRef>, DirectoryError> {
+        Ok(self
+            .data
+            .channels
+            .iter()
+            .filter(|c| c.has_picture())
+            .map(|c| ChannelRef {
+                topic: c.topic.clone(),
+                id: c.id.clone(),
+            })
+            .collect())
+    }
+
+    async fn get_channel_default(
+        &self,
+        id: &str,
+    ) -> Result<Option<ChannelDefault>, DirectoryError> {
+        Ok(self
+            .data
+            .channels
+            .iter()
+            .find(|c| c.id == id)
+            .and_then(Channel::default_slide))
+    }
+}
+
+/// An IP network (`addr/prefix`), for IP-restricted logins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    fn parse(s: &str) -> Option<IpNet> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (
+                a.trim().parse::<IpAddr>().ok()?,
+                Some(p.trim().parse::<u8>().ok()?),
+            ),
+            None => (s.trim().parse::<IpAddr>().ok()?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(IpNet { addr, prefix })
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A cache in process memory, with TTLs.
+#[derive(Debug, Default)]
+pub struct MemoryCache {
+    entries: Mutex<HashMap<String, (Bytes, Instant)>>,
+}
+
+impl MemoryCache {
+    pub fn new() -> MemoryCache {
+        MemoryCache::default()
+    }
+}
+
+#[async_trait]
+impl Cache for MemoryCache {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+        let mut entries = lock(&self.entries);
+        match entries.get(key) {
+            Some((v, expires)) if *expires > Instant::now() => Ok(Some(v.clone())),
+            Some(_) => {
+                entries.remove(key);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
+        let now = Instant::now();
+        let mut entries = lock(&self.entries);
+        // Keep the map from growing with dead entries.
+        if entries.len() > 10_000 {
+            entries.retain(|_, (_, expires)| *expires > now);
+        }
+        entries.insert(key.to_owned(), (value, now + ttl));
+        Ok(())
+    }
+}
+
+/// A log store in memory that keeps the newest `capacity` entries.
+#[derive(Debug)]
+pub struct MemoryLogStore {
+    capacity: usize,
+    entries: Mutex<std::collections::VecDeque<LogEntry>>,
+}
+
+impl MemoryLogStore {
+    pub fn new(capacity: usize) -> MemoryLogStore {
+        MemoryLogStore {
+            capacity: capacity.max(1),
+            entries: Mutex::new(Default::default()),
+        }
+    }
+
+    /// A copy of the entries, oldest first.
+    pub fn entries(&self) -> Vec<LogEntry> {
+        lock(&self.entries).iter().cloned().collect()
+    }
+}
+
+impl Default for MemoryLogStore {
+    fn default() -> Self {
+        MemoryLogStore::new(10_000)
+    }
+}
+
+#[async_trait]
+impl LogStore for MemoryLogStore {
+    async fn add_log(&self, entry: LogEntry) -> Result<(), LogError> {
+        let mut entries = lock(&self.entries);
+        if entries.len() >= self.capacity {
+            entries.pop_front();
+        }
+        entries.push_back(entry);
+        Ok(())
+    }
+
+    async fn cleanup_logs(&self, max_age: Duration) -> Result<(), LogError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let oldest = now.saturating_sub(max_age.as_secs());
+        lock(&self.entries).retain(|e| e.timestamp >= oldest);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    const DIR: &str = r#"
+        [gcc]
+        ch = "4e1"
+
+        [[station]]
+        login = "1.radio1"
+        passcode = "secret"
+        allowed_networks = ["127.0.0.0/8", "::1"]
+        channels = ["/topic/fm/4e1/4001/09580/"]
+
+        [[channel]]
+        id = "7"
+        topic = "/topic/fm/4e1/4001/09580/"
+        radiotext = "Radio One"
+        filename = "r1.png"
+    "#;
+
+    #[tokio::test]
+    async fn static_directory_answers() {
+        let d = StaticDirectory::from_toml(DIR).expect("valid");
+        let local: IpAddr = "127.0.0.9".parse().expect("ip");
+        let remote: IpAddr = "192.0.2.1".parse().expect("ip");
+        let v6: IpAddr = "::1".parse().expect("ip");
+        assert!(d.check_auth("1.radio1", "secret", local).await.expect("ok"));
+        assert!(d.check_auth("1.radio1", "secret", v6).await.expect("ok"));
+        assert!(!d
+            .check_auth("1.radio1", "secret", remote)
+            .await
+            .expect("ok"));
+        assert!(!d.check_auth("1.radio1", "wrong", local).await.expect("ok"));
+        assert_eq!(
+            d.get_channels("1").await.expect("ok"),
+            vec!["/topic/fm/4e1/4001/09580/".to_string()]
+        );
+        assert!(d.get_channels("2").await.expect("ok").is_empty());
+        assert_eq!(d.get_gcc("CH").await.expect("ok"), Some("4e1".into()));
+        assert_eq!(d.get_gcc("xx").await.expect("ok"), None);
+        assert_eq!(d.get_all_vis_channels().await.expect("ok").len(), 1);
+        let def = d.get_channel_default("7").await.expect("ok").expect("some");
+        assert_eq!(def.radiotext.as_deref(), Some("Radio One"));
+        assert_eq!(d.get_channel_default("8").await.expect("ok"), None);
+    }
+
+    #[test]
+    fn bad_network_is_an_error() {
+        let bad = "[[station]]\nlogin='a'\npasscode='b'\nallowed_networks=['10.0.0.0/40']";
+        assert!(StaticDirectory::from_toml(bad).is_err());
+    }
+
+    #[tokio::test]
+    async fn local_bus_delivers_to_every_subscriber() {
+        let bus = LocalBus::new(8);
+        let mut a = bus.subscribe().await.expect("sub");
+        let mut b = bus.subscribe().await.expect("sub");
+        let m = BusMessage {
+            topic: "/topic/x/text".into(),
+            body: Bytes::from_static(b"TEXT hi"),
+            headers: vec![],
+        };
+        bus.publish(m.clone()).await.expect("publish");
+        assert_eq!(a.next().await, Some(m.clone()));
+        assert_eq!(b.next().await, Some(m));
+    }
+
+    #[tokio::test]
+    async fn memory_cache_expires() {
+        let c = MemoryCache::new();
+        c.set("k", Bytes::from_static(b"v"), Duration::from_millis(30))
+            .await
+            .expect("set");
+        assert_eq!(
+            c.get("k").await.expect("get"),
+            Some(Bytes::from_static(b"v"))
+        );
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(c.get("k").await.expect("get"), None);
+    }
+}

@@ -1,0 +1,260 @@
+//! The contract between the library and the world: four small async traits.
+//!
+//! * [`MessageBus`]: what crosses between server instances (RabbitMQ in production,
+//!   [`memory::LocalBus`] in one process).
+//! * [`DirectoryApi`]: the station directory (PlugIt HTTP API in production,
+//!   [`memory::StaticDirectory`] from a file).
+//! * [`Cache`]: state shared between instances (memcached in production,
+//!   [`memory::MemoryCache`]).
+//! * [`LogStore`]: the message log of the watchdog (PlugIt in production,
+//!   [`memory::MemoryLogStore`]).
+//!
+//! Every method may fail with its layer's typed error; callers treat a failure as
+//! "no answer" and degrade as behaviour.md says (auth refused, empty list, topic not
+//! converted, cache skipped), never panic. Implementations must bound every call in
+//! time (their own timeouts), so that no caller hangs on a dead service.
+//!
+//! With the `mock` feature, each trait has a `mockall` mock (`MockMessageBus`, ...).
+
+pub mod memory;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+/// One message on the bus: the topic it was sent to (as the broadcaster wrote it, CC or
+/// GCC form), the STOMP body, and the forwarded headers (`trigger-time`, `link`,
+/// `message-id`, `when`, ...). The topic is not among the headers; a bus that carries it
+/// as a header (RabbitMQ) adds and removes it itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusMessage {
+    pub topic: String,
+    pub body: Bytes,
+    pub headers: Vec<(String, String)>,
+}
+
+impl BusMessage {
+    /// The value of the first header with this name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Every message published on the bus, in order, for as long as the bus lives. A bus
+/// that reconnects keeps feeding the same stream.
+pub type BusStream = BoxStream<'static, BusMessage>;
+
+/// Errors of the message bus layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    /// The bus cannot take messages now (broker down, reconnecting).
+    #[error("message bus unavailable: {0}")]
+    Unavailable(String),
+    /// The broker refused the message (negative publisher confirm).
+    #[error("message bus rejected the message: {0}")]
+    Rejected(String),
+    /// The bus was shut down.
+    #[error("message bus closed")]
+    Closed,
+}
+
+/// The bus connecting all server instances and the watchdog.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait MessageBus: Send + Sync + 'static {
+    /// Publishes a message to every consumer, this instance included. Returns once the
+    /// bus has taken responsibility for it (a broker's publisher confirm); an error means
+    /// the message was not taken and the publisher must be told.
+    async fn publish(&self, message: BusMessage) -> Result<(), BusError>;
+
+    /// Starts consuming. Each call returns a stream that sees every message published
+    /// after it (and, for a durable queue, those waiting in it).
+    async fn subscribe(&self) -> Result<BusStream, BusError>;
+}
+
+/// Errors of the directory layer. Messages never contain a password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("directory unreachable: {0}")]
+    Unreachable(String),
+    #[error("directory did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("directory answered HTTP {0}")]
+    Status(u16),
+    #[error("directory answer not understood: {0}")]
+    BadAnswer(String),
+}
+
+/// A channel known to the directory: its topic (ending with `/`) and its id (what
+/// [`DirectoryApi::get_channel_default`] takes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelRef {
+    pub topic: String,
+    pub id: String,
+}
+
+/// A channel's default slide, sent by the watchdog when the broadcaster goes quiet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelDefault {
+    /// Image file name, appended to `FB_IMAGE_LOCATIONS` when that is set.
+    #[serde(default)]
+    pub filename: Option<String>,
+    /// Default text (sent as `TEXT <radiotext>`).
+    #[serde(default)]
+    pub radiotext: Option<String>,
+    /// Default link (`link` header).
+    #[serde(default)]
+    pub radiolink: Option<String>,
+    /// Public URL of the image, used when `FB_IMAGE_LOCATIONS` is not set.
+    #[serde(default)]
+    pub public_url: Option<String>,
+}
+
+/// The station directory (behaviour.md §5).
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait DirectoryApi: Send + Sync + 'static {
+    /// Whether `username`/`password` may log in from `ip`. `Ok(false)` for wrong
+    /// credentials; an error when the directory could not answer.
+    async fn check_auth(
+        &self,
+        username: &str,
+        password: &str,
+        ip: IpAddr,
+    ) -> Result<bool, DirectoryError>;
+
+    /// Channel topics (ending with `/`) a station may publish to. Unknown station: empty.
+    async fn get_channels(&self, station_id: &str) -> Result<Vec<String>, DirectoryError>;
+
+    /// The GCC (`4e1`) of an ISO country code (`ch`), `None` when unknown.
+    async fn get_gcc(&self, cc: &str) -> Result<Option<String>, DirectoryError>;
+
+    /// Every channel.
+    async fn get_all_channels(&self) -> Result<Vec<ChannelRef>, DirectoryError>;
+
+    /// Every channel that has a default picture.
+    async fn get_all_vis_channels(&self) -> Result<Vec<ChannelRef>, DirectoryError>;
+
+    /// The default slide of a channel, `None` when it has none.
+    async fn get_channel_default(&self, id: &str)
+        -> Result<Option<ChannelDefault>, DirectoryError>;
+}
+
+/// Errors of the shared cache layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache unavailable: {0}")]
+    Unavailable(String),
+    #[error("cache answer not understood: {0}")]
+    BadAnswer(String),
+}
+
+/// State shared between instances and the watchdog (behaviour.md §6). Values are
+/// opaque bytes; callers store JSON.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait Cache: Send + Sync + 'static {
+    /// The value under `key`, `None` when absent or expired.
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError>;
+
+    /// Stores `value` under `key` for `ttl`.
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError>;
+}
+
+/// One entry of the message log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Normalised (GCC form) topic.
+    pub topic: String,
+    /// The message body as text.
+    pub message: String,
+    /// The message's headers.
+    pub headers: Vec<(String, String)>,
+    /// Unix seconds when the watchdog saw it.
+    pub timestamp: u64,
+}
+
+/// Errors of the log store layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    #[error("log store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where the watchdog keeps the message log.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait LogStore: Send + Sync + 'static {
+    /// Appends one entry.
+    async fn add_log(&self, entry: LogEntry) -> Result<(), LogError>;
+
+    /// Drops entries older than `max_age`.
+    async fn cleanup_logs(&self, max_age: Duration) -> Result<(), LogError>;
+}
+
+#[async_trait]
+impl<T: MessageBus + ?Sized> MessageBus for std::sync::Arc<T> {
+    async fn publish(&self, message: BusMessage) -> Result<(), BusError> {
+        (**self).publish(message).await
+    }
+    async fn subscribe(&self) -> Result<BusStream, BusError> {
+        (**self).subscribe().await
+    }
+}
+
+#[async_trait]
+impl<T: DirectoryApi + ?Sized> DirectoryApi for std::sync::Arc<T> {
+    async fn check_auth(
+        &self,
+        username: &str,
+        password: &str,
+        ip: IpAddr,
+    ) -> Result<bool, DirectoryError> {
+        (**self).check_auth(username, password, ip).await
+    }
+    async fn get_channels(&self, station_id: &str) -> Result<Vec<String>, DirectoryError> {
+        (**self).get_channels(station_id).await
+    }
+    async fn get_gcc(&self, cc: &str) -> Result<Option<String>, DirectoryError> {
+        (**self).get_gcc(cc).await
+    }
+    async fn get_all_channels(&self) -> Result<Vec<ChannelRef>, DirectoryError> {
+        (**self).get_all_channels().await
+    }
+    async fn get_all_vis_channels(&self) -> Result<Vec<ChannelRef>, DirectoryError> {
+        (**self).get_all_vis_channels().await
+    }
+    async fn get_channel_default(
+        &self,
+        id: &str,
+    ) -> Result<Option<ChannelDefault>, DirectoryError> {
+        (**self).get_channel_default(id).await
+    }
+}
+
+#[async_trait]
+impl<T: Cache + ?Sized> Cache for std::sync::Arc<T> {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+        (**self).get(key).await
+    }
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
+        (**self).set(key, value, ttl).await
+    }
+}
+
+#[async_trait]
+impl<T: LogStore + ?Sized> LogStore for std::sync::Arc<T> {
+    async fn add_log(&self, entry: LogEntry) -> Result<(), LogError> {
+        (**self).add_log(entry).await
+    }
+    async fn cleanup_logs(&self, max_age: Duration) -> Result<(), LogError> {
+        (**self).cleanup_logs(max_age).await
+    }
+}

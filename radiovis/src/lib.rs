@@ -1,0 +1,3 @@
+pub mod backend;
+pub mod stomp;
+pub mod topic;
