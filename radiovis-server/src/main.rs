@@ -1,1 +1,131 @@
-fn main() {}
+//! `radiovis-server`: configuration -> backends -> [`StompHub`].
+//!
+//! With no RabbitMQ, PlugIt or memcached configured it runs standalone on the
+//! in-process backends and the directory file (`--directory`).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use radiovis::backend::memory::{LocalBus, MemoryCache, MemoryLogStore, StaticDirectory};
+use radiovis::backend::{Cache, DirectoryApi, LogStore, MessageBus};
+use radiovis::config::{DirectoryArgs, HubArgs, MonitoringArgs, RabbitArgs, StompArgs};
+use radiovis::StompHub;
+use tokio::net::TcpListener;
+
+/// RadioVis STOMP server. Every option can also be set through the environment
+/// variable named in brackets (the names of the original Python server).
+#[derive(Debug, Parser)]
+#[command(name = "radiovis-server", version, about)]
+struct Cli {
+    #[command(flatten)]
+    stomp: StompArgs,
+    #[command(flatten)]
+    rabbit: RabbitArgs,
+    #[command(flatten)]
+    directory: DirectoryArgs,
+    #[command(flatten)]
+    hub: HubArgs,
+    #[command(flatten)]
+    monitoring: MonitoringArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("radiovis-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let hub_config = cli.hub.hub_config(cli.directory.directory_timeout)?;
+
+    let bus: Arc<dyn MessageBus> =
+        if cli.rabbit.rabbitmq_host.is_some() || cli.rabbit.rabbitmq_url.is_some() {
+            return Err(
+                "RABBITMQ_HOST/RABBITMQ_URL set, but this build has no RabbitMQ bus yet".into(),
+            );
+        } else {
+            tracing::info!(backend = "in-process", "message bus");
+            Arc::new(LocalBus::default())
+        };
+    let directory: Arc<dyn DirectoryApi> = if cli.directory.radiodns_api_url.is_some() {
+        return Err("RADIODNS_API_URL set, but this build has no PlugIt directory yet".into());
+    } else {
+        let path = &cli.directory.directory;
+        let dir = if path.exists() {
+            StaticDirectory::from_file(path).map_err(|e| e.to_string())?
+        } else {
+            tracing::warn!(path = %path.display(), "directory file not found: no station can log in, anonymous radios only");
+            StaticDirectory::default()
+        };
+        tracing::info!(backend = "file", path = %path.display(), stations = dir.data().stations.len(), channels = dir.data().channels.len(), "directory");
+        Arc::new(dir)
+    };
+    let cache: Arc<dyn Cache> = if cli.directory.memcached_host.is_some() {
+        return Err("MEMCACHED_HOST set, but this build has no memcached cache yet".into());
+    } else {
+        tracing::info!(backend = "in-process", "shared cache");
+        Arc::new(MemoryCache::new())
+    };
+    let log: Arc<dyn LogStore> = Arc::new(MemoryLogStore::default());
+    if cli.monitoring.monitoring_host.is_some() && cli.monitoring.monitoring_enabled {
+        tracing::warn!("monitoring is not available in this build; MONITORING_* ignored");
+    }
+
+    let mut listeners = Vec::new();
+    for ip in &cli.stomp.stomp_ip {
+        let addr = std::net::SocketAddr::new(*ip, cli.stomp.stomp_port);
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} (STOMP_IP/STOMP_PORT): {e}"))?;
+        listeners.push(l);
+    }
+
+    let hub = StompHub::new(bus, directory, cache, log, hub_config);
+    hub.run(listeners, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

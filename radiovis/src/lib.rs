@@ -1,3 +1,33 @@
+//! # radiovis
+//!
+//! A RadioVis server library: radios subscribe over STOMP to a station's `.../text` and
+//! `.../image` topics and receive `TEXT ...` / `SHOW <url>` messages; broadcasters log in
+//! and publish to their own channels; several instances share a message bus.
+//!
+//! ## Layout (following one message)
+//!
+//! | module | job |
+//! |---|---|
+//! | [`stomp::frame`] | `Frame`, `Command`, `Version`, header escaping per version |
+//! | [`stomp::codec`] | incremental decoder with limits, typed `CodecError` |
+//! | [`topic`] | topic shapes, CC -> GCC normalisation, `*` matching, FM fallback |
+//! | [`session`] | one connection's life: CONNECT -> frames -> close |
+//! | [`hub`] | [`StompHub`]: accept, subscription index, fan-out, last messages |
+//! | [`outbound`] | per-message encoding shared by all subscribers, outbound queue items |
+//! | [`backend`] | the four traits (bus, directory, cache, log store) and in-process backends |
+//!
+//! Data path: socket -> codec -> session (SEND) -> [`MessageBus::publish`] -> every
+//! instance's bus stream -> hub (normalise, remember as last message, encode once) ->
+//! subscription index -> each subscriber's bounded queue -> its session -> socket.
+
 pub mod backend;
+#[cfg(feature = "cli")]
+pub mod config;
+pub mod hub;
+pub mod outbound;
+pub mod session;
 pub mod stomp;
 pub mod topic;
+
+pub use backend::{BusMessage, Cache, DirectoryApi, LogStore, MessageBus};
+pub use hub::{HubConfig, StompHub};

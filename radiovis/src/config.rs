@@ -1,0 +1,402 @@
+//! Configuration of both binaries: the original's environment variables (same names,
+//! same defaults) plus matching command-line flags. A bad value stops start-up with a
+//! message naming the variable (clap prints `invalid value 'x' for '--stomp-port
+//! <STOMP_PORT>'`).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::hub::HubConfig;
+use crate::stomp::Limits;
+
+/// Parses the original's boolean spelling (`True`/`False`) and the usual others.
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        other => Err(format!("{other:?} is not a boolean (True/False)")),
+    }
+}
+
+/// Where the server listens.
+#[derive(Debug, Clone, Args)]
+pub struct StompArgs {
+    /// Addresses to listen on, comma-separated.
+    #[arg(
+        long = "stomp-ip",
+        env = "STOMP_IP",
+        value_name = "STOMP_IP",
+        value_delimiter = ',',
+        default_value = "0.0.0.0"
+    )]
+    pub stomp_ip: Vec<IpAddr>,
+    /// STOMP port.
+    #[arg(
+        long = "stomp-port",
+        env = "STOMP_PORT",
+        value_name = "STOMP_PORT",
+        default_value_t = 61613
+    )]
+    pub stomp_port: u16,
+}
+
+/// RabbitMQ connection (the message bus between instances). Used when `RABBITMQ_HOST`
+/// or `RABBITMQ_URL` is set; otherwise the server runs on an in-process bus.
+#[derive(Debug, Clone, Args)]
+pub struct RabbitArgs {
+    /// RabbitMQ host; setting it selects the RabbitMQ bus (the original: 127.0.0.1).
+    #[arg(
+        long = "rabbitmq-host",
+        env = "RABBITMQ_HOST",
+        value_name = "RABBITMQ_HOST"
+    )]
+    pub rabbitmq_host: Option<String>,
+    /// Full AMQP URL (amqp://user:pass@host:port/vhost), instead of the parts.
+    #[arg(
+        long = "rabbitmq-url",
+        env = "RABBITMQ_URL",
+        value_name = "RABBITMQ_URL",
+        hide_env_values = true
+    )]
+    pub rabbitmq_url: Option<String>,
+    /// RabbitMQ port.
+    #[arg(
+        long = "rabbitmq-port",
+        env = "RABBITMQ_PORT",
+        value_name = "RABBITMQ_PORT",
+        default_value_t = 5672
+    )]
+    pub rabbitmq_port: u16,
+    /// RabbitMQ user.
+    #[arg(
+        long = "rabbitmq-user",
+        env = "RABBITMQ_USER",
+        value_name = "RABBITMQ_USER",
+        default_value = "guest"
+    )]
+    pub rabbitmq_user: String,
+    /// RabbitMQ password.
+    #[arg(
+        long = "rabbitmq-password",
+        env = "RABBITMQ_PASSWORD",
+        value_name = "RABBITMQ_PASSWORD",
+        default_value = "guest",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub rabbitmq_password: String,
+    /// RabbitMQ virtual host.
+    #[arg(
+        long = "rabbitmq-vhost",
+        env = "RABBITMQ_VHOST",
+        value_name = "RABBITMQ_VHOST",
+        default_value = "/"
+    )]
+    pub rabbitmq_vhost: String,
+    /// Fanout exchange shared by all instances.
+    #[arg(
+        long = "rabbitmq-exchange",
+        env = "RABBITMQ_EXCHANGE",
+        value_name = "RABBITMQ_EXCHANGE",
+        default_value = "amq.fanout"
+    )]
+    pub rabbitmq_exchange: String,
+    /// Verbose logging of the bus module (True/False).
+    #[arg(long = "rabbitmq-debug", env = "RABBITMQ_DEBUG", value_name = "RABBITMQ_DEBUG", default_value = "False", value_parser = parse_bool)]
+    pub rabbitmq_debug: bool,
+}
+
+/// Directory (PlugIt API) and shared cache (memcached).
+#[derive(Debug, Clone, Args)]
+pub struct DirectoryArgs {
+    /// PlugIt API base URL (ends with /); setting it selects the PlugIt directory.
+    #[arg(
+        long = "radiodns-api-url",
+        env = "RADIODNS_API_URL",
+        value_name = "RADIODNS_API_URL"
+    )]
+    pub radiodns_api_url: Option<String>,
+    /// Directory file (TOML) for standalone use when no PlugIt URL is set.
+    #[arg(
+        long = "directory",
+        env = "RADIOVIS_DIRECTORY",
+        value_name = "RADIOVIS_DIRECTORY",
+        default_value = "examples/directory.toml"
+    )]
+    pub directory: PathBuf,
+    /// memcached host or host:port; setting it selects memcached as shared cache.
+    #[arg(
+        long = "memcached-host",
+        env = "MEMCACHED_HOST",
+        value_name = "MEMCACHED_HOST"
+    )]
+    pub memcached_host: Option<String>,
+    /// Timeout of each directory call, in seconds.
+    #[arg(
+        long = "directory-timeout",
+        env = "RADIOVIS_DIRECTORY_TIMEOUT",
+        value_name = "RADIOVIS_DIRECTORY_TIMEOUT",
+        default_value_t = 5.0
+    )]
+    pub directory_timeout: f64,
+}
+
+/// Limits and tunables of the hub (beyond the original).
+#[derive(Debug, Clone, Args)]
+pub struct HubArgs {
+    /// Largest frame accepted, in bytes.
+    #[arg(long, env = "RADIOVIS_MAX_FRAME_SIZE", value_name = "RADIOVIS_MAX_FRAME_SIZE", default_value_t = Limits::default().max_frame_size)]
+    pub max_frame_size: usize,
+    /// Most headers per frame.
+    #[arg(long, env = "RADIOVIS_MAX_HEADERS", value_name = "RADIOVIS_MAX_HEADERS", default_value_t = Limits::default().max_headers)]
+    pub max_headers: usize,
+    /// Longest header line, in bytes.
+    #[arg(long, env = "RADIOVIS_MAX_HEADER_LINE", value_name = "RADIOVIS_MAX_HEADER_LINE", default_value_t = Limits::default().max_header_line)]
+    pub max_header_line: usize,
+    /// Messages queued per connection before it is dropped as a slow consumer.
+    #[arg(
+        long,
+        env = "RADIOVIS_OUTBOUND_QUEUE",
+        value_name = "RADIOVIS_OUTBOUND_QUEUE",
+        default_value_t = 250
+    )]
+    pub outbound_queue: usize,
+    /// Seconds a new connection has to send CONNECT.
+    #[arg(
+        long,
+        env = "RADIOVIS_CONNECT_TIMEOUT",
+        value_name = "RADIOVIS_CONNECT_TIMEOUT",
+        default_value_t = 10.0
+    )]
+    pub connect_timeout: f64,
+    /// Most simultaneous connections.
+    #[arg(
+        long,
+        env = "RADIOVIS_MAX_CONNECTIONS",
+        value_name = "RADIOVIS_MAX_CONNECTIONS",
+        default_value_t = 100_000
+    )]
+    pub max_connections: usize,
+    /// Most subscriptions per session.
+    #[arg(
+        long,
+        env = "RADIOVIS_MAX_SUBSCRIPTIONS",
+        value_name = "RADIOVIS_MAX_SUBSCRIPTIONS",
+        default_value_t = 128
+    )]
+    pub max_subscriptions: usize,
+    /// Heart-beat interval offered to STOMP 1.1/1.2 clients, in milliseconds (0: off).
+    #[arg(
+        long,
+        env = "RADIOVIS_HEARTBEAT_MS",
+        value_name = "RADIOVIS_HEARTBEAT_MS",
+        default_value_t = 10_000
+    )]
+    pub heartbeat_ms: u64,
+}
+
+fn secs(name: &str, v: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(v)
+        .map_err(|_| format!("{name}: {v} is not a valid number of seconds"))
+}
+
+impl HubArgs {
+    /// The hub configuration these arguments describe.
+    pub fn hub_config(&self, directory_timeout: f64) -> Result<HubConfig, String> {
+        if self.outbound_queue == 0 {
+            return Err("RADIOVIS_OUTBOUND_QUEUE must be at least 1".into());
+        }
+        if self.max_connections == 0 {
+            return Err("RADIOVIS_MAX_CONNECTIONS must be at least 1".into());
+        }
+        let hb = Duration::from_millis(self.heartbeat_ms);
+        Ok(HubConfig {
+            limits: Limits {
+                max_frame_size: self.max_frame_size,
+                max_headers: self.max_headers,
+                max_header_line: self.max_header_line,
+            },
+            outbound_queue: self.outbound_queue,
+            connect_timeout: secs("RADIOVIS_CONNECT_TIMEOUT", self.connect_timeout)?,
+            max_connections: self.max_connections,
+            max_subscriptions: self.max_subscriptions,
+            heartbeat: (hb, hb),
+            // The hub's own guard sits above the backend's timeout.
+            directory_timeout: secs("RADIOVIS_DIRECTORY_TIMEOUT", directory_timeout)? * 2,
+            ..HubConfig::default()
+        })
+    }
+}
+
+/// Monitoring (events to a RabbitMQ exchange).
+#[derive(Debug, Clone, Args)]
+pub struct MonitoringArgs {
+    /// Publish monitoring events (True/False). Off in standalone mode unless
+    /// MONITORING_HOST is set.
+    #[arg(long = "monitoring-enabled", env = "MONITORING_ENABLED", value_name = "MONITORING_ENABLED", default_value = "True", value_parser = parse_bool)]
+    pub monitoring_enabled: bool,
+    /// Monitoring RabbitMQ host (the original: 127.0.0.1).
+    #[arg(
+        long = "monitoring-host",
+        env = "MONITORING_HOST",
+        value_name = "MONITORING_HOST"
+    )]
+    pub monitoring_host: Option<String>,
+    #[arg(
+        long = "monitoring-port",
+        env = "MONITORING_PORT",
+        value_name = "MONITORING_PORT",
+        default_value_t = 5672
+    )]
+    pub monitoring_port: u16,
+    #[arg(
+        long = "monitoring-user",
+        env = "MONITORING_USER",
+        value_name = "MONITORING_USER",
+        default_value = "guest"
+    )]
+    pub monitoring_user: String,
+    #[arg(
+        long = "monitoring-password",
+        env = "MONITORING_PASSWORD",
+        value_name = "MONITORING_PASSWORD",
+        default_value = "guest",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub monitoring_password: String,
+    #[arg(
+        long = "monitoring-vhost",
+        env = "MONITORING_VHOST",
+        value_name = "MONITORING_VHOST",
+        default_value = "/"
+    )]
+    pub monitoring_vhost: String,
+    #[arg(long = "monitoring-debug", env = "MONITORING_DEBUG", value_name = "MONITORING_DEBUG", default_value = "True", value_parser = parse_bool)]
+    pub monitoring_debug: bool,
+    #[arg(
+        long = "monitoring-exchange",
+        env = "MONITORING_EXCHANGE",
+        value_name = "MONITORING_EXCHANGE",
+        default_value = "monitoring.buffer"
+    )]
+    pub monitoring_exchange: String,
+    #[arg(
+        long = "monitoring-queue",
+        env = "MONITORING_QUEUE",
+        value_name = "MONITORING_QUEUE",
+        default_value = "radiovis"
+    )]
+    pub monitoring_queue: String,
+    /// Server ids put in every event, comma-separated.
+    #[arg(
+        long = "monitoring-server-id",
+        env = "MONITORING_SERVER_ID",
+        value_name = "MONITORING_SERVER_ID",
+        value_delimiter = ',',
+        default_value = "rabbit@radiodnsrabbitmq"
+    )]
+    pub monitoring_server_id: Vec<String>,
+}
+
+/// The fallback watchdog's timings (seconds) and queue.
+#[derive(Debug, Clone, Args)]
+pub struct FallbackArgs {
+    /// Seconds the channel list is cached.
+    #[arg(
+        long = "fb-channel-cache",
+        env = "FB_CHANNEL_CACHE",
+        value_name = "FB_CHANNEL_CACHE",
+        default_value_t = 60
+    )]
+    pub fb_channel_cache: u64,
+    /// Durable queue the watchdog consumes.
+    #[arg(
+        long = "fb-queue",
+        env = "FB_QUEUE",
+        value_name = "FB_QUEUE",
+        default_value = "fallbacklogs"
+    )]
+    pub fb_queue: String,
+    /// Seconds between checks for quiet channels.
+    #[arg(
+        long = "fb-fallback-check",
+        env = "FB_FALLBACK_CHECK",
+        value_name = "FB_FALLBACK_CHECK",
+        default_value_t = 15
+    )]
+    pub fb_fallback_check: u64,
+    /// Seconds without a message before a channel gets its default.
+    #[arg(
+        long = "fb-fallback-time",
+        env = "FB_FALLBACK_TIME",
+        value_name = "FB_FALLBACK_TIME",
+        default_value_t = 60
+    )]
+    pub fb_fallback_time: u64,
+    /// Base URL of default images (empty: use the channel's public_url).
+    #[arg(
+        long = "fb-image-locations",
+        env = "FB_IMAGE_LOCATIONS",
+        value_name = "FB_IMAGE_LOCATIONS",
+        default_value = ""
+    )]
+    pub fb_image_locations: String,
+    /// Seconds a log entry is kept.
+    #[arg(
+        long = "fb-logs-max-age",
+        env = "FB_LOGS_MAX_AGE",
+        value_name = "FB_LOGS_MAX_AGE",
+        default_value_t = 86_400
+    )]
+    pub fb_logs_max_age: u64,
+    /// Seconds between log cleanups.
+    #[arg(
+        long = "fb-logs-cleanup",
+        env = "FB_LOGS_CLEANUP",
+        value_name = "FB_LOGS_CLEANUP",
+        default_value_t = 3_600
+    )]
+    pub fb_logs_cleanup: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        stomp: StompArgs,
+        #[command(flatten)]
+        hub: HubArgs,
+        #[command(flatten)]
+        rabbit: RabbitArgs,
+    }
+
+    #[test]
+    fn defaults_and_lists() {
+        let cli = Cli::try_parse_from(["x", "--stomp-ip", "127.0.0.1,::1"]).expect("valid");
+        assert_eq!(cli.stomp.stomp_ip.len(), 2);
+        assert_eq!(cli.stomp.stomp_port, 61613);
+        assert_eq!(cli.rabbit.rabbitmq_exchange, "amq.fanout");
+        assert!(cli.hub.hub_config(5.0).is_ok());
+    }
+
+    #[test]
+    fn bad_port_names_the_variable() {
+        let err = Cli::try_parse_from(["x", "--stomp-port", "abc"]).expect_err("invalid");
+        assert!(err.to_string().contains("STOMP_PORT"), "{err}");
+    }
+
+    #[test]
+    fn python_booleans() {
+        assert_eq!(parse_bool("True"), Ok(true));
+        assert_eq!(parse_bool("False"), Ok(false));
+        assert!(parse_bool("maybe").is_err());
+    }
+}

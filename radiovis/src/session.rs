@@ -1,0 +1,708 @@
+//! One STOMP connection's life: CONNECT (version, credentials, heart-beats) -> loop over
+//! { client frame | queued MESSAGE | heart-beat due } -> close.
+//!
+//! The session is a single task that owns both halves of its socket. It reads only when
+//! the socket is readable (no read buffer is held by an idle connection), writes its
+//! own replies (CONNECTED, RECEIPT, ERROR, replayed last message) directly, and drains
+//! its bounded outbound queue, coalescing queued MESSAGE frames into one write. The hub
+//! cancels `kill` when the queue overflows: the session then closes at once, even in
+//! the middle of a blocked write.
+//!
+//! Version rules (behaviour.md §3): in a 1.0 session a `receipt` is answered before the
+//! frame takes effect and an ERROR leaves the connection open; in 1.1/1.2 the RECEIPT
+//! follows success, and a failing frame gets an ERROR (carrying `receipt-id`) and the
+//! connection closes.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::backend::{BusError, BusMessage, Cache, DirectoryApi, LogStore, MessageBus};
+use crate::hub::{IndexKey, Shared, SubEntry};
+use crate::outbound::{encode_head, Outbound, OutboundRx, OutboundTx};
+use crate::stomp::{CodecError, Command, Decoder, Frame, Version};
+use crate::topic::{self, TopicError};
+
+/// Why a session ended (logged when it closes).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("client closed the connection")]
+    PeerClosed,
+    #[error("client disconnected")]
+    Disconnected,
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol error: {0}")]
+    Codec(#[from] CodecError),
+    #[error("no CONNECT within {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("CONNECT refused: {0}")]
+    ConnectRefused(String),
+    #[error("no heart-beat from client within {0:?}")]
+    HeartbeatTimeout(Duration),
+    #[error("slow consumer: outbound queue full")]
+    SlowConsumer,
+    #[error("server shutting down")]
+    Shutdown,
+    #[error("closed after ERROR: {0}")]
+    FrameFailed(String),
+}
+
+/// Why one frame was refused; the Display text is the ERROR's `message` header.
+#[derive(Debug, thiserror::Error)]
+enum FrameError {
+    #[error("I need a destination")]
+    NoDestination,
+    #[error("{0}")]
+    BadDestination(#[from] TopicError),
+    #[error("too many subscriptions: limit is {0} per session")]
+    TooManySubscriptions(usize),
+    #[error("UNSUBSCRIBE needs an id or a destination")]
+    NoIdOrDestination,
+    #[error("unknown subscription id {0:?}")]
+    UnknownId(String),
+    #[error("not subscribed to {0:?}")]
+    NotSubscribed(String),
+    #[error("You cannot do that.")]
+    NotAuthenticated,
+    #[error("You cannot do that. (no rights on {0:?})")]
+    NotAllowed(String),
+    #[error("cannot check channel rights: directory unavailable")]
+    DirectoryUnavailable,
+    #[error("message not sent: {0}")]
+    Bus(#[from] BusError),
+}
+
+/// What to do after a frame.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// One subscription as the session knows it.
+struct SubRecord {
+    sub: u64,
+    key: IndexKey,
+    destination: String,
+}
+
+/// Runs a session to its end and cleans up after it.
+pub(crate) async fn run<B, D, C, L>(
+    shared: Arc<Shared<B, D, C, L>>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) where
+    B: MessageBus,
+    D: DirectoryApi,
+    C: Cache,
+    L: LogStore,
+{
+    let conn = shared.next_id();
+    let span = tracing::info_span!("session", %peer, conn);
+    shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+    async {
+        let (reader, writer) = stream.split();
+        let (tx, rx) = mpsc::channel(shared.config.outbound_queue.max(1));
+        let mut session = Session {
+            decoder: Decoder::new(shared.config.limits),
+            shared: shared.clone(),
+            reader,
+            writer,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            version: Version::V1_0,
+            peer,
+            conn,
+            station: None,
+            subs: HashMap::new(),
+            tx,
+            rx,
+            kill: CancellationToken::new(),
+            hb_send: None,
+            hb_recv: None,
+            last_read: Instant::now(),
+            last_write: Instant::now(),
+        };
+        let reason = session.run().await;
+        session.unsubscribe_all();
+        match &reason {
+            SessionError::PeerClosed | SessionError::Disconnected | SessionError::Shutdown => {
+                tracing::info!(reason = %reason, "session closed")
+            }
+            _ => tracing::warn!(reason = %reason, "session closed"),
+        }
+    }
+    .instrument(span)
+    .await;
+    shared.stats.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+struct Session<'a, B, D, C, L> {
+    shared: Arc<Shared<B, D, C, L>>,
+    reader: ReadHalf<'a>,
+    writer: WriteHalf<'a>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    decoder: Decoder,
+    version: Version,
+    peer: SocketAddr,
+    conn: u64,
+    /// Station id when logged in as a broadcaster.
+    station: Option<String>,
+    /// Subscriptions by id (or by destination when the client gave no id).
+    subs: HashMap<String, SubRecord>,
+    tx: OutboundTx,
+    rx: OutboundRx,
+    kill: CancellationToken,
+    /// Heart-beat intervals negotiated with a 1.1/1.2 client.
+    hb_send: Option<Duration>,
+    hb_recv: Option<Duration>,
+    last_read: Instant,
+    last_write: Instant,
+}
+
+/// Largest chunk written at once when draining the queue.
+const WRITE_BATCH: usize = 64 * 1024;
+
+impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Session<'_, B, D, C, L> {
+    async fn run(&mut self) -> SessionError {
+        match self.connect_phase().await {
+            Ok(()) => {}
+            Err(e) => return e,
+        }
+        match self.main_loop().await {
+            Ok(()) => SessionError::Disconnected,
+            Err(e) => e,
+        }
+    }
+
+    /// Waits for CONNECT (bounded in time) and answers it.
+    async fn connect_phase(&mut self) -> Result<(), SessionError> {
+        let limit = self.shared.config.connect_timeout;
+        let shutdown = self.shared.shutdown.clone();
+        let first = tokio::select! {
+            r = tokio::time::timeout(limit, self.read_frame()) => r,
+            _ = shutdown.cancelled() => return Err(SessionError::Shutdown),
+        };
+        let frame = match first {
+            Err(_) => {
+                let msg = format!(
+                    "timed out waiting for CONNECT: limit is {} s",
+                    limit.as_secs_f64()
+                );
+                self.write_frame(&Frame::error(msg)).await?;
+                return Err(SessionError::ConnectTimeout(limit));
+            }
+            Ok(Err(SessionError::Codec(e))) => {
+                self.write_frame(&Frame::error(e.to_string())).await?;
+                return Err(e.into());
+            }
+            Ok(r) => r?,
+        };
+        if !matches!(frame.command, Command::Connect | Command::Stomp) {
+            tracing::warn!(
+                command = frame.command.as_str(),
+                "first frame is not CONNECT"
+            );
+            self.write_frame(&Frame::error("Expected CONNECT")).await?;
+            return Err(SessionError::ConnectRefused(format!(
+                "{} instead of CONNECT",
+                frame.command.as_str()
+            )));
+        }
+
+        let Some(version) = Version::negotiate(frame.get("accept-version")) else {
+            let err = Frame::error("Supported protocol versions are 1.0,1.1,1.2")
+                .header("version", "1.0,1.1,1.2");
+            self.write_frame(&err).await?;
+            return Err(SessionError::ConnectRefused(
+                "no common protocol version".into(),
+            ));
+        };
+        self.version = version;
+        self.decoder.set_version(version);
+
+        let login = frame.get("login").unwrap_or("").trim();
+        let passcode = frame.get("passcode").unwrap_or("").trim();
+        if !login.is_empty() || !passcode.is_empty() {
+            let ip = canonical_ip(self.peer.ip());
+            let check = tokio::time::timeout(
+                self.shared.config.directory_timeout,
+                self.shared.directory.check_auth(login, passcode, ip),
+            )
+            .await;
+            match check {
+                Ok(Ok(true)) => {
+                    let station = login.split('.').next().unwrap_or(login).to_owned();
+                    tracing::info!(login, station = %station, "logged in as a station");
+                    self.station = Some(station);
+                }
+                Ok(Ok(false)) => {
+                    tracing::warn!(login, "wrong credentials");
+                    self.write_frame(&Frame::error("Wrong credentials")).await?;
+                    return Err(SessionError::ConnectRefused("wrong credentials".into()));
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(login, error = %e, "cannot check credentials");
+                    self.write_frame(&Frame::error(
+                        "Cannot check credentials: directory unavailable",
+                    ))
+                    .await?;
+                    return Err(SessionError::ConnectRefused(e.to_string()));
+                }
+                Err(_) => {
+                    tracing::warn!(login, "directory timed out checking credentials");
+                    self.write_frame(&Frame::error(
+                        "Cannot check credentials: directory unavailable",
+                    ))
+                    .await?;
+                    return Err(SessionError::ConnectRefused("directory timeout".into()));
+                }
+            }
+        }
+
+        let session_id = uuid::Uuid::new_v4().to_string();
+        let mut connected = Frame::new(Command::Connected);
+        if version != Version::V1_0 {
+            let (sx, sy) = self.shared.config.heartbeat;
+            let (cx, cy) = parse_heartbeat(frame.get("heart-beat"));
+            self.hb_send = negotiate_interval(sx, cy);
+            self.hb_recv = negotiate_interval(sy, cx);
+            connected = connected
+                .header("version", version.as_str())
+                .header(
+                    "heart-beat",
+                    format!("{},{}", sx.as_millis(), sy.as_millis()),
+                )
+                .header("server", self.shared.config.server_name.clone());
+        }
+        if let Some(r) = frame.get("request-id").filter(|v| !v.is_empty()) {
+            connected = connected.header("response-id", r);
+        }
+        if let Some(r) = frame.get("receipt").filter(|v| !v.is_empty()) {
+            connected = connected.header("receipt-id", r);
+        }
+        connected = connected.header("session", session_id.clone());
+        self.write_frame(&connected).await?;
+        tracing::info!(
+            session = %session_id,
+            version = version.as_str(),
+            anonymous = self.station.is_none(),
+            heartbeat_send = ?self.hb_send,
+            heartbeat_recv = ?self.hb_recv,
+            "connected"
+        );
+        Ok(())
+    }
+
+    async fn main_loop(&mut self) -> Result<(), SessionError> {
+        let kill = self.kill.clone();
+        let shutdown = self.shared.shutdown.clone();
+        loop {
+            while let Some(frame) = self.decoder.decode(&mut self.rbuf)? {
+                if self.handle(frame).await? == Flow::Close {
+                    return Ok(());
+                }
+            }
+            if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+                // Idle connections hold no read buffer.
+                self.rbuf = BytesMut::new();
+            }
+            let send_at = self.hb_send.map(|d| self.last_write + d);
+            let recv_deadline = self.hb_recv.map(|d| self.last_read + d + d / 2);
+            tokio::select! {
+                biased;
+                _ = kill.cancelled() => return Err(SessionError::SlowConsumer),
+                _ = shutdown.cancelled() => {
+                    self.flush_queue_on_shutdown().await;
+                    return Err(SessionError::Shutdown);
+                }
+                Some(item) = self.rx.recv() => self.write_messages(item).await?,
+                r = self.reader.readable() => {
+                    r?;
+                    self.read_some()?;
+                }
+                _ = sleep_until_opt(send_at), if send_at.is_some() => {
+                    self.write_raw(b"\n").await?;
+                }
+                _ = sleep_until_opt(recv_deadline), if recv_deadline.is_some() => {
+                    let d = self.hb_recv.unwrap_or_default();
+                    return Err(SessionError::HeartbeatTimeout(d + d / 2));
+                }
+            }
+        }
+    }
+
+    /// Reads what the socket has (it reported readable). EOF ends the session.
+    fn read_some(&mut self) -> Result<(), SessionError> {
+        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+            self.rbuf.reserve(4096);
+        }
+        match self.reader.try_read_buf(&mut self.rbuf) {
+            Ok(0) => Err(SessionError::PeerClosed),
+            Ok(_) => {
+                self.last_read = Instant::now();
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads until one whole frame is buffered (used before CONNECT).
+    async fn read_frame(&mut self) -> Result<Frame, SessionError> {
+        loop {
+            if let Some(f) = self.decoder.decode(&mut self.rbuf)? {
+                return Ok(f);
+            }
+            self.reader.readable().await?;
+            self.read_some()?;
+        }
+    }
+
+    async fn handle(&mut self, frame: Frame) -> Result<Flow, SessionError> {
+        tracing::debug!(
+            command = frame.command.as_str(),
+            headers = frame.headers.len(),
+            "frame"
+        );
+        let receipt = frame
+            .get("receipt")
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned);
+        let v10 = self.version == Version::V1_0;
+        if v10 {
+            if let Some(r) = &receipt {
+                self.write_frame(&Frame::new(Command::Receipt).header("receipt-id", r.clone()))
+                    .await?;
+            }
+        }
+        let result = match frame.command {
+            Command::Disconnect => Ok(Flow::Close),
+            Command::Subscribe => self.subscribe(&frame).await,
+            Command::Unsubscribe => self.unsubscribe(&frame),
+            Command::Send => self.send(frame).await,
+            _ => {
+                tracing::debug!("frame ignored");
+                Ok(Flow::Continue)
+            }
+        };
+        match result {
+            Ok(flow) => {
+                if !v10 {
+                    if let Some(r) = receipt {
+                        self.write_frame(&Frame::new(Command::Receipt).header("receipt-id", r))
+                            .await?;
+                    }
+                }
+                Ok(flow)
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tracing::warn!(error = %message, "frame refused");
+                let mut err = Frame::error(message.clone());
+                if !v10 {
+                    if let Some(r) = receipt {
+                        err = err.header("receipt-id", r);
+                    }
+                }
+                self.write_frame(&err).await?;
+                if v10 {
+                    Ok(Flow::Continue)
+                } else {
+                    Err(SessionError::FrameFailed(message))
+                }
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, frame: &Frame) -> Result<Flow, FrameError> {
+        let destination = frame
+            .get("destination")
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .ok_or(FrameError::NoDestination)?
+            .to_owned();
+        if topic::is_fm(&destination) {
+            topic::check_shape(&destination)?;
+        }
+        let id = frame.get("id").filter(|i| !i.is_empty()).map(str::to_owned);
+        let key = id.clone().unwrap_or_else(|| destination.clone());
+        let max = self.shared.config.max_subscriptions;
+        if !self.subs.contains_key(&key) && self.subs.len() >= max {
+            return Err(FrameError::TooManySubscriptions(max));
+        }
+        if let Some(old) = self.subs.remove(&key) {
+            self.shared
+                .remove_subscription(&old.key, (self.conn, old.sub));
+        }
+        let index_key = self.shared.index_key_for(&destination).await;
+        // 1.1/1.2 MESSAGE frames must name their subscription; use the destination when
+        // the client gave no id.
+        let sub_header = match (self.version, &id) {
+            (Version::V1_0, id) => id.as_deref(),
+            (_, Some(id)) => Some(id.as_str()),
+            (_, None) => Some(destination.as_str()),
+        };
+        let head = encode_head(&destination, sub_header, self.version);
+        let sub = self.shared.next_id();
+        self.shared.add_subscription(
+            &index_key,
+            (self.conn, sub),
+            SubEntry {
+                head: head.clone(),
+                version: self.version,
+                tx: self.tx.clone(),
+                kill: self.kill.clone(),
+            },
+        );
+        tracing::debug!(%destination, id = ?id, key = ?index_key, "subscribed");
+        let replay = frame.get("x-ebu-nofastreply") != Some("yes");
+        let last = replay.then(|| self.shared.last_for(&index_key)).flatten();
+        self.subs.insert(
+            key,
+            SubRecord {
+                sub,
+                key: index_key,
+                destination,
+            },
+        );
+        if let Some(last) = last {
+            let item = Outbound {
+                head,
+                tail: last.tail(self.version),
+            };
+            // A failed write surfaces on the next read or write of the main loop.
+            if let Err(e) = self.write_messages(item).await {
+                tracing::debug!(error = %e, "replay not written");
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn unsubscribe(&mut self, frame: &Frame) -> Result<Flow, FrameError> {
+        let id = frame.get("id").filter(|i| !i.is_empty());
+        let destination = frame
+            .get("destination")
+            .map(str::trim)
+            .filter(|d| !d.is_empty());
+        let key = match (id, destination) {
+            (Some(id), _) => {
+                if !self.subs.contains_key(id) {
+                    return Err(FrameError::UnknownId(id.to_owned()));
+                }
+                id.to_owned()
+            }
+            (None, Some(d)) => self
+                .subs
+                .iter()
+                .find(|(_, r)| r.destination == d)
+                .map(|(k, _)| k.clone())
+                .ok_or_else(|| FrameError::NotSubscribed(d.to_owned()))?,
+            (None, None) => return Err(FrameError::NoIdOrDestination),
+        };
+        if let Some(record) = self.subs.remove(&key) {
+            self.shared
+                .remove_subscription(&record.key, (self.conn, record.sub));
+            tracing::debug!(destination = %record.destination, "unsubscribed");
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn send(&mut self, frame: Frame) -> Result<Flow, FrameError> {
+        let Some(station) = self.station.clone() else {
+            return Err(FrameError::NotAuthenticated);
+        };
+        let destination = frame
+            .get("destination")
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .ok_or(FrameError::NoDestination)?;
+        let channels = self.shared.station_channels(&station).await.map_err(|e| {
+            tracing::warn!(error = %e, "cannot load station channels");
+            FrameError::DirectoryUnavailable
+        })?;
+        let targets: Vec<String> = match destination.strip_prefix("/topic/*/") {
+            Some(rest) => channels
+                .iter()
+                .map(|c| {
+                    let sep = if c.raw.ends_with('/') { "" } else { "/" };
+                    format!("{}{sep}{rest}", c.raw)
+                })
+                .collect(),
+            None => {
+                let normalised = self.shared.normaliser.normalise(destination).await;
+                if !channels
+                    .iter()
+                    .any(|c| normalised.starts_with(&c.normalised))
+                {
+                    return Err(FrameError::NotAllowed(destination.to_owned()));
+                }
+                vec![destination.to_owned()]
+            }
+        };
+        let mut headers = Vec::with_capacity(4);
+        for name in ["trigger-time", "link"] {
+            if let Some(v) = frame.get(name).filter(|v| !v.is_empty()) {
+                headers.push((name.to_owned(), v.to_owned()));
+            }
+        }
+        let message_id = frame
+            .get("message-id")
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        headers.push(("message-id".to_owned(), message_id));
+        headers.push(("when".to_owned(), unix_now().to_string()));
+        for topic in targets {
+            tracing::debug!(%topic, bytes = frame.body.len(), "publishing");
+            self.shared
+                .bus
+                .publish(BusMessage {
+                    topic,
+                    body: frame.body.clone(),
+                    headers: headers.clone(),
+                })
+                .await?;
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn unsubscribe_all(&mut self) {
+        for (_, record) in self.subs.drain() {
+            self.shared
+                .remove_subscription(&record.key, (self.conn, record.sub));
+        }
+    }
+
+    /// Writes one queued MESSAGE and whatever else is queued, in one write.
+    async fn write_messages(&mut self, first: Outbound) -> Result<(), SessionError> {
+        self.wbuf.extend_from_slice(&first.head);
+        self.wbuf.extend_from_slice(&first.tail);
+        while self.wbuf.len() < WRITE_BATCH {
+            match self.rx.try_recv() {
+                Ok(item) => {
+                    self.wbuf.extend_from_slice(&item.head);
+                    self.wbuf.extend_from_slice(&item.tail);
+                }
+                Err(_) => break,
+            }
+        }
+        self.flush_wbuf().await
+    }
+
+    async fn write_frame(&mut self, frame: &Frame) -> Result<(), SessionError> {
+        frame.encode(self.version, &mut self.wbuf);
+        self.flush_wbuf().await
+    }
+
+    async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
+        self.wbuf.extend_from_slice(bytes);
+        self.flush_wbuf().await
+    }
+
+    /// Writes the write buffer out; abandons the write when the hub declares this
+    /// connection a slow consumer or the server shuts down.
+    async fn flush_wbuf(&mut self) -> Result<(), SessionError> {
+        let result = tokio::select! {
+            r = self.writer.write_all(&self.wbuf) => r.map_err(SessionError::from),
+            _ = self.kill.cancelled() => Err(SessionError::SlowConsumer),
+            _ = self.shared.shutdown.cancelled() => Err(SessionError::Shutdown),
+        };
+        self.wbuf.clear();
+        if self.wbuf.capacity() > 2 * WRITE_BATCH {
+            self.wbuf = BytesMut::new();
+        }
+        self.last_write = Instant::now();
+        result
+    }
+
+    /// Best effort at shutdown: write what is queued, bounded in time.
+    async fn flush_queue_on_shutdown(&mut self) {
+        let mut buf = std::mem::take(&mut self.wbuf);
+        while let Ok(item) = self.rx.try_recv() {
+            buf.extend_from_slice(&item.head);
+            buf.extend_from_slice(&item.tail);
+        }
+        if !buf.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.write_all(&buf)).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.shutdown()).await;
+    }
+}
+
+/// Sleeps until `at` (never completes for `None`; the select branch is disabled then).
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Parses a `heart-beat: cx,cy` header (milliseconds); absent or invalid means 0,0.
+fn parse_heartbeat(value: Option<&str>) -> (Duration, Duration) {
+    let Some((a, b)) = value.and_then(|v| v.split_once(',')) else {
+        return (Duration::ZERO, Duration::ZERO);
+    };
+    let ms = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .unwrap_or_default()
+    };
+    (ms(a), ms(b))
+}
+
+/// The heart-beat interval of one direction: both sides must want it; the slower wins.
+fn negotiate_interval(ours: Duration, theirs: Duration) -> Option<Duration> {
+    (!ours.is_zero() && !theirs.is_zero()).then(|| ours.max(theirs))
+}
+
+/// IPv4 peers reached through an IPv6 socket are reported as IPv4.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_negotiation() {
+        assert_eq!(
+            parse_heartbeat(Some("1000,2000")),
+            (Duration::from_millis(1000), Duration::from_millis(2000))
+        );
+        assert_eq!(parse_heartbeat(Some("x")), (Duration::ZERO, Duration::ZERO));
+        assert_eq!(parse_heartbeat(None), (Duration::ZERO, Duration::ZERO));
+        let s = Duration::from_secs(10);
+        assert_eq!(
+            negotiate_interval(s, Duration::from_secs(20)),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(negotiate_interval(s, Duration::ZERO), None);
+        assert_eq!(negotiate_interval(Duration::ZERO, s), None);
+    }
+}
