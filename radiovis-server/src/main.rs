@@ -64,14 +64,24 @@ async fn run(cli: Cli) -> Result<(), String> {
     let directory: Arc<dyn DirectoryApi> = if cli.directory.radiodns_api_url.is_some() {
         return Err("RADIODNS_API_URL set, but this build has no PlugIt directory yet".into());
     } else {
-        let path = &cli.directory.directory;
-        let dir = if path.exists() {
-            StaticDirectory::from_file(path).map_err(|e| e.to_string())?
-        } else {
-            tracing::warn!(path = %path.display(), "directory file not found: no station can log in, anonymous radios only");
-            StaticDirectory::default()
+        let default = std::path::Path::new("examples/directory.toml");
+        let dir = match &cli.directory.directory {
+            Some(path) => {
+                let d = StaticDirectory::from_file(path)
+                    .map_err(|e| format!("{e} (RADIOVIS_DIRECTORY)"))?;
+                tracing::info!(backend = "file", path = %path.display(), stations = d.data().stations.len(), channels = d.data().channels.len(), "directory");
+                d
+            }
+            None if default.exists() => {
+                let d = StaticDirectory::from_file(default).map_err(|e| e.to_string())?;
+                tracing::info!(backend = "file", path = %default.display(), stations = d.data().stations.len(), channels = d.data().channels.len(), "directory (demo file)");
+                d
+            }
+            None => {
+                tracing::warn!("no directory file: no station can log in, anonymous radios only (set --directory)");
+                StaticDirectory::default()
+            }
         };
-        tracing::info!(backend = "file", path = %path.display(), stations = dir.data().stations.len(), channels = dir.data().channels.len(), "directory");
         Arc::new(dir)
     };
     let cache: Arc<dyn Cache> = if cli.directory.memcached_host.is_some() {

@@ -119,14 +119,15 @@ pub struct DirectoryArgs {
         value_name = "RADIODNS_API_URL"
     )]
     pub radiodns_api_url: Option<String>,
-    /// Directory file (TOML) for standalone use when no PlugIt URL is set.
+    /// Directory file (TOML) for standalone use when no PlugIt URL is set [default:
+    /// examples/directory.toml when it exists, else an empty directory: anonymous
+    /// radios only].
     #[arg(
         long = "directory",
         env = "RADIOVIS_DIRECTORY",
-        value_name = "RADIOVIS_DIRECTORY",
-        default_value = "examples/directory.toml"
+        value_name = "RADIOVIS_DIRECTORY"
     )]
-    pub directory: PathBuf,
+    pub directory: Option<PathBuf>,
     /// memcached host or host:port; setting it selects memcached as shared cache.
     #[arg(
         long = "memcached-host",

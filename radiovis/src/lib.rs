@@ -21,6 +21,7 @@
 //! subscription index -> each subscriber's bounded queue -> its session -> socket.
 
 pub mod backend;
+pub mod client;
 #[cfg(feature = "cli")]
 pub mod config;
 pub mod hub;
