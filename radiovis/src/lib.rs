@@ -29,6 +29,7 @@ pub mod outbound;
 pub mod session;
 pub mod stomp;
 pub mod topic;
+pub mod watchdog;
 
 pub use backend::{BusMessage, Cache, DirectoryApi, LogStore, MessageBus};
 pub use hub::{HubConfig, StompHub};
