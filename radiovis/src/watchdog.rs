@@ -381,7 +381,7 @@ async fn log_writer<L: LogStore>(
                 }
                 Err(e) => {
                     failures += 1;
-                    if failures == 1 || failures % 20 == 0 {
+                    if failures == 1 || failures.is_multiple_of(20) {
                         tracing::warn!(error = %e, buffered = rx.len() + 1, "log store unavailable; retrying (nothing is dropped)");
                     }
                     tokio::select! {
