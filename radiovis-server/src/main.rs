@@ -9,7 +9,10 @@ use std::sync::Arc;
 use clap::Parser;
 use radiovis::backend::memory::{LocalBus, MemoryCache, MemoryLogStore, StaticDirectory};
 use radiovis::backend::{Cache, DirectoryApi, LogStore, MessageBus};
-use radiovis::config::{DirectoryArgs, HubArgs, MonitoringArgs, RabbitArgs, StompArgs};
+use radiovis::config::{
+    DirectoryArgs, FallbackArgs, HubArgs, MonitoringArgs, RabbitArgs, StompArgs,
+};
+use radiovis::watchdog::Watchdog;
 use radiovis::StompHub;
 use tokio::net::TcpListener;
 
@@ -28,6 +31,12 @@ struct Cli {
     hub: HubArgs,
     #[command(flatten)]
     monitoring: MonitoringArgs,
+    /// Run the fallback watchdog in this process: `auto` does so when the bus is
+    /// in-process (standalone), where no separate radiovis-fallback can see it.
+    #[arg(long, env = "RADIOVIS_WATCHDOG", value_name = "RADIOVIS_WATCHDOG", default_value = "auto", value_parser = ["auto", "on", "off"])]
+    watchdog: String,
+    #[command(flatten)]
+    fallback: FallbackArgs,
 }
 
 #[tokio::main]
@@ -104,10 +113,40 @@ async fn run(cli: Cli) -> Result<(), String> {
         listeners.push(l);
     }
 
+    let standalone = cli.rabbit.rabbitmq_host.is_none() && cli.rabbit.rabbitmq_url.is_none();
+    let watchdog_on = match cli.watchdog.as_str() {
+        "on" => true,
+        "off" => false,
+        _ => standalone,
+    };
+    let stop_watchdog = tokio_util::sync::CancellationToken::new();
+    let watchdog = if watchdog_on {
+        let config = cli.fallback.watchdog_config()?;
+        tracing::info!("fallback watchdog running in process");
+        let wd = Watchdog::new(
+            bus.clone(),
+            directory.clone(),
+            cache.clone(),
+            log.clone(),
+            config,
+        );
+        Some(tokio::spawn(wd.run(stop_watchdog.clone())))
+    } else {
+        None
+    };
+
     let hub = StompHub::new(bus, directory, cache, log, hub_config);
     hub.run(listeners, shutdown_signal())
         .await
         .map_err(|e| e.to_string())?;
+    stop_watchdog.cancel();
+    if let Some(w) = watchdog {
+        match w.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "watchdog stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "watchdog task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -364,6 +364,30 @@ pub struct FallbackArgs {
     pub fb_logs_cleanup: u64,
 }
 
+impl FallbackArgs {
+    /// The watchdog configuration these arguments describe.
+    pub fn watchdog_config(&self) -> Result<crate::watchdog::WatchdogConfig, String> {
+        for (name, v) in [
+            ("FB_CHANNEL_CACHE", self.fb_channel_cache),
+            ("FB_FALLBACK_CHECK", self.fb_fallback_check),
+            ("FB_LOGS_CLEANUP", self.fb_logs_cleanup),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1 second"));
+            }
+        }
+        Ok(crate::watchdog::WatchdogConfig {
+            channel_cache: Duration::from_secs(self.fb_channel_cache),
+            fallback_check: Duration::from_secs(self.fb_fallback_check),
+            fallback_time: Duration::from_secs(self.fb_fallback_time),
+            image_locations: self.fb_image_locations.clone(),
+            logs_max_age: Duration::from_secs(self.fb_logs_max_age),
+            logs_cleanup: Duration::from_secs(self.fb_logs_cleanup),
+            ..Default::default()
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
