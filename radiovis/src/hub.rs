@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::backend::{
     BusError, BusMessage, Cache, DirectoryApi, DirectoryError, LogStore, MessageBus,
 };
+use crate::monitoring::{Event, Monitor, SessionInfo};
 use crate::outbound::{Outbound, OutboundTx, Published};
 use crate::stomp::{Frame, Limits, Version};
 use crate::topic::{self, Normaliser};
@@ -60,6 +61,8 @@ pub struct HubConfig {
     pub shutdown_grace: Duration,
     /// The `server` header of CONNECTED (1.1/1.2).
     pub server_name: String,
+    /// Where monitoring events go (disabled by default).
+    pub monitor: Arc<Monitor>,
 }
 
 impl Default for HubConfig {
@@ -76,6 +79,7 @@ impl Default for HubConfig {
             known_channels_refresh: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
             server_name: format!("radiovis/{}", env!("CARGO_PKG_VERSION")),
+            monitor: Arc::new(Monitor::disabled()),
         }
     }
 }
@@ -178,6 +182,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> StompHub<B, D, C, L>
         let shared = &self.shared;
         let stream = shared.bus.subscribe().await?;
         shared.refresh_known_channels(true).await;
+        shared.config.monitor.emit(Event::Server);
 
         let consumer = shared.clone();
         shared.tracker.spawn(async move {
@@ -303,6 +308,8 @@ pub(crate) struct SubEntry {
     pub version: Version,
     pub tx: OutboundTx,
     pub kill: CancellationToken,
+    /// Session and destination, for monitoring events (only when monitoring is on).
+    pub monitor: Option<(Arc<SessionInfo>, Arc<str>)>,
 }
 
 /// Subscription id unique in the hub: (connection, subscription within it).
@@ -396,7 +403,16 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Shared<B, D, C, L> {
                 tail: published.tail(entry.version),
             };
             match entry.tx.try_send(item) {
-                Ok(()) => delivered += 1,
+                Ok(()) => {
+                    delivered += 1;
+                    if let Some((info, destination)) = &entry.monitor {
+                        self.config.monitor.emit(Event::Message(
+                            info.clone(),
+                            destination.clone(),
+                            published.body.clone(),
+                        ));
+                    }
+                }
                 Err(TrySendError::Full(_)) => {
                     if !entry.kill.is_cancelled() {
                         self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);

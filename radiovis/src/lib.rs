@@ -14,7 +14,10 @@
 //! | [`session`] | one connection's life: CONNECT -> frames -> close |
 //! | [`hub`] | [`StompHub`]: accept, subscription index, fan-out, last messages |
 //! | [`outbound`] | per-message encoding shared by all subscribers, outbound queue items |
+//! | [`watchdog`] | the fallback watchdog: message log, defaults for quiet channels |
+//! | [`monitoring`] | monitoring events through a bounded, never-blocking buffer |
 //! | [`backend`] | the four traits (bus, directory, cache, log store) and in-process backends |
+//! | [`config`] | environment variables and flags of the binaries (feature `cli`) |
 //!
 //! Data path: socket -> codec -> session (SEND) -> [`MessageBus::publish`] -> every
 //! instance's bus stream -> hub (normalise, remember as last message, encode once) ->
@@ -25,6 +28,7 @@ pub mod client;
 #[cfg(feature = "cli")]
 pub mod config;
 pub mod hub;
+pub mod monitoring;
 pub mod outbound;
 pub mod session;
 pub mod stomp;

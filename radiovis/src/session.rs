@@ -30,6 +30,7 @@ use tracing::Instrument;
 
 use crate::backend::{BusError, BusMessage, Cache, DirectoryApi, LogStore, MessageBus};
 use crate::hub::{IndexKey, Shared, SubEntry};
+use crate::monitoring::{Event, SessionInfo};
 use crate::outbound::{encode_head, Outbound, OutboundRx, OutboundTx};
 use crate::stomp::{CodecError, Command, Decoder, Frame, Version};
 use crate::topic::{self, TopicError};
@@ -134,9 +135,13 @@ pub(crate) async fn run<B, D, C, L>(
             hb_recv: None,
             last_read: Instant::now(),
             last_write: Instant::now(),
+            info: None,
         };
         let reason = session.run().await;
         session.unsubscribe_all();
+        if let Some(info) = session.info.take() {
+            shared.config.monitor.emit(Event::Disconnection(info));
+        }
         match &reason {
             SessionError::PeerClosed | SessionError::Disconnected | SessionError::Shutdown => {
                 tracing::info!(reason = %reason, "session closed")
@@ -171,6 +176,8 @@ struct Session<'a, B, D, C, L> {
     hb_recv: Option<Duration>,
     last_read: Instant,
     last_write: Instant,
+    /// Who this session is, for monitoring events (only when monitoring is on).
+    info: Option<Arc<SessionInfo>>,
 }
 
 /// Largest chunk written at once when draining the queue.
@@ -296,6 +303,17 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Session<'_, B, D, C,
         }
         connected = connected.header("session", session_id.clone());
         self.write_frame(&connected).await?;
+        if self.shared.config.monitor.enabled() {
+            let info = Arc::new(SessionInfo {
+                session_id: session_id.as_str().into(),
+                peer: self.peer,
+            });
+            self.shared
+                .config
+                .monitor
+                .emit(Event::Connection(info.clone()));
+            self.info = Some(info);
+        }
         tracing::info!(
             session = %session_id,
             version = version.as_str(),
@@ -466,8 +484,18 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Session<'_, B, D, C,
                 version: self.version,
                 tx: self.tx.clone(),
                 kill: self.kill.clone(),
+                monitor: self
+                    .info
+                    .as_ref()
+                    .map(|i| (i.clone(), Arc::from(destination.as_str()))),
             },
         );
+        if let Some(info) = &self.info {
+            self.shared.config.monitor.emit(Event::Subscription(
+                info.clone(),
+                destination.as_str().into(),
+            ));
+        }
         tracing::debug!(%destination, id = ?id, key = ?index_key, "subscribed");
         let replay = frame.get("x-ebu-nofastreply") != Some("yes");
         let last = replay.then(|| self.shared.last_for(&index_key)).flatten();
