@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,6 +32,25 @@ use crate::topic::{self, Normaliser};
 
 /// Cache key of the known channel topics (written by the watchdog and at server start).
 pub const CHANNELS_CACHE_KEY: &str = "radiovis_channels_topics";
+
+/// Prefix of the cache keys holding the last message of a normalised topic, so that a
+/// newly started instance can replay the current slide.
+pub const LAST_MESSAGE_PREFIX: &str = "radiovis_last_";
+
+/// How long a last message stays in the shared cache.
+const LAST_MESSAGE_TTL: Duration = Duration::from_secs(86_400);
+
+/// Last-message cache writes waiting for the cache (excess ones are skipped: the next
+/// message of the topic writes again).
+const LAST_MESSAGE_QUEUE: usize = 1024;
+
+/// A last message as stored in the shared cache (JSON).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct CachedMessage {
+    topic: String,
+    body: String,
+    headers: Vec<(String, String)>,
+}
 
 /// Tunables of a hub. `Default` gives production values.
 #[derive(Debug, Clone)]
@@ -146,6 +165,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> StompHub<B, D, C, L>
                 station_channels: Mutex::new(HashMap::new()),
                 seq: AtomicU64::new(0),
                 next_id: AtomicU64::new(1),
+                last_writer: OnceLock::new(),
                 stats: Stats::default(),
                 shutdown: CancellationToken::new(),
                 tracker: TaskTracker::new(),
@@ -182,6 +202,20 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> StompHub<B, D, C, L>
         let shared = &self.shared;
         let stream = shared.bus.subscribe().await?;
         shared.refresh_known_channels(true).await;
+        shared.restore_last_messages().await;
+        let (last_tx, mut last_rx) =
+            tokio::sync::mpsc::channel::<Arc<Published>>(LAST_MESSAGE_QUEUE);
+        let _ = shared.last_writer.set(last_tx);
+        let writer = shared.clone();
+        shared.tracker.spawn(async move {
+            loop {
+                let p = tokio::select! {
+                    _ = writer.shutdown.cancelled() => break,
+                    p = last_rx.recv() => match p { Some(p) => p, None => break },
+                };
+                writer.store_last_message(&p).await;
+            }
+        });
         shared.config.monitor.emit(Event::Server);
 
         let consumer = shared.clone();
@@ -352,6 +386,7 @@ pub(crate) struct Shared<B, D, C, L> {
     station_channels: Mutex<HashMap<String, CachedChannels>>,
     seq: AtomicU64,
     next_id: AtomicU64,
+    last_writer: OnceLock<tokio::sync::mpsc::Sender<Arc<Published>>>,
 }
 
 /// A station's channel list and when it was fetched.
@@ -392,6 +427,63 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Shared<B, D, C, L> {
         let published = Arc::new(Published::new(seq, normalised.clone(), msg.body, headers));
         write(&self.last).insert(normalised, published.clone());
         self.fan_out(&published);
+        if let Some(tx) = self.last_writer.get() {
+            if tx.try_send(published).is_err() {
+                tracing::debug!("last-message cache writer busy; skipped");
+            }
+        }
+    }
+
+    async fn store_last_message(&self, p: &Published) {
+        let cached = CachedMessage {
+            topic: p.topic.clone(),
+            body: String::from_utf8_lossy(&p.body).into_owned(),
+            headers: p.headers.clone(),
+        };
+        let Ok(json) = serde_json::to_vec(&cached) else {
+            return;
+        };
+        let key = format!("{LAST_MESSAGE_PREFIX}{}", p.topic);
+        if let Err(e) = self
+            .cache
+            .set(&key, Bytes::from(json), LAST_MESSAGE_TTL)
+            .await
+        {
+            tracing::debug!(error = %e, "cannot store last message in cache");
+        }
+    }
+
+    /// Reads back from the shared cache the last `text` and `image` messages of every
+    /// known channel, so that a fresh instance replays the current slide.
+    async fn restore_last_messages(&self) {
+        let known = read(&self.known_channels).clone();
+        let keys: Vec<String> = known
+            .iter()
+            .flat_map(|c| [format!("{c}text"), format!("{c}image")])
+            .collect();
+        let found: Vec<CachedMessage> = futures::stream::iter(keys)
+            .map(|topic| async move {
+                let key = format!("{LAST_MESSAGE_PREFIX}{topic}");
+                match self.cache.get(&key).await {
+                    Ok(Some(v)) => serde_json::from_slice::<CachedMessage>(&v).ok(),
+                    _ => None,
+                }
+            })
+            .buffer_unordered(32)
+            .filter_map(|m| async move { m })
+            .collect()
+            .await;
+        let restored = found.len();
+        let mut last = write(&self.last);
+        for m in found {
+            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+            last.entry(m.topic.clone()).or_insert_with(|| {
+                Arc::new(Published::new(seq, m.topic, Bytes::from(m.body), m.headers))
+            });
+        }
+        if restored > 0 {
+            tracing::info!(restored, "last messages restored from the shared cache");
+        }
     }
 
     fn fan_out(&self, published: &Published) {
