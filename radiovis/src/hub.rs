@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc::error::TrySendError, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -26,7 +26,7 @@ use crate::backend::{
     BusError, BusMessage, Cache, DirectoryApi, DirectoryError, LogStore, MessageBus,
 };
 use crate::monitoring::{Event, Monitor, SessionInfo};
-use crate::outbound::{Outbound, OutboundTx, Published};
+use crate::outbound::{Outbound, OutboundQueue, Published, PushError};
 use crate::stomp::{Frame, Limits, Version};
 use crate::topic::{self, Normaliser};
 
@@ -340,7 +340,7 @@ pub(crate) enum IndexKey {
 pub(crate) struct SubEntry {
     pub head: Bytes,
     pub version: Version,
-    pub tx: OutboundTx,
+    pub queue: Arc<OutboundQueue>,
     pub kill: CancellationToken,
     /// Session and destination, for monitoring events (only when monitoring is on).
     pub monitor: Option<(Arc<SessionInfo>, Arc<str>)>,
@@ -494,7 +494,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Shared<B, D, C, L> {
                 head: entry.head.clone(),
                 tail: published.tail(entry.version),
             };
-            match entry.tx.try_send(item) {
+            match entry.queue.try_push(item) {
                 Ok(()) => {
                     delivered += 1;
                     if let Some((info, destination)) = &entry.monitor {
@@ -505,13 +505,13 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Shared<B, D, C, L> {
                         ));
                     }
                 }
-                Err(TrySendError::Full(_)) => {
+                Err(PushError::Full) => {
                     if !entry.kill.is_cancelled() {
                         self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
                         entry.kill.cancel();
                     }
                 }
-                Err(TrySendError::Closed(_)) => {}
+                Err(PushError::Closed) => {}
             }
         };
         if let Some(subs) = index.exact.get(&published.topic) {

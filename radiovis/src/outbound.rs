@@ -5,13 +5,15 @@
 //! is fixed per subscription and encoded once when it is made; the tail (forwarded
 //! headers, `content-length`, blank line, body, NUL) is fixed per message and STOMP
 //! version and encoded once per message. Delivering to a subscriber is two reference
-//! count increments and a bounded-queue `try_send`: no encoding, no allocation per
+//! count increments and a bounded-queue push: no encoding, no allocation per
 //! subscriber.
 
-use std::sync::OnceLock;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::stomp::frame::{needs_content_length, put_header_part};
 use crate::stomp::Version;
@@ -23,10 +25,101 @@ pub struct Outbound {
     pub tail: Bytes,
 }
 
-/// The sending side of a connection's bounded outbound queue.
-pub type OutboundTx = mpsc::Sender<Outbound>;
-/// The receiving side, owned by the session.
-pub type OutboundRx = mpsc::Receiver<Outbound>;
+/// Why a push was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The connection has `capacity` frames waiting: a slow consumer.
+    Full,
+    /// The session is closing.
+    Closed,
+}
+
+/// A connection's bounded outbound queue: many producers (the fan-out), one consumer
+/// (the session). An idle connection's queue holds no buffer (unlike a channel that
+/// preallocates blocks), which keeps per-connection memory small.
+#[derive(Debug)]
+pub struct OutboundQueue {
+    items: Mutex<VecDeque<Outbound>>,
+    notify: Notify,
+    capacity: usize,
+    closed: AtomicBool,
+}
+
+impl OutboundQueue {
+    /// A queue that holds at most `capacity` frames.
+    pub fn new(capacity: usize) -> OutboundQueue {
+        OutboundQueue {
+            items: Mutex::new(VecDeque::new()),
+            notify: Notify::new(),
+            capacity: capacity.max(1),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn items(&self) -> std::sync::MutexGuard<'_, VecDeque<Outbound>> {
+        self.items.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a frame without waiting.
+    pub fn try_push(&self, item: Outbound) -> Result<(), PushError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(PushError::Closed);
+        }
+        {
+            let mut items = self.items();
+            if items.len() >= self.capacity {
+                return Err(PushError::Full);
+            }
+            items.push_back(item);
+        }
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Completes when frames are waiting (cancel-safe).
+    pub async fn ready(&self) {
+        loop {
+            if !self.items().is_empty() {
+                return;
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// Appends waiting frames to `out` until it holds `max_bytes` or the queue is
+    /// empty; returns how many were taken.
+    pub fn drain_into(&self, out: &mut BytesMut, max_bytes: usize) -> usize {
+        let mut items = self.items();
+        let mut n = 0;
+        while out.len() < max_bytes {
+            let Some(item) = items.pop_front() else { break };
+            out.extend_from_slice(&item.head);
+            out.extend_from_slice(&item.tail);
+            n += 1;
+        }
+        if items.is_empty() && items.capacity() > 16 {
+            // Give back what a burst made the queue grow to.
+            items.shrink_to(0);
+        }
+        n
+    }
+
+    /// Refuses further pushes and drops what is queued.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.items().clear();
+    }
+
+    /// Frames waiting.
+    pub fn len(&self) -> usize {
+        self.items().len()
+    }
+
+    /// True when no frame is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// Encodes the per-subscription head of a MESSAGE frame.
 pub fn encode_head(destination: &str, subscription: Option<&str>, version: Version) -> Bytes {
@@ -101,6 +194,33 @@ impl Published {
 mod tests {
     use super::*;
     use crate::stomp::{Decoder, Limits};
+
+    #[tokio::test]
+    async fn queue_is_bounded_and_wakes_its_consumer() {
+        let q = std::sync::Arc::new(OutboundQueue::new(2));
+        let item = || Outbound {
+            head: Bytes::from_static(b"H"),
+            tail: Bytes::from_static(b"T"),
+        };
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(async move { q.ready().await })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(q.try_push(item()), Ok(()));
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert_eq!(q.try_push(item()), Ok(()));
+        assert_eq!(q.try_push(item()), Err(PushError::Full));
+        let mut out = BytesMut::new();
+        assert_eq!(q.drain_into(&mut out, 1), 1, "stops at max_bytes");
+        assert_eq!(q.drain_into(&mut out, 1024), 1);
+        assert_eq!(&out[..], b"HTHT");
+        q.close();
+        assert_eq!(q.try_push(item()), Err(PushError::Closed));
+    }
 
     #[test]
     fn head_and_tail_make_a_valid_frame() {

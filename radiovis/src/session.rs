@@ -23,7 +23,6 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -31,7 +30,7 @@ use tracing::Instrument;
 use crate::backend::{BusError, BusMessage, Cache, DirectoryApi, LogStore, MessageBus};
 use crate::hub::{IndexKey, Shared, SubEntry};
 use crate::monitoring::{Event, SessionInfo};
-use crate::outbound::{encode_head, Outbound, OutboundRx, OutboundTx};
+use crate::outbound::{encode_head, Outbound, OutboundQueue};
 use crate::stomp::{CodecError, Command, Decoder, Frame, Version};
 use crate::topic::{self, TopicError};
 
@@ -115,7 +114,6 @@ pub(crate) async fn run<B, D, C, L>(
     shared.stats.connections.fetch_add(1, Ordering::Relaxed);
     async {
         let (reader, writer) = stream.split();
-        let (tx, rx) = mpsc::channel(shared.config.outbound_queue.max(1));
         let mut session = Session {
             decoder: Decoder::new(shared.config.limits),
             shared: shared.clone(),
@@ -128,8 +126,7 @@ pub(crate) async fn run<B, D, C, L>(
             conn,
             station: None,
             subs: HashMap::new(),
-            tx,
-            rx,
+            queue: Arc::new(OutboundQueue::new(shared.config.outbound_queue)),
             kill: CancellationToken::new(),
             hb_send: None,
             hb_recv: None,
@@ -138,6 +135,7 @@ pub(crate) async fn run<B, D, C, L>(
             info: None,
         };
         let reason = session.run().await;
+        session.queue.close();
         session.unsubscribe_all();
         if let Some(info) = session.info.take() {
             shared.config.monitor.emit(Event::Disconnection(info));
@@ -168,8 +166,8 @@ struct Session<'a, B, D, C, L> {
     station: Option<String>,
     /// Subscriptions by id (or by destination when the client gave no id).
     subs: HashMap<String, SubRecord>,
-    tx: OutboundTx,
-    rx: OutboundRx,
+    /// MESSAGE frames the fan-out queued for this connection.
+    queue: Arc<OutboundQueue>,
     kill: CancellationToken,
     /// Heart-beat intervals negotiated with a 1.1/1.2 client.
     hb_send: Option<Duration>,
@@ -347,7 +345,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Session<'_, B, D, C,
                     self.flush_queue_on_shutdown().await;
                     return Err(SessionError::Shutdown);
                 }
-                Some(item) = self.rx.recv() => self.write_messages(item).await?,
+                _ = self.queue.ready() => self.write_queued().await?,
                 r = self.reader.readable() => {
                     r?;
                     self.read_some()?;
@@ -482,7 +480,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Session<'_, B, D, C,
             SubEntry {
                 head: head.clone(),
                 version: self.version,
-                tx: self.tx.clone(),
+                queue: self.queue.clone(),
                 kill: self.kill.clone(),
                 monitor: self
                     .info
@@ -513,7 +511,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Session<'_, B, D, C,
                 tail: last.tail(self.version),
             };
             // A failed write surfaces on the next read or write of the main loop.
-            if let Err(e) = self.write_messages(item).await {
+            if let Err(e) = self.write_message(item).await {
                 tracing::debug!(error = %e, "replay not written");
             }
         }
@@ -615,19 +613,18 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Session<'_, B, D, C,
         }
     }
 
-    /// Writes one queued MESSAGE and whatever else is queued, in one write.
-    async fn write_messages(&mut self, first: Outbound) -> Result<(), SessionError> {
-        self.wbuf.extend_from_slice(&first.head);
-        self.wbuf.extend_from_slice(&first.tail);
-        while self.wbuf.len() < WRITE_BATCH {
-            match self.rx.try_recv() {
-                Ok(item) => {
-                    self.wbuf.extend_from_slice(&item.head);
-                    self.wbuf.extend_from_slice(&item.tail);
-                }
-                Err(_) => break,
-            }
+    /// Writes queued MESSAGE frames, coalesced into one write (up to `WRITE_BATCH`).
+    async fn write_queued(&mut self) -> Result<(), SessionError> {
+        if self.queue.drain_into(&mut self.wbuf, WRITE_BATCH) == 0 {
+            return Ok(());
         }
+        self.flush_wbuf().await
+    }
+
+    /// Writes one MESSAGE (a replay) directly.
+    async fn write_message(&mut self, item: Outbound) -> Result<(), SessionError> {
+        self.wbuf.extend_from_slice(&item.head);
+        self.wbuf.extend_from_slice(&item.tail);
         self.flush_wbuf().await
     }
 
@@ -660,10 +657,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Session<'_, B, D, C,
     /// Best effort at shutdown: write what is queued, bounded in time.
     async fn flush_queue_on_shutdown(&mut self) {
         let mut buf = std::mem::take(&mut self.wbuf);
-        while let Ok(item) = self.rx.try_recv() {
-            buf.extend_from_slice(&item.head);
-            buf.extend_from_slice(&item.tail);
-        }
+        self.queue.drain_into(&mut buf, usize::MAX);
         if !buf.is_empty() {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.write_all(&buf)).await;
         }
