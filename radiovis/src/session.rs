@@ -13,7 +13,6 @@
 //! follows success, and a failing frame gets an ERROR (carrying `receipt-id`) and the
 //! connection closes.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -98,6 +97,34 @@ struct SubRecord {
     destination: String,
 }
 
+/// A session's subscriptions by key (id, or destination when the client gave no id).
+/// A small vector: sessions have one or two subscriptions, and a map would allocate
+/// several buckets per radio.
+#[derive(Default)]
+struct Subscriptions(Vec<(String, SubRecord)>);
+
+impl Subscriptions {
+    fn contains_key(&self, key: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == key)
+    }
+    fn remove(&mut self, key: &str) -> Option<SubRecord> {
+        let i = self.0.iter().position(|(k, _)| k == key)?;
+        Some(self.0.swap_remove(i).1)
+    }
+    fn insert(&mut self, key: String, record: SubRecord) {
+        self.0.push((key, record));
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn iter(&self) -> impl Iterator<Item = (&String, &SubRecord)> {
+        self.0.iter().map(|(k, r)| (k, r))
+    }
+    fn drain(&mut self) -> impl Iterator<Item = (String, SubRecord)> + '_ {
+        self.0.drain(..)
+    }
+}
+
 /// Runs a session to its end and cleans up after it.
 pub(crate) async fn run<B, D, C, L>(
     shared: Arc<Shared<B, D, C, L>>,
@@ -125,9 +152,9 @@ pub(crate) async fn run<B, D, C, L>(
             peer,
             conn,
             station: None,
-            subs: HashMap::new(),
+            subs: Subscriptions::default(),
             queue: Arc::new(OutboundQueue::new(shared.config.outbound_queue)),
-            kill: CancellationToken::new(),
+            kill: shared.shutdown.child_token(),
             hb_send: None,
             hb_recv: None,
             last_read: Instant::now(),
@@ -165,7 +192,7 @@ struct Session<'a, B, D, C, L> {
     /// Station id when logged in as a broadcaster.
     station: Option<String>,
     /// Subscriptions by id (or by destination when the client gave no id).
-    subs: HashMap<String, SubRecord>,
+    subs: Subscriptions,
     /// MESSAGE frames the fan-out queued for this connection.
     queue: Arc<OutboundQueue>,
     kill: CancellationToken,
@@ -183,7 +210,9 @@ const WRITE_BATCH: usize = 64 * 1024;
 
 impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Session<'_, B, D, C, L> {
     async fn run(&mut self) -> SessionError {
-        match self.connect_phase().await {
+        // Boxed: the CONNECT phase (directory calls) is large and runs once; keeping it
+        // out of the session's future keeps every idle connection small.
+        match Box::pin(self.connect_phase()).await {
             Ok(()) => {}
             Err(e) => return e,
         }
@@ -196,10 +225,10 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Session<'_, B, D, C,
     /// Waits for CONNECT (bounded in time) and answers it.
     async fn connect_phase(&mut self) -> Result<(), SessionError> {
         let limit = self.shared.config.connect_timeout;
-        let shutdown = self.shared.shutdown.clone();
+        let kill = self.kill.clone();
         let first = tokio::select! {
             r = tokio::time::timeout(limit, self.read_frame()) => r,
-            _ = shutdown.cancelled() => return Err(SessionError::Shutdown),
+            _ = kill.cancelled() => return Err(SessionError::Shutdown),
         };
         let frame = match first {
             Err(_) => {
@@ -324,11 +353,17 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Session<'_, B, D, C,
     }
 
     async fn main_loop(&mut self) -> Result<(), SessionError> {
+        // `kill` is a child of the hub's shutdown token: one wait covers both.
         let kill = self.kill.clone();
-        let shutdown = self.shared.shutdown.clone();
+        // Heart-beat sessions get one boxed timer (next send or receive deadline);
+        // 1.0 sessions, the bulk of radios, hold none.
+        let mut timer = (self.hb_send.is_some() || self.hb_recv.is_some())
+            .then(|| Box::pin(tokio::time::sleep_until(Instant::now())));
         loop {
             while let Some(frame) = self.decoder.decode(&mut self.rbuf)? {
-                if self.handle(frame).await? == Flow::Close {
+                // Boxed: frames are rare for a radio, and the idle wait below is what
+                // every connection holds in memory.
+                if Box::pin(self.handle(frame)).await? == Flow::Close {
                     return Ok(());
                 }
             }
@@ -338,24 +373,45 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Session<'_, B, D, C,
             }
             let send_at = self.hb_send.map(|d| self.last_write + d);
             let recv_deadline = self.hb_recv.map(|d| self.last_read + d + d / 2);
-            tokio::select! {
+            if let Some(t) = timer.as_mut() {
+                let next = match (send_at, recv_deadline) {
+                    (Some(a), Some(b)) => a.min(b),
+                    (Some(a), None) | (None, Some(a)) => a,
+                    (None, None) => Instant::now() + Duration::from_secs(3600),
+                };
+                t.as_mut().reset(next);
+            }
+            // The select only decides; the work happens after it, so the session's
+            // future never holds the waiting futures and a write at the same time.
+            let event = tokio::select! {
                 biased;
-                _ = kill.cancelled() => return Err(SessionError::SlowConsumer),
-                _ = shutdown.cancelled() => {
-                    self.flush_queue_on_shutdown().await;
-                    return Err(SessionError::Shutdown);
+                _ = kill.cancelled() => Wake::Killed,
+                _ = self.queue.ready() => Wake::Queued,
+                r = self.reader.readable() => Wake::Readable(r),
+                _ = wait_timer(&mut timer) => Wake::Timer,
+            };
+            match event {
+                Wake::Killed => {
+                    if self.shared.shutdown.is_cancelled() {
+                        self.flush_queue_on_shutdown().await;
+                        return Err(SessionError::Shutdown);
+                    }
+                    return Err(SessionError::SlowConsumer);
                 }
-                _ = self.queue.ready() => self.write_queued().await?,
-                r = self.reader.readable() => {
+                Wake::Queued => self.write_queued().await?,
+                Wake::Readable(r) => {
                     r?;
                     self.read_some()?;
                 }
-                _ = sleep_until_opt(send_at), if send_at.is_some() => {
-                    self.write_raw(b"\n").await?;
-                }
-                _ = sleep_until_opt(recv_deadline), if recv_deadline.is_some() => {
-                    let d = self.hb_recv.unwrap_or_default();
-                    return Err(SessionError::HeartbeatTimeout(d + d / 2));
+                Wake::Timer => {
+                    let now = Instant::now();
+                    if recv_deadline.is_some_and(|d| now >= d) {
+                        let d = self.hb_recv.unwrap_or_default();
+                        return Err(SessionError::HeartbeatTimeout(d + d / 2));
+                    }
+                    if send_at.is_some_and(|a| now >= a) {
+                        self.write_raw(b"\n").await?;
+                    }
                 }
             }
         }
@@ -643,8 +699,11 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Session<'_, B, D, C,
     async fn flush_wbuf(&mut self) -> Result<(), SessionError> {
         let result = tokio::select! {
             r = self.writer.write_all(&self.wbuf) => r.map_err(SessionError::from),
-            _ = self.kill.cancelled() => Err(SessionError::SlowConsumer),
-            _ = self.shared.shutdown.cancelled() => Err(SessionError::Shutdown),
+            _ = self.kill.cancelled() => Err(if self.shared.shutdown.is_cancelled() {
+                SessionError::Shutdown
+            } else {
+                SessionError::SlowConsumer
+            }),
         };
         self.wbuf.clear();
         if self.wbuf.capacity() > 2 * WRITE_BATCH {
@@ -665,10 +724,18 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Session<'_, B, D, C,
     }
 }
 
-/// Sleeps until `at` (never completes for `None`; the select branch is disabled then).
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+/// What woke the idle session up.
+enum Wake {
+    Killed,
+    Queued,
+    Readable(std::io::Result<()>),
+    Timer,
+}
+
+/// Waits for the heart-beat timer; never completes for a session without one.
+async fn wait_timer(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
         None => std::future::pending().await,
     }
 }
