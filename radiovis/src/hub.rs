@@ -11,8 +11,8 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -27,6 +27,7 @@ use crate::backend::{
 };
 use crate::monitoring::{Event, Monitor, SessionInfo};
 use crate::outbound::{Outbound, OutboundQueue, Published, PushError};
+use crate::singleflight::SingleFlight;
 use crate::stomp::{Frame, Limits, Version};
 use crate::topic::{self, Normaliser};
 
@@ -148,6 +149,7 @@ impl<B, D, C, L> Clone for StompHub<B, D, C, L> {
 impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> StompHub<B, D, C, L> {
     /// A hub on these backends. Nothing runs until [`StompHub::run`].
     pub fn new(bus: B, directory: D, cache: C, log: L, config: HubConfig) -> Self {
+        let channel_ttl = config.channel_cache_ttl;
         let directory = Arc::new(directory);
         let cache = Arc::new(cache);
         StompHub {
@@ -162,7 +164,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> StompHub<B, D, C, L>
                 index: RwLock::new(SubIndex::default()),
                 last: RwLock::new(HashMap::new()),
                 known_channels: RwLock::new(Arc::new(HashSet::new())),
-                station_channels: Mutex::new(HashMap::new()),
+                station_channels: SingleFlight::new(channel_ttl),
                 seq: AtomicU64::new(0),
                 next_id: AtomicU64::new(1),
                 last_writer: OnceLock::new(),
@@ -383,14 +385,11 @@ pub(crate) struct Shared<B, D, C, L> {
     index: RwLock<SubIndex>,
     last: RwLock<HashMap<String, Arc<Published>>>,
     known_channels: RwLock<Arc<HashSet<String>>>,
-    station_channels: Mutex<HashMap<String, CachedChannels>>,
+    station_channels: SingleFlight<Arc<Vec<StationChannel>>>,
     seq: AtomicU64,
     next_id: AtomicU64,
     last_writer: OnceLock<tokio::sync::mpsc::Sender<Arc<Published>>>,
 }
-
-/// A station's channel list and when it was fetched.
-type CachedChannels = (Instant, Arc<Vec<StationChannel>>);
 
 /// A channel a station may publish to, as the directory wrote it and normalised.
 #[derive(Debug, Clone)]
@@ -592,34 +591,22 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Shared<B, D, C, L> {
         &self,
         station: &str,
     ) -> Result<Arc<Vec<StationChannel>>, DirectoryError> {
-        let ttl = self.config.channel_cache_ttl;
-        if let Some((at, list)) = self
-            .station_channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(station)
-        {
-            if at.elapsed() < ttl {
-                return Ok(list.clone());
-            }
-        }
-        let raw = tokio::time::timeout(
-            self.config.directory_timeout,
-            self.directory.get_channels(station),
-        )
-        .await
-        .map_err(|_| DirectoryError::Timeout(self.config.directory_timeout))??;
-        let mut list = Vec::with_capacity(raw.len());
-        for r in raw {
-            let normalised = self.normaliser.normalise(&r).await;
-            list.push(StationChannel { raw: r, normalised });
-        }
-        let list = Arc::new(list);
         self.station_channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(station.to_owned(), (Instant::now(), list.clone()));
-        Ok(list)
+            .get_or_fetch(station, || async {
+                let raw = tokio::time::timeout(
+                    self.config.directory_timeout,
+                    self.directory.get_channels(station),
+                )
+                .await
+                .map_err(|_| DirectoryError::Timeout(self.config.directory_timeout))??;
+                let mut list = Vec::with_capacity(raw.len());
+                for r in raw {
+                    let normalised = self.normaliser.normalise(&r).await;
+                    list.push(StationChannel { raw: r, normalised });
+                }
+                Ok(Arc::new(list))
+            })
+            .await
     }
 
     /// Reloads the known channel topics: from the directory at start-up (and then

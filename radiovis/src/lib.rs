@@ -31,6 +31,7 @@ pub mod hub;
 pub mod monitoring;
 pub mod outbound;
 pub mod session;
+pub mod singleflight;
 pub mod stomp;
 pub mod topic;
 pub mod watchdog;

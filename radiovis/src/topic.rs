@@ -6,14 +6,13 @@
 //! channel, so all equality and matching is done on the *normalised* (GCC, lower-case)
 //! form, which [`Normaliser`] computes with the directory's `get_gcc` and caches.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::OnceCell;
 
 use crate::backend::{Cache, DirectoryApi};
+use crate::singleflight::SingleFlight;
 
 /// TTL of CC -> GCC conversions, in process and in the shared cache (behaviour.md §6).
 pub const GCC_TTL: Duration = Duration::from_secs(600);
@@ -142,8 +141,6 @@ fn with_country(topic: &str, gcc: &str) -> String {
     format!("/topic/fm/{}{}", gcc.to_ascii_lowercase(), after)
 }
 
-type GccCell = Arc<OnceCell<(Option<String>, Instant)>>;
-
 /// Computes the normalised form of topics, asking the directory for CC -> GCC
 /// conversions. Conversions are cached in process and in the shared cache
 /// (`radiovis_isoecc_<topic>`, 600 s); concurrent misses for one country code make a
@@ -152,7 +149,7 @@ type GccCell = Arc<OnceCell<(Option<String>, Instant)>>;
 pub struct Normaliser<D, C> {
     directory: Arc<D>,
     cache: Arc<C>,
-    gcc: Mutex<HashMap<String, GccCell>>,
+    gcc: SingleFlight<Option<String>>,
 }
 
 impl<D: DirectoryApi, C: Cache> Normaliser<D, C> {
@@ -160,7 +157,7 @@ impl<D: DirectoryApi, C: Cache> Normaliser<D, C> {
         Normaliser {
             directory,
             cache,
-            gcc: Mutex::new(HashMap::new()),
+            gcc: SingleFlight::new(GCC_TTL),
         }
     }
 
@@ -178,33 +175,17 @@ impl<D: DirectoryApi, C: Cache> Normaliser<D, C> {
     }
 
     async fn gcc_of(&self, cc: &str, topic: &str) -> Option<String> {
-        let cell = {
-            let mut map = self.gcc.lock().unwrap_or_else(|e| e.into_inner());
-            let fresh = map
-                .get(cc)
-                .filter(|c| c.get().is_none_or(|(_, at)| at.elapsed() < GCC_TTL))
-                .cloned();
-            match fresh {
-                Some(c) => c,
-                None => {
-                    let c: GccCell = Arc::new(OnceCell::new());
-                    map.insert(cc.to_owned(), c.clone());
-                    c
-                }
-            }
-        };
-        let res = cell
-            .get_or_try_init(|| async {
+        self.gcc
+            .get_or_fetch(cc, || async {
                 let key = format!("radiovis_isoecc_{}", channel_of(topic));
                 if let Ok(Some(v)) = self.cache.get(&key).await {
-                    if let Ok(gcc_topic) = std::str::from_utf8(&v) {
-                        if let Some(gcc) = gcc_topic
-                            .strip_prefix("/topic/fm/")
-                            .and_then(|r| r.split('/').next())
-                            .filter(|g| g.len() == 3)
-                        {
-                            return Ok((Some(gcc.to_owned()), Instant::now()));
-                        }
+                    let cached = std::str::from_utf8(&v)
+                        .ok()
+                        .and_then(|t| t.strip_prefix("/topic/fm/"))
+                        .and_then(|r| r.split('/').next())
+                        .filter(|g| g.len() == 3);
+                    if let Some(gcc) = cached {
+                        return Ok(Some(gcc.to_owned()));
                     }
                 }
                 match self.directory.get_gcc(cc).await {
@@ -215,7 +196,7 @@ impl<D: DirectoryApi, C: Cache> Normaliser<D, C> {
                                 tracing::warn!(error = %e, "cannot store CC -> GCC conversion in cache");
                             }
                         }
-                        Ok((gcc, Instant::now()))
+                        Ok(gcc)
                     }
                     Err(e) => {
                         tracing::warn!(cc, error = %e, "directory cannot convert country code; topic left as is");
@@ -223,8 +204,9 @@ impl<D: DirectoryApi, C: Cache> Normaliser<D, C> {
                     }
                 }
             })
-            .await;
-        res.ok().and_then(|(g, _)| g.clone())
+            .await
+            .ok()
+            .flatten()
     }
 }
 
