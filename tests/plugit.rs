@@ -225,6 +225,7 @@ async fn assert_fault(
         .await
         .expect_err("a fault must be an error");
     let elapsed = start.elapsed();
+    eprintln!("fault error: {err}");
     assert!(check(&err), "unexpected error {err:?}");
     assert!(
         elapsed < TIMEOUT + MARGIN,
@@ -305,6 +306,7 @@ async fn refused_connection_is_unreachable() {
         .check_auth("1.radio1", PASSWORD, ip())
         .await
         .expect_err("nobody listens");
+    eprintln!("refused: {err}");
     assert!(matches!(err, DirectoryError::Unreachable(_)), "{err:?}");
     assert!(start.elapsed() < TIMEOUT + MARGIN);
     assert!(!err.to_string().contains("s3cr"));
@@ -327,6 +329,7 @@ async fn https_base_url_builds_and_fails_cleanly_on_a_plain_server() {
         .check_auth("1.radio1", PASSWORD, ip())
         .await
         .expect_err("no TLS there");
+    eprintln!("TLS to a plain server: {err}");
     assert!(
         matches!(
             err,

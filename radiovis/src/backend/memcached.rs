@@ -476,6 +476,18 @@ mod tests {
     }
 
     #[test]
+    fn down_warning_is_rate_limited() {
+        let c = MemcachedCache::from_host("127.0.0.1:1").expect("valid");
+        let e = c.mark_down("first".into());
+        assert!(matches!(e, CacheError::Unavailable(_)));
+        let first = lock(&c.health).last_warning.expect("warned");
+        c.mark_down("second".into());
+        assert_eq!(lock(&c.health).last_warning, Some(first));
+        c.mark_up();
+        assert!(!lock(&c.health).down);
+    }
+
+    #[test]
     fn exptimes() {
         assert_eq!(exptime(Duration::ZERO), -1);
         assert_eq!(exptime(Duration::from_millis(10)), 1);

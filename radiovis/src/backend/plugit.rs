@@ -228,7 +228,17 @@ impl PlugitDirectory {
         let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
             .collect()
             .await
-            .map_err(|e| DirectoryError::Unreachable(format!("{action}: reading answer: {e}")))?
+            .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    DirectoryError::BadAnswer(format!(
+                        "{action}: answer larger than {MAX_ANSWER_BYTES} bytes"
+                    ))
+                } else {
+                    DirectoryError::Unreachable(format!("{action}: reading answer: {e}"))
+                }
+            })?
             .to_bytes();
         if !status.is_success() {
             return Err(DirectoryError::Status(status.as_u16()));
