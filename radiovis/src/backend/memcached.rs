@@ -57,6 +57,10 @@ pub struct MemcachedConfig {
     /// After a failure to connect or a timeout, operations fail at once for this long
     /// before the next attempt (default 1 s).
     pub retry_after: Duration,
+    /// Most operations in flight (hence connections in use) at once (default 16);
+    /// further operations wait for their turn within their own timeout (a cache that
+    /// cannot keep up is then treated as unavailable, like a slow one).
+    pub max_connections: usize,
 }
 
 /// A `MEMCACHED_HOST` value that is not `host` or `host:port`.
@@ -102,6 +106,7 @@ impl MemcachedConfig {
             port,
             timeout: Duration::from_millis(500),
             retry_after: Duration::from_secs(1),
+            max_connections: 16,
         })
     }
 }
@@ -270,6 +275,8 @@ pub struct MemcachedCache {
     config: MemcachedConfig,
     idle: Mutex<Vec<Conn>>,
     health: Mutex<Health>,
+    /// One permit per operation in flight.
+    permits: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for MemcachedCache {
@@ -288,6 +295,7 @@ impl MemcachedCache {
     /// A cache with this configuration. Connects lazily, on the first operation.
     pub fn new(config: MemcachedConfig) -> MemcachedCache {
         MemcachedCache {
+            permits: tokio::sync::Semaphore::new(config.max_connections.max(1)),
             config,
             idle: Mutex::new(Vec::new()),
             health: Mutex::new(Health::default()),
@@ -334,6 +342,8 @@ impl MemcachedCache {
             }
         }
         let attempt = async {
+            // Never closed, so acquiring only waits.
+            let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
             let pooled = lock(&self.idle).pop();
             if let Some(mut conn) = pooled {
                 match op(&mut conn).await {

@@ -136,8 +136,16 @@ impl PlugitDirectory {
             Some("http") | Some("https") => {}
             _ => return Err(invalid("the scheme must be http or https")),
         }
-        if uri.authority().is_none() {
-            return Err(invalid("no host"));
+        match uri.authority() {
+            None => return Err(invalid("no host")),
+            Some(a) if a.as_str().contains('@') => {
+                // Never echo credentials.
+                return Err(PlugitSetupError::InvalidUrl {
+                    url: "<redacted>".into(),
+                    reason: "credentials in the URL are not supported".into(),
+                });
+            }
+            Some(_) => {}
         }
         if uri.query().is_some() {
             return Err(invalid(
