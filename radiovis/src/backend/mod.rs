@@ -16,7 +16,11 @@
 //!
 //! With the `mock` feature, each trait has a `mockall` mock (`MockMessageBus`, ...).
 
+#[cfg(feature = "memcached")]
+pub mod memcached;
 pub mod memory;
+#[cfg(feature = "plugit")]
+pub mod plugit;
 
 use std::net::IpAddr;
 use std::time::Duration;

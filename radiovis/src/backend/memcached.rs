@@ -1,0 +1,507 @@
+//! memcached as the shared cache (behaviour.md §6), with a minimal client of the text
+//! protocol (`get`, `set`) over tokio.
+//!
+//! * `MEMCACHED_HOST` is `host` or `host:port` (default port 11211; IPv6 as `[::1]:11211`
+//!   or a bare `::1`).
+//! * Connections are pooled (a few idle ones are kept); a connection that failed in any
+//!   way is dropped and a new one is opened by the next operation, so the cache recovers
+//!   by itself when memcached comes back.
+//! * Every operation (connect included) is bounded by [`MemcachedConfig::timeout`]
+//!   (default 500 ms). A failure to connect or a timeout makes the cache "down" for
+//!   [`MemcachedConfig::retry_after`] (default 1 s): operations then fail at once with
+//!   [`CacheError::Unavailable`] instead of each waiting for the timeout. The warning
+//!   that the cache is down is logged at most once a minute; its return is logged once.
+//! * Keys: memcached refuses keys over 250 bytes or with spaces or control characters.
+//!   [`memcached_key`] maps every key deterministically (the same on every instance) to a
+//!   valid one: a valid key without `%` is used as is (so keys stay those of the original
+//!   Python server); otherwise `%`, space, control bytes and DEL are percent-escaped
+//!   (`%25`, `%20`, ...), and a result over 250 bytes becomes its first 180 bytes, `%#`
+//!   and the hex SHA-256 of the whole original key. The mapping is injective in practice
+//!   (escaping is injective; `%#` never appears in an escaped key; SHA-256).
+//! * Values are opaque bytes, stored with flags 0.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use super::{Cache, CacheError};
+
+/// memcached's longest key.
+const MAX_KEY_LEN: usize = 250;
+/// Longest reply line read (a `VALUE` line with a 250-byte key is ~290 bytes).
+const MAX_LINE_LEN: usize = 2048;
+/// Largest value read back (memcached's default item limit is 1 MiB).
+const MAX_VALUE_LEN: usize = 64 * 1024 * 1024;
+/// Idle connections kept for reuse.
+const MAX_IDLE: usize = 8;
+/// Expiration times above this many seconds are absolute Unix times for memcached.
+const RELATIVE_EXPTIME_MAX: u64 = 60 * 60 * 24 * 30;
+/// Minimum interval between two "cache down" warnings.
+const WARN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Configuration of a [`MemcachedCache`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemcachedConfig {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port (default 11211).
+    pub port: u16,
+    /// Bound on every operation, connection included (default 500 ms).
+    pub timeout: Duration,
+    /// After a failure to connect or a timeout, operations fail at once for this long
+    /// before the next attempt (default 1 s).
+    pub retry_after: Duration,
+    /// Most operations in flight (hence connections in use) at once (default 16);
+    /// further operations wait for their turn within their own timeout (a cache that
+    /// cannot keep up is then treated as unavailable, like a slow one).
+    pub max_connections: usize,
+}
+
+/// A `MEMCACHED_HOST` value that is not `host` or `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid memcached host {0:?} (expected host or host:port)")]
+pub struct InvalidMemcachedHost(pub String);
+
+impl MemcachedConfig {
+    /// The configuration for a `MEMCACHED_HOST` value (`host` or `host:port`), with
+    /// default timeouts.
+    pub fn from_host(spec: &str) -> Result<MemcachedConfig, InvalidMemcachedHost> {
+        let invalid = || InvalidMemcachedHost(spec.to_owned());
+        let s = spec.trim();
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            // [v6] or [v6]:port
+            let (host, after) = rest.split_once(']').ok_or_else(invalid)?;
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or_else(invalid)?),
+            };
+            (host, port)
+        } else if s.matches(':').count() > 1 {
+            (s, None) // bare IPv6 address
+        } else {
+            match s.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (s, None),
+            }
+        };
+        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err(invalid());
+        }
+        let port = match port {
+            None => 11211,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(invalid)?,
+        };
+        Ok(MemcachedConfig {
+            host: host.to_owned(),
+            port,
+            timeout: Duration::from_millis(500),
+            retry_after: Duration::from_secs(1),
+            max_connections: 16,
+        })
+    }
+}
+
+/// The memcached key used for a cache key (see the module documentation).
+pub fn memcached_key(key: &str) -> String {
+    let valid = |b: u8| b > b' ' && b != 0x7f;
+    if !key.is_empty() && key.len() <= MAX_KEY_LEN && key.bytes().all(|b| valid(b) && b != b'%') {
+        return key.to_owned();
+    }
+    let mut escaped = String::with_capacity(key.len() + 8);
+    for c in key.chars() {
+        if c.is_ascii() && (!valid(c as u8) || c == '%') {
+            escaped.push_str(&format!("%{:02X}", c as u8));
+        } else {
+            escaped.push(c);
+        }
+    }
+    if escaped.is_empty() {
+        // The empty key: memcached has no empty key.
+        return "%".to_owned();
+    }
+    if escaped.len() <= MAX_KEY_LEN {
+        return escaped;
+    }
+    let mut cut = 180;
+    while !escaped.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let digest = Sha256::digest(key.as_bytes());
+    let mut out = String::with_capacity(cut + 2 + 64);
+    out.push_str(&escaped[..cut]);
+    out.push_str("%#");
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// One connection to memcached.
+struct Conn {
+    stream: BufReader<TcpStream>,
+}
+
+/// What went wrong in one operation.
+enum OpError {
+    /// Connection-level failure: the connection is dropped, the cache may be down.
+    Io(String),
+    /// memcached answered with an error; the connection is still usable.
+    Server(String),
+    /// A reply we do not understand: the connection is dropped.
+    Protocol(String),
+}
+
+impl Conn {
+    async fn read_line(&mut self) -> Result<String, OpError> {
+        let mut line = Vec::with_capacity(64);
+        let n = (&mut self.stream)
+            .take(MAX_LINE_LEN as u64)
+            .read_until(b'\n', &mut line)
+            .await
+            .map_err(|e| OpError::Io(e.to_string()))?;
+        if n == 0 {
+            return Err(OpError::Io("connection closed by memcached".into()));
+        }
+        if !line.ends_with(b"\r\n") {
+            return Err(OpError::Protocol("reply line too long or truncated".into()));
+        }
+        line.truncate(line.len() - 2);
+        String::from_utf8(line).map_err(|_| OpError::Protocol("reply line is not UTF-8".into()))
+    }
+
+    /// Interprets an error reply line; `None` when the line is not an error.
+    fn error_reply(line: &str) -> Option<OpError> {
+        if line == "ERROR" || line.starts_with("CLIENT_ERROR") || line.starts_with("SERVER_ERROR") {
+            Some(OpError::Server(line.to_owned()))
+        } else {
+            None
+        }
+    }
+
+    async fn get(&mut self, key: &str) -> Result<Option<Bytes>, OpError> {
+        let cmd = format!("get {key}\r\n");
+        let io = |e: std::io::Error| OpError::Io(e.to_string());
+        self.stream
+            .get_mut()
+            .write_all(cmd.as_bytes())
+            .await
+            .map_err(io)?;
+        let mut value = None;
+        loop {
+            let line = self.read_line().await?;
+            if line == "END" {
+                return Ok(value);
+            }
+            if let Some(e) = Conn::error_reply(&line) {
+                return Err(e);
+            }
+            // VALUE <key> <flags> <bytes> [<cas>]
+            let mut parts = line.split(' ');
+            let len = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                (Some("VALUE"), Some(_), Some(_), Some(len)) => len
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|l| *l <= MAX_VALUE_LEN)
+                    .ok_or_else(|| OpError::Protocol(format!("bad VALUE line {line:?}")))?,
+                _ => return Err(OpError::Protocol(format!("unexpected reply {line:?}"))),
+            };
+            let mut data = vec![0u8; len + 2];
+            self.stream.read_exact(&mut data).await.map_err(io)?;
+            if !data.ends_with(b"\r\n") {
+                return Err(OpError::Protocol("value not followed by CRLF".into()));
+            }
+            data.truncate(len);
+            value = Some(Bytes::from(data));
+        }
+    }
+
+    async fn set(&mut self, key: &str, value: &[u8], exptime: i64) -> Result<(), OpError> {
+        let mut cmd = Vec::with_capacity(key.len() + value.len() + 48);
+        cmd.extend_from_slice(format!("set {key} 0 {exptime} {}\r\n", value.len()).as_bytes());
+        cmd.extend_from_slice(value);
+        cmd.extend_from_slice(b"\r\n");
+        self.stream
+            .get_mut()
+            .write_all(&cmd)
+            .await
+            .map_err(|e| OpError::Io(e.to_string()))?;
+        let line = self.read_line().await?;
+        if line == "STORED" {
+            return Ok(());
+        }
+        Err(Conn::error_reply(&line)
+            .unwrap_or_else(|| OpError::Protocol(format!("unexpected reply {line:?}"))))
+    }
+}
+
+/// The memcached exptime for a TTL: at least one second (0 would mean "never"),
+/// absolute beyond 30 days; -1 (already expired) for a zero TTL.
+fn exptime(ttl: Duration) -> i64 {
+    if ttl.is_zero() {
+        return -1;
+    }
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    if secs <= RELATIVE_EXPTIME_MAX {
+        return secs as i64;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    i64::try_from(now.saturating_add(secs)).unwrap_or(i64::MAX)
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    /// Operations fail at once until then.
+    down_until: Option<Instant>,
+    /// Whether the last operation found the cache down (for the "back" message).
+    down: bool,
+    last_warning: Option<Instant>,
+}
+
+/// The memcached [`Cache`].
+pub struct MemcachedCache {
+    config: MemcachedConfig,
+    idle: Mutex<Vec<Conn>>,
+    health: Mutex<Health>,
+    /// One permit per operation in flight.
+    permits: tokio::sync::Semaphore,
+}
+
+impl std::fmt::Debug for MemcachedCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemcachedCache")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl MemcachedCache {
+    /// A cache with this configuration. Connects lazily, on the first operation.
+    pub fn new(config: MemcachedConfig) -> MemcachedCache {
+        MemcachedCache {
+            permits: tokio::sync::Semaphore::new(config.max_connections.max(1)),
+            config,
+            idle: Mutex::new(Vec::new()),
+            health: Mutex::new(Health::default()),
+        }
+    }
+
+    /// A cache for a `MEMCACHED_HOST` value (`host` or `host:port`), default timeouts.
+    pub fn from_host(spec: &str) -> Result<MemcachedCache, InvalidMemcachedHost> {
+        MemcachedConfig::from_host(spec).map(MemcachedCache::new)
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &MemcachedConfig {
+        &self.config
+    }
+
+    async fn connect(&self) -> Result<Conn, String> {
+        let stream = TcpStream::connect((self.config.host.as_str(), self.config.port))
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        Ok(Conn {
+            stream: BufReader::new(stream),
+        })
+    }
+
+    /// Runs one operation on a pooled (or new) connection, within the timeout, and keeps
+    /// the health state. A pooled connection that fails at the connection level (closed
+    /// by a restarted memcached) is replaced by a new one once.
+    async fn run<T, F>(&self, op: F) -> Result<T, CacheError>
+    where
+        F: for<'c> Fn(&'c mut Conn) -> BoxFuture<'c, Result<T, OpError>>,
+    {
+        {
+            let health = lock(&self.health);
+            if health
+                .down_until
+                .is_some_and(|until| Instant::now() < until)
+            {
+                return Err(CacheError::Unavailable(format!(
+                    "memcached {}:{} is down (retrying shortly)",
+                    self.config.host, self.config.port
+                )));
+            }
+        }
+        let attempt = async {
+            // Never closed, so acquiring only waits.
+            let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
+            let pooled = lock(&self.idle).pop();
+            if let Some(mut conn) = pooled {
+                match op(&mut conn).await {
+                    Err(OpError::Io(e)) => {
+                        tracing::debug!(error = %e, "pooled memcached connection failed, reconnecting");
+                    }
+                    result => return Ok((conn, result)),
+                }
+            }
+            let mut conn = self.connect().await?;
+            let result = op(&mut conn).await;
+            Ok::<_, String>((conn, result))
+        };
+        match tokio::time::timeout(self.config.timeout, attempt).await {
+            Err(_) => Err(self.mark_down(format!("no answer within {:?}", self.config.timeout))),
+            Ok(Err(e)) | Ok(Ok((_, Err(OpError::Io(e))))) => Err(self.mark_down(e)),
+            Ok(Ok((conn, Err(OpError::Server(e))))) => {
+                self.release(conn);
+                self.mark_up();
+                Err(CacheError::BadAnswer(e))
+            }
+            Ok(Ok((_, Err(OpError::Protocol(e))))) => {
+                // The connection is out of step: drop it; memcached itself is there.
+                self.mark_up();
+                Err(CacheError::BadAnswer(e))
+            }
+            Ok(Ok((conn, Ok(v)))) => {
+                self.release(conn);
+                self.mark_up();
+                Ok(v)
+            }
+        }
+    }
+
+    fn release(&self, conn: Conn) {
+        let mut idle = lock(&self.idle);
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+    }
+
+    fn mark_up(&self) {
+        let mut health = lock(&self.health);
+        health.down_until = None;
+        if health.down {
+            health.down = false;
+            tracing::info!(
+                host = %self.config.host,
+                port = self.config.port,
+                "memcached reachable again"
+            );
+        }
+    }
+
+    fn mark_down(&self, reason: String) -> CacheError {
+        // Idle connections are likely dead too.
+        lock(&self.idle).clear();
+        let now = Instant::now();
+        let mut health = lock(&self.health);
+        health.down = true;
+        health.down_until = Some(now + self.config.retry_after);
+        let warn = health
+            .last_warning
+            .is_none_or(|t| now.duration_since(t) >= WARN_INTERVAL);
+        if warn {
+            health.last_warning = Some(now);
+            tracing::warn!(
+                host = %self.config.host,
+                port = self.config.port,
+                error = %reason,
+                "memcached unavailable, working without the shared cache"
+            );
+        } else {
+            tracing::debug!(error = %reason, "memcached unavailable");
+        }
+        CacheError::Unavailable(format!(
+            "memcached {}:{}: {reason}",
+            self.config.host, self.config.port
+        ))
+    }
+}
+
+#[async_trait]
+impl Cache for MemcachedCache {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+        let key = memcached_key(key);
+        self.run(move |c| {
+            let key = key.clone();
+            Box::pin(async move { c.get(&key).await })
+        })
+        .await
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
+        let key = memcached_key(key);
+        let exptime = exptime(ttl);
+        self.run(move |c| {
+            let (key, value) = (key.clone(), value.clone());
+            Box::pin(async move { c.set(&key, &value, exptime).await })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_specs_parse() {
+        let c = MemcachedConfig::from_host("cache").expect("ok");
+        assert_eq!((c.host.as_str(), c.port), ("cache", 11211));
+        let c = MemcachedConfig::from_host("127.0.0.1:11299").expect("ok");
+        assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 11299));
+        let c = MemcachedConfig::from_host("[::1]:5").expect("ok");
+        assert_eq!((c.host.as_str(), c.port), ("::1", 5));
+        let c = MemcachedConfig::from_host("::1").expect("ok");
+        assert_eq!((c.host.as_str(), c.port), ("::1", 11211));
+        for bad in ["", "host:", "host:x", "host:0", "host:70000", "a b", "[::1"] {
+            assert!(MemcachedConfig::from_host(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn keys_are_made_valid_deterministically() {
+        let plain = "radiovis_isoecc_/topic/fm/ch/4001/09580/";
+        assert_eq!(memcached_key(plain), plain);
+        assert_eq!(memcached_key("a b\n%"), "a%20b%0A%25");
+        assert_ne!(memcached_key("a b"), memcached_key("a%20b"));
+        assert_eq!(memcached_key(""), "%");
+        let long = "k".repeat(300);
+        let m = memcached_key(&long);
+        assert!(m.len() <= MAX_KEY_LEN);
+        assert_eq!(m, memcached_key(&long));
+        assert_ne!(m, memcached_key(&"k".repeat(301)));
+        let long_utf8 = "é".repeat(200);
+        let m = memcached_key(&long_utf8);
+        assert!(m.len() <= MAX_KEY_LEN);
+        assert!(m.bytes().all(|b| b > b' ' && b != 0x7f));
+    }
+
+    #[test]
+    fn down_warning_is_rate_limited() {
+        let c = MemcachedCache::from_host("127.0.0.1:1").expect("valid");
+        let e = c.mark_down("first".into());
+        assert!(matches!(e, CacheError::Unavailable(_)));
+        let first = lock(&c.health).last_warning.expect("warned");
+        c.mark_down("second".into());
+        assert_eq!(lock(&c.health).last_warning, Some(first));
+        c.mark_up();
+        assert!(!lock(&c.health).down);
+    }
+
+    #[test]
+    fn exptimes() {
+        assert_eq!(exptime(Duration::ZERO), -1);
+        assert_eq!(exptime(Duration::from_millis(10)), 1);
+        assert_eq!(exptime(Duration::from_secs(600)), 600);
+        assert!(exptime(Duration::from_secs(RELATIVE_EXPTIME_MAX + 1)) > 1_000_000_000);
+    }
+}

@@ -1,0 +1,518 @@
+//! The PlugIt HTTP API as directory and message log (behaviour.md §5).
+//!
+//! Every action is `<RADIODNS_API_URL><action>` with its parameters form-urlencoded in
+//! the request body (`content-type: application/x-www-form-urlencoded`) and a JSON
+//! answer. The original server sent them with `requests.get(url, data=params)`: a GET
+//! whose *body* is the form, which the PlugIt side reads as form fields. That is the
+//! default ([`PlugitMethod::Get`]); [`PlugitMethod::Post`] sends the same form as a POST,
+//! for deployments behind proxies that drop GET bodies. Parameters are never put in the
+//! query string, so the password of `check_auth` never appears in a URL (access logs,
+//! proxies) nor in any error or log line of this module.
+//!
+//! One pooled keep-alive client (hyper-util's legacy client) serves every call, over
+//! `http://` or `https://` (rustls with the `ring` provider and the webpki root
+//! certificates, no system dependency). Every call is bounded by
+//! [`PlugitConfig::connect_timeout`] for the TCP (and TLS) connection and by
+//! [`PlugitConfig::timeout`] for the whole exchange, body included.
+
+use std::error::Error as _;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE};
+use hyper::{Method, Request, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use super::{
+    ChannelDefault, ChannelRef, DirectoryApi, DirectoryError, LogEntry, LogError, LogStore,
+};
+
+/// Largest answer body accepted (the channel lists of a big directory fit easily).
+const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
+/// How the form parameters are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlugitMethod {
+    /// `GET` with the form in the body, exactly as the original Python server did.
+    #[default]
+    Get,
+    /// `POST` with the form in the body.
+    Post,
+}
+
+impl std::str::FromStr for PlugitMethod {
+    type Err = String;
+
+    /// `GET` or `POST`, any case.
+    fn from_str(s: &str) -> Result<PlugitMethod, String> {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "GET" => Ok(PlugitMethod::Get),
+            "POST" => Ok(PlugitMethod::Post),
+            other => Err(format!("unknown HTTP method {other:?} (GET or POST)")),
+        }
+    }
+}
+
+/// Configuration of a [`PlugitDirectory`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlugitConfig {
+    /// `RADIODNS_API_URL`: `http://` or `https://` base URL; a missing final `/` is added.
+    pub base_url: String,
+    /// Bound on a whole call: connection, request, answer body (default 5 s).
+    pub timeout: Duration,
+    /// Bound on establishing a connection (default 5 s).
+    pub connect_timeout: Duration,
+    /// How the parameters are sent (default: GET with a form body, as the original).
+    pub method: PlugitMethod,
+}
+
+impl PlugitConfig {
+    /// The default configuration for this base URL: 5 s timeouts, GET with a form body.
+    pub fn new(base_url: impl Into<String>) -> PlugitConfig {
+        PlugitConfig {
+            base_url: base_url.into(),
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            method: PlugitMethod::Get,
+        }
+    }
+}
+
+/// Why a [`PlugitDirectory`] could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlugitSetupError {
+    #[error("invalid PlugIt API URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("cannot set up TLS for the PlugIt API: {0}")]
+    Tls(String),
+}
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The PlugIt API client: a [`DirectoryApi`] and a [`LogStore`]. Cheap to share behind an
+/// `Arc`; all calls share one connection pool.
+pub struct PlugitDirectory {
+    client: HttpsClient,
+    /// Base URL, ending with `/`.
+    base: String,
+    timeout: Duration,
+    connect_timeout: Duration,
+    method: PlugitMethod,
+}
+
+impl std::fmt::Debug for PlugitDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlugitDirectory")
+            .field("base", &self.base)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("method", &self.method)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PlugitDirectory {
+    /// A client for this configuration. Fails on a URL that is not `http(s)://host/...`.
+    pub fn new(config: PlugitConfig) -> Result<PlugitDirectory, PlugitSetupError> {
+        let mut base = config.base_url.trim().to_owned();
+        if !base.ends_with('/') {
+            base.push('/');
+        }
+        let invalid = |reason: &str| PlugitSetupError::InvalidUrl {
+            url: config.base_url.clone(),
+            reason: reason.to_owned(),
+        };
+        let uri: Uri = base
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| invalid(&e.to_string()))?;
+        match uri.scheme_str() {
+            Some("http") | Some("https") => {}
+            _ => return Err(invalid("the scheme must be http or https")),
+        }
+        match uri.authority() {
+            None => return Err(invalid("no host")),
+            Some(a) if a.as_str().contains('@') => {
+                // Never echo credentials.
+                return Err(PlugitSetupError::InvalidUrl {
+                    url: "<redacted>".into(),
+                    reason: "credentials in the URL are not supported".into(),
+                });
+            }
+            Some(_) => {}
+        }
+        if uri.query().is_some() {
+            return Err(invalid(
+                "a query string cannot be followed by an action name",
+            ));
+        }
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .map_err(|e| PlugitSetupError::Tls(e.to_string()))?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(16)
+            .build(https);
+        Ok(PlugitDirectory {
+            client,
+            base,
+            timeout: config.timeout,
+            connect_timeout: config.connect_timeout,
+            method: config.method,
+        })
+    }
+
+    /// The base URL in use (with its final `/`).
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// The URL of an action.
+    fn action_uri(&self, action: &str) -> Result<Uri, DirectoryError> {
+        format!("{}{}", self.base, action)
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| {
+                DirectoryError::BadAnswer(format!("{action}: invalid URL: {e}"))
+            })
+    }
+
+    /// Calls `action` with these parameters and returns its JSON answer. Errors name the
+    /// action, never the parameters.
+    async fn call(&self, action: &str, params: &[(&str, &str)]) -> Result<Value, DirectoryError> {
+        let result = tokio::time::timeout(self.timeout, self.exchange(action, params)).await;
+        let result = match result {
+            Ok(r) => r,
+            Err(_) => Err(DirectoryError::Timeout(self.timeout)),
+        };
+        if let Err(e) = &result {
+            tracing::debug!(action, error = %e, "PlugIt API call failed");
+        }
+        result
+    }
+
+    async fn exchange(
+        &self,
+        action: &str,
+        params: &[(&str, &str)],
+    ) -> Result<Value, DirectoryError> {
+        let form = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params)
+            .finish();
+        let method = match self.method {
+            PlugitMethod::Get => Method::GET,
+            PlugitMethod::Post => Method::POST,
+        };
+        let mut request = Request::new(Full::new(Bytes::from(form)));
+        *request.method_mut() = method;
+        *request.uri_mut() = self.action_uri(action)?;
+        request.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        request
+            .headers_mut()
+            .insert(ACCEPT, HeaderValue::from_static("application/json"));
+
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| self.transport_error(action, &e))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    DirectoryError::BadAnswer(format!(
+                        "{action}: answer larger than {MAX_ANSWER_BYTES} bytes"
+                    ))
+                } else {
+                    DirectoryError::Unreachable(format!("{action}: reading answer: {e}"))
+                }
+            })?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(DirectoryError::Status(status.as_u16()));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| DirectoryError::BadAnswer(format!("{action}: invalid JSON: {e}")))
+    }
+
+    /// Maps a client error: a connect timeout is a [`DirectoryError::Timeout`], anything
+    /// else [`DirectoryError::Unreachable`] with the error chain (which names neither the
+    /// URL nor the parameters).
+    fn transport_error(
+        &self,
+        action: &str,
+        e: &hyper_util::client::legacy::Error,
+    ) -> DirectoryError {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        let mut timed_out = false;
+        while let Some(s) = source {
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
+            }
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        if timed_out || text.contains("connect timeout") {
+            DirectoryError::Timeout(self.connect_timeout)
+        } else {
+            DirectoryError::Unreachable(format!("{action}: {text}"))
+        }
+    }
+}
+
+/// A field of an answer object.
+fn field<'a>(answer: &'a Value, action: &str, name: &str) -> Result<&'a Value, DirectoryError> {
+    answer
+        .as_object()
+        .ok_or_else(|| DirectoryError::BadAnswer(format!("{action}: answer is not an object")))
+        .map(|o| o.get(name).unwrap_or(&Value::Null))
+}
+
+/// A `[[topic, id], ...]` list; ids may be numbers or strings.
+fn channel_list(answer: &Value, action: &str) -> Result<Vec<ChannelRef>, DirectoryError> {
+    let bad = |what: &str| DirectoryError::BadAnswer(format!("{action}: {what}"));
+    let list = field(answer, action, "list")?
+        .as_array()
+        .ok_or_else(|| bad("\"list\" is not a list"))?;
+    list.iter()
+        .map(|item| match item.as_array().map(Vec::as_slice) {
+            Some([topic, id, ..]) => {
+                let topic = topic
+                    .as_str()
+                    .ok_or_else(|| bad("a channel topic is not a string"))?;
+                let id = match id {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    _ => return Err(bad("a channel id is neither a string nor a number")),
+                };
+                Ok(ChannelRef {
+                    topic: topic.to_owned(),
+                    id,
+                })
+            }
+            _ => Err(bad("a channel is not a [topic, id] pair")),
+        })
+        .collect()
+}
+
+/// A string field of a channel's `info`, `None` when absent, null or not a string.
+fn info_str(info: &serde_json::Map<String, Value>, name: &str) -> Option<String> {
+    match info.get(name) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl DirectoryApi for PlugitDirectory {
+    async fn check_auth(
+        &self,
+        username: &str,
+        password: &str,
+        ip: IpAddr,
+    ) -> Result<bool, DirectoryError> {
+        let ip = ip.to_string();
+        let answer = self
+            .call(
+                "check_auth",
+                &[("username", username), ("password", password), ("ip", &ip)],
+            )
+            .await?;
+        let ok = match field(&answer, "check_auth", "result")? {
+            Value::Bool(b) => *b,
+            Value::Number(n) => n.as_i64().is_some_and(|n| n != 0),
+            Value::Null => false,
+            _ => {
+                return Err(DirectoryError::BadAnswer(
+                    "check_auth: \"result\" is not a boolean".into(),
+                ))
+            }
+        };
+        if !ok {
+            if let Some(e) = answer.get("error").and_then(Value::as_str) {
+                tracing::debug!(username, error = e, "PlugIt refused the login");
+            }
+        }
+        Ok(ok)
+    }
+
+    async fn get_channels(&self, station_id: &str) -> Result<Vec<String>, DirectoryError> {
+        let answer = self
+            .call("get_channels", &[("station_id", station_id)])
+            .await?;
+        let bad = |what: &str| DirectoryError::BadAnswer(format!("get_channels: {what}"));
+        match field(&answer, "get_channels", "list")? {
+            Value::Null => Ok(Vec::new()),
+            Value::Array(items) => items
+                .iter()
+                .map(|t| {
+                    t.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| bad("a topic is not a string"))
+                })
+                .collect(),
+            _ => Err(bad("\"list\" is not a list")),
+        }
+    }
+
+    async fn get_gcc(&self, cc: &str) -> Result<Option<String>, DirectoryError> {
+        let answer = self.call("get_gcc", &[("cc", cc)]).await?;
+        match field(&answer, "get_gcc", "gcc")? {
+            Value::Null => Ok(None),
+            Value::String(s) if s.is_empty() => Ok(None),
+            Value::String(s) => Ok(Some(s.clone())),
+            _ => Err(DirectoryError::BadAnswer(
+                "get_gcc: \"gcc\" is not a string".into(),
+            )),
+        }
+    }
+
+    async fn get_all_channels(&self) -> Result<Vec<ChannelRef>, DirectoryError> {
+        let answer = self.call("get_all_channels", &[]).await?;
+        channel_list(&answer, "get_all_channels")
+    }
+
+    async fn get_all_vis_channels(&self) -> Result<Vec<ChannelRef>, DirectoryError> {
+        let answer = self.call("get_all_vis_channels", &[]).await?;
+        channel_list(&answer, "get_all_vis_channels")
+    }
+
+    async fn get_channel_default(
+        &self,
+        id: &str,
+    ) -> Result<Option<ChannelDefault>, DirectoryError> {
+        let answer = self.call("get_channel_default", &[("id", id)]).await?;
+        match field(&answer, "get_channel_default", "info")? {
+            Value::Null => Ok(None),
+            Value::Object(info) => Ok(Some(ChannelDefault {
+                filename: info_str(info, "filename"),
+                radiotext: info_str(info, "radiotext"),
+                radiolink: info_str(info, "radiolink"),
+                public_url: info_str(info, "public_url"),
+            })),
+            _ => Err(DirectoryError::BadAnswer(
+                "get_channel_default: \"info\" is not an object".into(),
+            )),
+        }
+    }
+}
+
+/// The headers of a log entry as the JSON text of an object (the first of repeated
+/// headers wins, as in STOMP).
+fn headers_json(headers: &[(String, String)]) -> String {
+    let mut map = serde_json::Map::new();
+    for (k, v) in headers {
+        map.entry(k.clone())
+            .or_insert_with(|| Value::String(v.clone()));
+    }
+    Value::Object(map).to_string()
+}
+
+#[async_trait]
+impl LogStore for PlugitDirectory {
+    async fn add_log(&self, entry: LogEntry) -> Result<(), LogError> {
+        let headers = headers_json(&entry.headers);
+        let timestamp = entry.timestamp.to_string();
+        self.call(
+            "add_log",
+            &[
+                ("topic", &entry.topic),
+                ("message", &entry.message),
+                ("headers", &headers),
+                ("timestamp", &timestamp),
+            ],
+        )
+        .await
+        .map(drop)
+        .map_err(|e| LogError::Unavailable(e.to_string()))
+    }
+
+    async fn cleanup_logs(&self, max_age: Duration) -> Result<(), LogError> {
+        let max_age = max_age.as_secs().to_string();
+        self.call("cleanup_logs", &[("max_age", &max_age)])
+            .await
+            .map(drop)
+            .map_err(|e| LogError::Unavailable(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_gets_its_slash() {
+        let d = PlugitDirectory::new(PlugitConfig::new("http://127.0.0.1:1/api")).expect("ok");
+        assert_eq!(d.base_url(), "http://127.0.0.1:1/api/");
+        let d = PlugitDirectory::new(PlugitConfig::new("https://example.org/plugit/")).expect("ok");
+        assert_eq!(d.base_url(), "https://example.org/plugit/");
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        for url in [
+            "",
+            "example.org/api",
+            "ftp://example.org/",
+            "http://exa mple/",
+        ] {
+            assert!(
+                PlugitDirectory::new(PlugitConfig::new(url)).is_err(),
+                "{url:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn method_parses() {
+        assert_eq!("get".parse::<PlugitMethod>(), Ok(PlugitMethod::Get));
+        assert_eq!(" POST ".parse::<PlugitMethod>(), Ok(PlugitMethod::Post));
+        assert!("PUT".parse::<PlugitMethod>().is_err());
+    }
+
+    #[test]
+    fn channel_lists_take_string_and_number_ids() {
+        let v: Value = serde_json::from_str(r#"{"list": [["/topic/a/", 7], ["/topic/b/", "x"]]}"#)
+            .expect("json");
+        let l = channel_list(&v, "t").expect("ok");
+        assert_eq!(l[0].id, "7");
+        assert_eq!(l[1].id, "x");
+        let v: Value = serde_json::from_str(r#"{"list": [["/topic/a/"]]}"#).expect("json");
+        assert!(channel_list(&v, "t").is_err());
+    }
+
+    #[test]
+    fn headers_become_a_json_object_first_wins() {
+        let h = vec![
+            ("link".to_string(), "a".to_string()),
+            ("link".to_string(), "b".to_string()),
+            ("trigger-time".to_string(), "NOW".to_string()),
+        ];
+        let v: Value = serde_json::from_str(&headers_json(&h)).expect("json");
+        assert_eq!(v["link"], "a");
+        assert_eq!(v["trigger-time"], "NOW");
+    }
+}

@@ -1,0 +1,5 @@
+//! Helpers shared by the integration tests (each test file does `mod support;`).
+#![allow(dead_code)]
+
+pub mod plugit_server;
+pub mod services;
