@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use radiovis::backend::memcached::MemcachedCache;
 use radiovis::backend::memory::{LocalBus, MemoryCache, MemoryLogStore, StaticDirectory};
+use radiovis::backend::plugit::{PlugitConfig, PlugitDirectory, PlugitMethod};
 use radiovis::backend::{Cache, DirectoryApi, LogStore, MessageBus};
 use radiovis::config::{
     DirectoryArgs, FallbackArgs, HubArgs, MonitoringArgs, RabbitArgs, StompArgs,
@@ -70,8 +72,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             tracing::info!(backend = "in-process", "message bus");
             Arc::new(LocalBus::default())
         };
-    let directory: Arc<dyn DirectoryApi> = if cli.directory.radiodns_api_url.is_some() {
-        return Err("RADIODNS_API_URL set, but this build has no PlugIt directory yet".into());
+    let mut plugit_log: Option<Arc<PlugitDirectory>> = None;
+    let directory: Arc<dyn DirectoryApi> = if let Some(url) = &cli.directory.radiodns_api_url {
+        let plugit = Arc::new(plugit_directory(url, &cli.directory)?);
+        tracing::info!(backend = "plugit", url = %plugit.base_url(), "directory");
+        plugit_log = Some(plugit.clone());
+        plugit
     } else {
         let default = std::path::Path::new("examples/directory.toml");
         let dir = match &cli.directory.directory {
@@ -93,13 +99,18 @@ async fn run(cli: Cli) -> Result<(), String> {
         };
         Arc::new(dir)
     };
-    let cache: Arc<dyn Cache> = if cli.directory.memcached_host.is_some() {
-        return Err("MEMCACHED_HOST set, but this build has no memcached cache yet".into());
+    let cache: Arc<dyn Cache> = if let Some(host) = &cli.directory.memcached_host {
+        let c = MemcachedCache::from_host(host).map_err(|e| format!("MEMCACHED_HOST: {e}"))?;
+        tracing::info!(backend = "memcached", host = %host, "shared cache");
+        Arc::new(c)
     } else {
         tracing::info!(backend = "in-process", "shared cache");
         Arc::new(MemoryCache::new())
     };
-    let log: Arc<dyn LogStore> = Arc::new(MemoryLogStore::default());
+    let log: Arc<dyn LogStore> = match plugit_log {
+        Some(p) => p,
+        None => Arc::new(MemoryLogStore::default()),
+    };
     if cli.monitoring.monitoring_host.is_some() && cli.monitoring.monitoring_enabled {
         tracing::warn!("monitoring is not available in this build; MONITORING_* ignored");
     }
@@ -149,6 +160,20 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The PlugIt directory described by the configuration.
+fn plugit_directory(url: &str, args: &DirectoryArgs) -> Result<PlugitDirectory, String> {
+    let mut config = PlugitConfig::new(url);
+    let timeout = std::time::Duration::try_from_secs_f64(args.directory_timeout)
+        .map_err(|_| "RADIOVIS_DIRECTORY_TIMEOUT: not a valid number of seconds".to_string())?;
+    config.timeout = timeout;
+    config.connect_timeout = timeout;
+    config.method = args
+        .radiodns_api_method
+        .parse::<PlugitMethod>()
+        .map_err(|e| format!("RADIODNS_API_METHOD: {e}"))?;
+    PlugitDirectory::new(config).map_err(|e| format!("RADIODNS_API_URL: {e}"))
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -135,6 +135,9 @@ pub struct DirectoryArgs {
         value_name = "MEMCACHED_HOST"
     )]
     pub memcached_host: Option<String>,
+    /// HTTP method of PlugIt calls: GET with a form body (as the original) or POST.
+    #[arg(long = "radiodns-api-method", env = "RADIODNS_API_METHOD", value_name = "RADIODNS_API_METHOD", default_value = "GET", value_parser = ["GET", "POST", "get", "post"])]
+    pub radiodns_api_method: String,
     /// Timeout of each directory call, in seconds.
     #[arg(
         long = "directory-timeout",
