@@ -17,6 +17,8 @@
 //! With the `mock` feature, each trait has a `mockall` mock (`MockMessageBus`, ...).
 
 pub mod memory;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 
 use std::net::IpAddr;
 use std::time::Duration;
