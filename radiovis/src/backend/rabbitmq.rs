@@ -22,6 +22,7 @@
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -308,6 +309,8 @@ struct Shared {
     /// Bumped on each `subscribe()`, so a durable queue starts consuming.
     subscribed: watch::Sender<u64>,
     shutdown: CancellationToken,
+    /// Successful connections so far.
+    connects: AtomicU64,
 }
 
 impl Shared {
@@ -367,6 +370,7 @@ impl RabbitBus {
             subscribers: Mutex::new(Vec::new()),
             subscribed,
             shutdown: CancellationToken::new(),
+            connects: AtomicU64::new(0),
         });
         let (first_tx, first_rx) = oneshot::channel();
         let task = tokio::spawn(supervise(shared.clone(), first_tx));
@@ -387,6 +391,12 @@ impl RabbitBus {
     /// Whether the bus is connected now (publishing may work).
     pub fn is_connected(&self) -> bool {
         self.shared.publisher.borrow().is_some()
+    }
+
+    /// How many times the bus connected so far (1 after the first connection, +1 on
+    /// each reconnection).
+    pub fn connects(&self) -> u64 {
+        self.shared.connects.load(Ordering::Relaxed)
     }
 
     /// Waits until connected, at most `timeout`; whether it is.
@@ -615,6 +625,7 @@ async fn supervise(shared: Arc<Shared>, first: oneshot::Sender<Result<(), Attemp
                     queue = %session.queue.as_str(),
                     "connected to RabbitMQ"
                 );
+                shared.connects.fetch_add(1, Ordering::Relaxed);
                 if let Some(first) = first.take() {
                     let _ = first.send(Ok(()));
                 }
