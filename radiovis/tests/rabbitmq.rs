@@ -27,6 +27,13 @@ static EXCLUSIVE: RwLock<()> = RwLock::const_new(());
 
 /// Whether the broker is reachable; prints why a test is skipped.
 async fn broker_up(test: &str) -> bool {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "radiovis=debug".into()),
+        )
+        .with_test_writer()
+        .try_init();
     let up = matches!(
         tokio::time::timeout(
             Duration::from_secs(2),
@@ -404,6 +411,7 @@ async fn exchange_of_another_type_is_a_clear_startup_error() {
     let err = RabbitBus::connect(config(&x))
         .await
         .expect_err("a direct exchange must be refused");
+    eprintln!("direct exchange: {err}");
     let RabbitError::Config(text) = &err;
     assert!(text.contains(&x), "{err}");
     assert!(text.contains("type"), "{err}");
@@ -477,4 +485,30 @@ async fn broker_down_publish_fails_promptly_and_shutdown_closes() {
         bus.publish(message("/topic/x/text", "TEXT x", "u-2")).await,
         Err(BusError::Closed)
     );
+}
+
+#[tokio::test]
+async fn refused_vhost_or_credentials_is_a_startup_error() {
+    if !broker_up("access_refused").await {
+        return;
+    }
+    let _g = EXCLUSIVE.read().await;
+    let vhost = unique("vhost");
+    let err = RabbitBus::connect(RabbitConfig {
+        vhost: vhost.clone(),
+        ..config("amq.fanout")
+    })
+    .await
+    .expect_err("an unknown vhost must be refused");
+    eprintln!("unknown vhost: {err}");
+    assert!(err.to_string().contains("configuration"), "{err}");
+
+    let err = RabbitBus::connect(RabbitConfig {
+        password: "not-the-password".into(),
+        ..config("amq.fanout")
+    })
+    .await
+    .expect_err("a wrong password must be refused");
+    eprintln!("wrong password: {err}");
+    assert!(!err.to_string().contains("not-the-password"), "{err}");
 }

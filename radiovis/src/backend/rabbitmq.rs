@@ -57,6 +57,12 @@ const NOT_FOUND: u16 = 404;
 const PRECONDITION_FAILED: u16 = 406;
 const NOT_ALLOWED: u16 = 530;
 
+/// A connection that lived this long resets the reconnection backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
+
+/// Bound on a polite close (connection or channel).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Which queue this instance consumes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueKind {
@@ -91,6 +97,9 @@ pub struct RabbitConfig {
     pub connect_timeout: Duration,
     /// Bound on waiting for the broker's publisher confirm.
     pub confirm_timeout: Duration,
+    /// AMQP heartbeat proposed to the broker, in seconds (a dead link is noticed after
+    /// about twice this); 0 leaves it to the broker.
+    pub heartbeat: u16,
     /// First reconnection delay; doubles on each failure up to `max_backoff`.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
@@ -111,7 +120,8 @@ impl Default for RabbitConfig {
             exchange: DEFAULT_EXCHANGE.to_owned(),
             queue: QueueKind::Exclusive,
             connect_timeout: Duration::from_secs(10),
-            confirm_timeout: Duration::from_secs(10),
+            confirm_timeout: Duration::from_secs(5),
+            heartbeat: 10,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
             stream_capacity: 1024,
@@ -132,6 +142,7 @@ impl fmt::Debug for RabbitConfig {
             .field("queue", &self.queue)
             .field("connect_timeout", &self.connect_timeout)
             .field("confirm_timeout", &self.confirm_timeout)
+            .field("heartbeat", &self.heartbeat)
             .field("min_backoff", &self.min_backoff)
             .field("max_backoff", &self.max_backoff)
             .field("stream_capacity", &self.stream_capacity)
@@ -212,7 +223,10 @@ impl RabbitConfig {
 
     /// `host:port/vhost` as user, for logs (no password).
     fn display_target(&self) -> String {
-        format!("{}@{}:{}/{}", self.user, self.host, self.port, self.vhost)
+        format!(
+            "{}@{}:{} (vhost {:?})",
+            self.user, self.host, self.port, self.vhost
+        )
     }
 
     fn uri(&self) -> AMQPUri {
@@ -227,7 +241,10 @@ impl RabbitConfig {
                 port: self.port,
             },
             vhost: self.vhost.clone(),
-            query: AMQPQueryString::default(),
+            query: AMQPQueryString {
+                heartbeat: (self.heartbeat > 0).then_some(self.heartbeat),
+                ..AMQPQueryString::default()
+            },
         }
     }
 }
@@ -626,24 +643,49 @@ async fn supervise(shared: Arc<Shared>, first: oneshot::Sender<Result<(), Attemp
                     "connected to RabbitMQ"
                 );
                 shared.connects.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .publisher
+                    .send_replace(Some(session.publisher.clone()));
                 if let Some(first) = first.take() {
                     let _ = first.send(Ok(()));
                 }
-                backoff.reset();
                 failures = 0;
+                let since = tokio::time::Instant::now();
                 let mut session = session;
                 let reason = run_session(&shared, &mut session).await;
                 shared.publisher.send_replace(None);
                 match reason {
                     None => {
-                        let _ = session.connection.close(200, "shutdown".into()).await;
+                        close_connection(&session.connection, "shutdown").await;
                         break;
                     }
                     Some(reason) => {
-                        warn!(broker = %target, error = %reason, "lost RabbitMQ connection, reconnecting");
-                        let _ = session.connection.close(200, "reconnecting".into()).await;
+                        // A connection that lived a while starts over from the shortest
+                        // delay; one that keeps dropping at once backs off.
+                        if since.elapsed() >= STABLE_SESSION {
+                            backoff.reset();
+                        }
+                        let delay = backoff.delay();
+                        warn!(
+                            broker = %target,
+                            error = %reason,
+                            retry_in = ?delay,
+                            "lost RabbitMQ connection, reconnecting"
+                        );
+                        close_connection(&session.connection, "reconnecting").await;
+                        tokio::select! {
+                            _ = shared.shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
                     }
                 }
+            }
+            Err(AttemptError::Config(m)) if first.is_some() => {
+                error!(broker = %target, error = %m, "RabbitMQ configuration error, not starting");
+                if let Some(first) = first.take() {
+                    let _ = first.send(Err(AttemptError::Config(m)));
+                }
+                break;
             }
             Err(e) => {
                 failures += 1;
@@ -663,12 +705,8 @@ async fn supervise(shared: Arc<Shared>, first: oneshot::Sender<Result<(), Attemp
                         "cannot connect to RabbitMQ, retrying"
                     ),
                 }
-                let is_config = matches!(e, AttemptError::Config(_));
                 if let Some(first) = first.take() {
                     let _ = first.send(Err(e));
-                    if is_config {
-                        break;
-                    }
                 }
                 tokio::select! {
                     _ = shared.shutdown.cancelled() => break,
@@ -681,6 +719,11 @@ async fn supervise(shared: Arc<Shared>, first: oneshot::Sender<Result<(), Attemp
     // Ends the subscriber streams.
     lock(&shared.subscribers).clear();
     debug!("RabbitMQ bus task stopped");
+}
+
+/// Closes a connection politely, without waiting long for a dead broker.
+async fn close_connection(connection: &Connection, why: &str) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, why.into())).await;
 }
 
 /// Connects, declares the exchange and the queue, binds, opens the publishing channel.
@@ -696,7 +739,7 @@ async fn open_session(config: &RabbitConfig) -> Result<Session, AttemptError> {
             queue,
         }),
         Err(e) => {
-            let _ = connection.close(200, "setup failed".into()).await;
+            close_connection(&connection, "setup failed").await;
             Err(e)
         }
     }
@@ -895,9 +938,6 @@ async fn declare_exchange(
 async fn run_session(shared: &Shared, session: &mut Session) -> Option<String> {
     let config = &shared.config;
     let durable = matches!(config.queue, QueueKind::Durable(_));
-    shared
-        .publisher
-        .send_replace(Some(session.publisher.clone()));
     let mut subscribed = shared.subscribed.subscribe();
     let mut consumer: Option<Consumer> = None;
     let mut check = tokio::time::interval(Duration::from_millis(500));
@@ -948,7 +988,11 @@ async fn run_session(shared: &Shared, session: &mut Session) -> Option<String> {
                         .nack(BasicNackOptions { requeue: true, ..Default::default() })
                         .await;
                     consumer = None;
-                    let _ = session.consumer_channel.close(200, "no subscriber".into()).await;
+                    let _ = tokio::time::timeout(
+                        CLOSE_TIMEOUT,
+                        session.consumer_channel.close(200, "no subscriber".into()),
+                    )
+                    .await;
                     match open_consumer_channel(config, &session.connection).await {
                         Ok(ch) => session.consumer_channel = ch,
                         Err(e) => return Some(e.to_string()),
