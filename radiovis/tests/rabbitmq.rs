@@ -512,3 +512,28 @@ async fn refused_vhost_or_credentials_is_a_startup_error() {
     eprintln!("wrong password: {err}");
     assert!(!err.to_string().contains("not-the-password"), "{err}");
 }
+
+#[tokio::test]
+async fn durable_queue_keeps_messages_when_every_stream_is_dropped() {
+    if !broker_up("durable_dropped_stream").await {
+        return;
+    }
+    let _g = EXCLUSIVE.read().await;
+    let x = unique("x");
+    let q = unique("fallbacklogs");
+    let bus = RabbitBus::connect(config(&x).with_queue(QueueKind::Durable(q.clone())))
+        .await
+        .expect("watchdog");
+    let first = bus.subscribe().await.expect("sub");
+    // Let the consumer start, then leave.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(first);
+    let m = message("/topic/fm/4e1/4001/09580/text", "TEXT kept", "k-1");
+    bus.publish(m.clone()).await.expect("publish");
+    // Give the consumer time to see the message with nobody to hand it to.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut second = bus.subscribe().await.expect("sub again");
+    assert_eq!(sorted(next(&mut second).await), sorted(m));
+    bus.shutdown().await;
+    cleanup(&[&x], &[&q]).await;
+}

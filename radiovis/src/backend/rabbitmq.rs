@@ -506,7 +506,8 @@ impl MessageBus for RabbitBus {
 fn encode_headers(message: &BusMessage) -> FieldTable {
     let mut table = FieldTable::default();
     for (k, v) in &message.headers {
-        if k == "topic" {
+        // The topic is the message's; for a repeated header the first wins (STOMP).
+        if k == "topic" || table.contains_key(k) {
             continue;
         }
         match ShortString::try_new(k.as_str()) {
