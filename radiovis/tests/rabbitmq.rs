@@ -22,7 +22,9 @@ use tokio::sync::RwLock;
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const WAIT: Duration = Duration::from_secs(10);
 
-/// The reconnection test closes every connection of the broker: it runs alone.
+/// The reconnection test closes every connection of the broker
+/// (`rabbitmqctl close_all_connections`): it runs alone among these tests. Other
+/// processes connected to the same broker at that moment are disconnected too.
 static EXCLUSIVE: RwLock<()> = RwLock::const_new(());
 
 /// Whether the broker is reachable; prints why a test is skipped.
