@@ -21,6 +21,8 @@ pub mod memcached;
 pub mod memory;
 #[cfg(feature = "plugit")]
 pub mod plugit;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 
 use std::net::IpAddr;
 use std::time::Duration;
