@@ -10,10 +10,12 @@ use clap::Parser;
 use radiovis::backend::memcached::MemcachedCache;
 use radiovis::backend::memory::{LocalBus, MemoryCache, MemoryLogStore, StaticDirectory};
 use radiovis::backend::plugit::{PlugitConfig, PlugitDirectory, PlugitMethod};
+use radiovis::backend::rabbitmq::{QueueKind, RabbitBus};
 use radiovis::backend::{Cache, DirectoryApi, LogStore, MessageBus};
 use radiovis::config::{
     DirectoryArgs, FallbackArgs, HubArgs, MonitoringArgs, RabbitArgs, StompArgs,
 };
+use radiovis::monitoring::Monitor;
 use radiovis::watchdog::Watchdog;
 use radiovis::StompHub;
 use tokio::net::TcpListener;
@@ -43,13 +45,15 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::parse();
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if cli.rabbit.rabbitmq_debug {
+        if let Ok(d) = "radiovis::backend::rabbitmq=debug".parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    tracing_subscriber::fmt().with_env_filter(filter).init();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -63,15 +67,22 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), String> {
     let hub_config = cli.hub.hub_config(cli.directory.directory_timeout)?;
 
-    let bus: Arc<dyn MessageBus> =
-        if cli.rabbit.rabbitmq_host.is_some() || cli.rabbit.rabbitmq_url.is_some() {
-            return Err(
-                "RABBITMQ_HOST/RABBITMQ_URL set, but this build has no RabbitMQ bus yet".into(),
+    let bus: Arc<dyn MessageBus> = if cli.rabbit.configured() {
+        let config = cli.rabbit.rabbit_config(QueueKind::Exclusive)?;
+        tracing::info!(backend = "rabbitmq", host = %config.host, port = config.port, vhost = %config.vhost, exchange = %config.exchange, "message bus");
+        let bus = RabbitBus::connect(config)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !bus.is_connected() {
+            tracing::warn!(
+                "RabbitMQ not reachable yet: serving STOMP clients and retrying in the background"
             );
-        } else {
-            tracing::info!(backend = "in-process", "message bus");
-            Arc::new(LocalBus::default())
-        };
+        }
+        Arc::new(bus)
+    } else {
+        tracing::info!(backend = "in-process", "message bus");
+        Arc::new(LocalBus::default())
+    };
     let mut plugit_log: Option<Arc<PlugitDirectory>> = None;
     let directory: Arc<dyn DirectoryApi> = if let Some(url) = &cli.directory.radiodns_api_url {
         let plugit = Arc::new(plugit_directory(url, &cli.directory)?);
@@ -111,8 +122,26 @@ async fn run(cli: Cli) -> Result<(), String> {
         Some(p) => p,
         None => Arc::new(MemoryLogStore::default()),
     };
-    if cli.monitoring.monitoring_host.is_some() && cli.monitoring.monitoring_enabled {
-        tracing::warn!("monitoring is not available in this build; MONITORING_* ignored");
+    let stop_monitoring = tokio_util::sync::CancellationToken::new();
+    let mut hub_config = hub_config;
+    // Monitoring is on when enabled and there is a RabbitMQ to send to: an explicit
+    // MONITORING_HOST, or the bus's RabbitMQ. A standalone first run stays quiet.
+    let monitoring_target = cli.monitoring.monitoring_host.is_some() || cli.rabbit.configured();
+    if cli.monitoring.monitoring_enabled && monitoring_target {
+        let config = cli.monitoring.rabbit_config();
+        tracing::info!(host = %config.host, exchange = %config.exchange, queue = %cli.monitoring.monitoring_queue, "monitoring events enabled");
+        let sink = RabbitBus::connect(config)
+            .await
+            .map_err(|e| format!("monitoring (MONITORING_*): {e}"))?;
+        let (monitor, _task) = Monitor::start(
+            sink,
+            cli.monitoring.monitoring_server_id.clone(),
+            10_000,
+            stop_monitoring.clone(),
+        );
+        hub_config.monitor = monitor;
+    } else {
+        tracing::info!("monitoring events off");
     }
 
     let mut listeners = Vec::new();
@@ -124,7 +153,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         listeners.push(l);
     }
 
-    let standalone = cli.rabbit.rabbitmq_host.is_none() && cli.rabbit.rabbitmq_url.is_none();
+    let standalone = !cli.rabbit.configured();
     let watchdog_on = match cli.watchdog.as_str() {
         "on" => true,
         "off" => false,
@@ -151,6 +180,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     stop_watchdog.cancel();
+    stop_monitoring.cancel();
     if let Some(w) = watchdog {
         match w.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "watchdog stopped with an error"),

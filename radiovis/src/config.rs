@@ -109,6 +109,62 @@ pub struct RabbitArgs {
     pub rabbitmq_debug: bool,
 }
 
+impl RabbitArgs {
+    /// Whether a RabbitMQ bus is configured (`RABBITMQ_HOST` or `RABBITMQ_URL`).
+    pub fn configured(&self) -> bool {
+        self.rabbitmq_host.is_some() || self.rabbitmq_url.is_some()
+    }
+
+    /// The RabbitMQ configuration these arguments describe, consuming from `queue`.
+    /// Without `RABBITMQ_HOST`/`RABBITMQ_URL` the original's default host 127.0.0.1.
+    #[cfg(feature = "rabbitmq")]
+    pub fn rabbit_config(
+        &self,
+        queue: crate::backend::rabbitmq::QueueKind,
+    ) -> Result<crate::backend::rabbitmq::RabbitConfig, String> {
+        use crate::backend::rabbitmq::RabbitConfig;
+        let config = match &self.rabbitmq_url {
+            Some(url) => RabbitConfig::from_url(url).map_err(|e| format!("RABBITMQ_URL: {e}"))?,
+            None => RabbitConfig {
+                host: self
+                    .rabbitmq_host
+                    .clone()
+                    .unwrap_or_else(|| "127.0.0.1".to_owned()),
+                port: self.rabbitmq_port,
+                user: self.rabbitmq_user.clone(),
+                password: self.rabbitmq_password.clone(),
+                vhost: self.rabbitmq_vhost.clone(),
+                ..RabbitConfig::default()
+            },
+        };
+        Ok(config
+            .with_exchange(self.rabbitmq_exchange.clone())
+            .with_queue(queue))
+    }
+}
+
+impl MonitoringArgs {
+    /// The RabbitMQ configuration of the monitoring connection: its own exchange, and
+    /// the durable `MONITORING_QUEUE` bound to it so events wait for their reader.
+    #[cfg(feature = "rabbitmq")]
+    pub fn rabbit_config(&self) -> crate::backend::rabbitmq::RabbitConfig {
+        use crate::backend::rabbitmq::{QueueKind, RabbitConfig};
+        RabbitConfig {
+            host: self
+                .monitoring_host
+                .clone()
+                .unwrap_or_else(|| "127.0.0.1".to_owned()),
+            port: self.monitoring_port,
+            user: self.monitoring_user.clone(),
+            password: self.monitoring_password.clone(),
+            vhost: self.monitoring_vhost.clone(),
+            ..RabbitConfig::default()
+        }
+        .with_exchange(self.monitoring_exchange.clone())
+        .with_queue(QueueKind::Durable(self.monitoring_queue.clone()))
+    }
+}
+
 /// Directory (PlugIt API) and shared cache (memcached).
 #[derive(Debug, Clone, Args)]
 pub struct DirectoryArgs {
