@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{
-    BusError, BusMessage, Cache, ChannelDefault, ChannelRef, DirectoryApi, LogEntry, LogStore,
-    MessageBus,
+    Ack, BusError, BusMessage, Cache, ChannelDefault, ChannelRef, Delivery, DirectoryApi, LogEntry,
+    LogStore, MessageBus,
 };
 use crate::hub::CHANNELS_CACHE_KEY;
 use crate::topic::{self, Normaliser};
@@ -134,7 +134,9 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Watchdog<B, D, C, L>
     /// Runs until `shutdown` is cancelled (then flushes buffered log entries, bounded
     /// in time) or the bus stream ends.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), WatchdogError> {
-        let mut stream = self.bus.subscribe().await?;
+        // Acknowledged deliveries: a message leaves a durable queue only once its log
+        // entry is written, so a watchdog killed mid-way loses nothing.
+        let mut stream = self.bus.subscribe_acked().await?;
         let (log_tx, log_rx) = mpsc::channel(self.config.log_buffer.max(1));
         let writer_stop = CancellationToken::new();
         let writer = tokio::spawn(log_writer(self.log.clone(), log_rx, writer_stop.clone()));
@@ -159,11 +161,11 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Watchdog<B, D, C, L>
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Ok(()),
-                msg = stream.next() => match msg {
-                    Some(msg) => {
-                        let entry = self.on_message(msg).await;
+                delivery = stream.next() => match delivery {
+                    Some(Delivery { message, ack }) => {
+                        let entry = self.on_message(message).await;
                         // Waits when the buffer is full: messages stay on the bus.
-                        if log_tx.send(entry).await.is_err() {
+                        if log_tx.send((entry, ack)).await.is_err() {
                             break Ok(());
                         }
                     }
@@ -350,15 +352,17 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Watchdog<B, D, C, L>
 }
 
 /// Writes log entries in order, retrying each until the store takes it (backoff up to
-/// 30 s). Stops when the channel closes and is drained, or when `stop` is cancelled.
+/// 30 s), then acknowledges its bus message. Stops when the channel closes and is
+/// drained, or when `stop` is cancelled (unwritten entries are then not acknowledged:
+/// a durable queue hands them to the next watchdog).
 async fn log_writer<L: LogStore>(
     log: Arc<L>,
-    mut rx: mpsc::Receiver<LogEntry>,
+    mut rx: mpsc::Receiver<(LogEntry, Ack)>,
     stop: CancellationToken,
 ) {
     let mut failures = 0u32;
     loop {
-        let entry = tokio::select! {
+        let (entry, ack) = tokio::select! {
             _ = stop.cancelled() => break,
             e = rx.recv() => match e {
                 Some(e) => e,
@@ -369,6 +373,7 @@ async fn log_writer<L: LogStore>(
         loop {
             match log.add_log(entry.clone()).await {
                 Ok(()) => {
+                    ack.ack();
                     if failures > 0 {
                         tracing::info!(
                             failures,

@@ -346,6 +346,61 @@ async fn durable_queue_holds_messages_while_no_consumer() {
 }
 
 #[tokio::test]
+async fn acked_stream_loses_nothing_a_consumer_did_not_acknowledge() {
+    if !broker_up("acked_stream").await {
+        return;
+    }
+    let _g = EXCLUSIVE.read().await;
+    let x = unique("x");
+    let q = unique("fallbacklogs");
+    let durable = || config(&x).with_queue(QueueKind::Durable(q.clone()));
+    let server = RabbitBus::connect(config(&x)).await.expect("server");
+    let watchdog = RabbitBus::connect(durable()).await.expect("watchdog");
+    assert!(watchdog.wait_connected(WAIT).await);
+    let mut deliveries = watchdog.subscribe_acked().await.expect("sub");
+
+    let done = message("/topic/id/a/b/text", "TEXT logged", "a-1");
+    let pending = message("/topic/id/a/b/text", "TEXT not logged yet", "a-2");
+    server.publish(done.clone()).await.expect("publish 1");
+    server.publish(pending.clone()).await.expect("publish 2");
+    let first = tokio::time::timeout(WAIT, deliveries.next())
+        .await
+        .expect("in time")
+        .expect("delivery");
+    assert_eq!(sorted(first.message), sorted(done));
+    first.ack.ack();
+    let second = tokio::time::timeout(WAIT, deliveries.next())
+        .await
+        .expect("in time")
+        .expect("delivery");
+    assert_eq!(sorted(second.message.clone()), sorted(pending.clone()));
+    // The consumer dies before acknowledging the second one.
+    std::mem::forget(second.ack);
+    drop(deliveries);
+    watchdog.shutdown().await;
+    drop(watchdog);
+
+    // The next watchdog gets exactly the unacknowledged one.
+    let next_one = RabbitBus::connect(durable()).await.expect("standby");
+    let mut stream = next_one.subscribe_acked().await.expect("sub");
+    let again = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .expect("redelivered in time")
+        .expect("delivery");
+    assert_eq!(sorted(again.message), sorted(pending));
+    again.ack.ack();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), stream.next())
+            .await
+            .is_err(),
+        "the acknowledged message is not redelivered"
+    );
+    next_one.shutdown().await;
+    server.shutdown().await;
+    cleanup(&[&x], &[&q]).await;
+}
+
+#[tokio::test]
 async fn same_stream_delivers_again_after_connection_loss() {
     if !broker_up("reconnect").await {
         return;

@@ -57,6 +57,56 @@ impl BusMessage {
 /// that reconnects keeps feeding the same stream.
 pub type BusStream = BoxStream<'static, BusMessage>;
 
+/// How a bus learns that a consumer finished with a message.
+pub trait AckHandle: Send {
+    /// The message was processed: the bus may forget it.
+    fn ack(self: Box<Self>);
+}
+
+/// The acknowledgement of one [`Delivery`]. [`Ack::ack`] once the message is safely
+/// processed; dropping it unacknowledged hands the message back to the bus (a durable
+/// queue redelivers it), so a consumer that stops early loses nothing.
+pub struct Ack(Option<Box<dyn AckHandle>>);
+
+impl Ack {
+    /// An acknowledgement that does nothing (buses without redelivery).
+    pub fn none() -> Ack {
+        Ack(None)
+    }
+
+    /// Wraps a bus's acknowledgement.
+    pub fn new(handle: Box<dyn AckHandle>) -> Ack {
+        Ack(Some(handle))
+    }
+
+    /// Acknowledges the message.
+    pub fn ack(mut self) {
+        if let Some(h) = self.0.take() {
+            h.ack();
+        }
+    }
+}
+
+impl std::fmt::Debug for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Ack(pending)"
+        } else {
+            "Ack(none)"
+        })
+    }
+}
+
+/// A bus message and its acknowledgement.
+#[derive(Debug)]
+pub struct Delivery {
+    pub message: BusMessage,
+    pub ack: Ack,
+}
+
+/// Deliveries to acknowledge one by one (see [`MessageBus::subscribe_acked`]).
+pub type DeliveryStream = BoxStream<'static, Delivery>;
+
 /// Errors of the message bus layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BusError {
@@ -83,6 +133,19 @@ pub trait MessageBus: Send + Sync + 'static {
     /// Starts consuming. Each call returns a stream that sees every message published
     /// after it (and, for a durable queue, those waiting in it).
     async fn subscribe(&self) -> Result<BusStream, BusError>;
+
+    /// Like [`MessageBus::subscribe`], for consumers that must not lose a message even
+    /// when they crash: a bus with redelivery (a durable RabbitMQ queue) forgets a
+    /// message only when its [`Ack`] is acknowledged. The default acknowledges nothing
+    /// (for buses without redelivery).
+    async fn subscribe_acked(&self) -> Result<DeliveryStream, BusError> {
+        use futures::StreamExt;
+        let stream = self.subscribe().await?;
+        Ok(Box::pin(stream.map(|message| Delivery {
+            message,
+            ack: Ack::none(),
+        })))
+    }
 }
 
 /// Errors of the directory layer. Messages never contain a password.
@@ -212,6 +275,9 @@ impl<T: MessageBus + ?Sized> MessageBus for std::sync::Arc<T> {
     }
     async fn subscribe(&self) -> Result<BusStream, BusError> {
         (**self).subscribe().await
+    }
+    async fn subscribe_acked(&self) -> Result<DeliveryStream, BusError> {
+        (**self).subscribe_acked().await
     }
 }
 

@@ -22,7 +22,7 @@
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,7 +44,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{BusError, BusMessage, BusStream, MessageBus};
+use super::{
+    Ack, AckHandle, BusError, BusMessage, BusStream, Delivery, DeliveryStream, MessageBus,
+};
 
 /// Default exchange, as the original (`RABBITMQ_EXCHANGE`).
 pub const DEFAULT_EXCHANGE: &str = "amq.fanout";
@@ -323,6 +325,8 @@ struct Shared {
     publisher: watch::Sender<Option<Channel>>,
     /// Live subscriber streams.
     subscribers: Mutex<Vec<mpsc::Sender<BusMessage>>>,
+    /// Live streams that acknowledge each delivery themselves.
+    acked_subscribers: Mutex<Vec<mpsc::Sender<Delivery>>>,
     /// Bumped on each `subscribe()`, so a durable queue starts consuming.
     subscribed: watch::Sender<u64>,
     shutdown: CancellationToken,
@@ -335,6 +339,58 @@ impl Shared {
         let mut subs = lock(&self.subscribers);
         subs.retain(|s| !s.is_closed());
         subs.clone()
+    }
+
+    fn live_acked_subscribers(&self) -> Vec<mpsc::Sender<Delivery>> {
+        let mut subs = lock(&self.acked_subscribers);
+        subs.retain(|s| !s.is_closed());
+        subs.clone()
+    }
+
+    fn has_subscribers(&self) -> bool {
+        !self.live_subscribers().is_empty() || !self.live_acked_subscribers().is_empty()
+    }
+}
+
+/// Acknowledges a RabbitMQ delivery once every acked stream that got it acknowledged
+/// it; dropped unacknowledged, the delivery is rejected with requeue, so the broker
+/// redelivers it (to this consumer after a reconnection, or to another).
+struct RabbitAck {
+    acker: lapin::Acker,
+    acked: AtomicBool,
+}
+
+impl Drop for RabbitAck {
+    fn drop(&mut self) {
+        let acker = self.acker.clone();
+        let acked = self.acked.load(Ordering::SeqCst);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let r = if acked {
+                    acker.ack(BasicAckOptions::default()).await
+                } else {
+                    acker
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await
+                };
+                if let Err(e) = r {
+                    // The channel closed meanwhile: the broker requeues it anyway.
+                    debug!(error = %e, acked, "delivery acknowledgement not sent");
+                }
+            });
+        }
+    }
+}
+
+/// One acked stream's share of a [`RabbitAck`].
+struct RabbitAckHandle(Arc<RabbitAck>);
+
+impl AckHandle for RabbitAckHandle {
+    fn ack(self: Box<Self>) {
+        self.0.acked.store(true, Ordering::SeqCst);
     }
 }
 
@@ -385,6 +441,7 @@ impl RabbitBus {
             config,
             publisher,
             subscribers: Mutex::new(Vec::new()),
+            acked_subscribers: Mutex::new(Vec::new()),
             subscribed,
             shutdown: CancellationToken::new(),
             connects: AtomicU64::new(0),
@@ -495,6 +552,18 @@ impl MessageBus for RabbitBus {
         }
         let (tx, rx) = mpsc::channel(self.shared.config.stream_capacity.max(1));
         lock(&self.shared.subscribers).push(tx);
+        self.shared.subscribed.send_modify(|n| *n += 1);
+        Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|m| (m, rx))
+        })))
+    }
+
+    async fn subscribe_acked(&self) -> Result<DeliveryStream, BusError> {
+        if self.shared.shutdown.is_cancelled() {
+            return Err(BusError::Closed);
+        }
+        let (tx, rx) = mpsc::channel(self.shared.config.stream_capacity.max(1));
+        lock(&self.shared.acked_subscribers).push(tx);
         self.shared.subscribed.send_modify(|n| *n += 1);
         Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|m| (m, rx))
@@ -945,7 +1014,7 @@ async fn run_session(shared: &Shared, session: &mut Session) -> Option<String> {
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // A durable queue keeps its messages until someone subscribes.
-        if consumer.is_none() && (!durable || !shared.live_subscribers().is_empty()) {
+        if consumer.is_none() && (!durable || shared.has_subscribers()) {
             match session
                 .consumer_channel
                 .basic_consume(
@@ -981,7 +1050,8 @@ async fn run_session(shared: &Shared, session: &mut Session) -> Option<String> {
                     None => return Some("the broker cancelled the consumer".into()),
                 };
                 let subscribers = shared.live_subscribers();
-                if durable && subscribers.is_empty() {
+                let acked_subscribers = shared.live_acked_subscribers();
+                if durable && subscribers.is_empty() && acked_subscribers.is_empty() {
                     // Nobody to hand it to: this one and the prefetched ones go back to
                     // the queue (closing the channel requeues them), and consuming
                     // resumes with the next subscriber.
@@ -1001,17 +1071,41 @@ async fn run_session(shared: &Shared, session: &mut Session) -> Option<String> {
                     debug!(queue = %session.queue.as_str(), "no subscriber left, paused consuming");
                     continue;
                 }
-                if let Some(message) = decode(&delivery.properties, &delivery.data) {
-                    for s in subscribers {
-                        tokio::select! {
-                            _ = shared.shutdown.cancelled() => return None,
-                            // A stream dropped meanwhile is not an error.
-                            _ = s.send(message.clone()) => {}
-                        }
+                let Some(message) = decode(&delivery.properties, &delivery.data) else {
+                    // No topic: logged by `decode`, dropped.
+                    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                        return Some(format!("ack: {e}"));
+                    }
+                    continue;
+                };
+                for s in subscribers {
+                    tokio::select! {
+                        _ = shared.shutdown.cancelled() => return None,
+                        // A stream dropped meanwhile is not an error.
+                        _ = s.send(message.clone()) => {}
                     }
                 }
-                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-                    return Some(format!("ack: {e}"));
+                if acked_subscribers.is_empty() {
+                    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                        return Some(format!("ack: {e}"));
+                    }
+                    continue;
+                }
+                // Acknowledged when the acked streams are done with it (or requeued
+                // when they drop it unacknowledged).
+                let ack = Arc::new(RabbitAck {
+                    acker: delivery.acker.clone(),
+                    acked: AtomicBool::new(false),
+                });
+                for s in acked_subscribers {
+                    let d = Delivery {
+                        message: message.clone(),
+                        ack: Ack::new(Box::new(RabbitAckHandle(ack.clone()))),
+                    };
+                    tokio::select! {
+                        _ = shared.shutdown.cancelled() => return None,
+                        _ = s.send(d) => {}
+                    }
                 }
             }
         }
