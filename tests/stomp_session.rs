@@ -66,8 +66,10 @@ async fn leading_eols_before_frames_are_heartbeats() {
     let mut c = hub.conn().await;
     c.send_raw(b"\n\r\n\nCONNECT\n\n\0").await;
     c.expect("CONNECTED").await;
-    c.send_raw(b"\r\n\n\r\nSUBSCRIBE\ndestination:/topic/fm/4e1/4001/09580/text\nreceipt:r\n\n\0\n\n")
-        .await;
+    c.send_raw(
+        b"\r\n\n\r\nSUBSCRIBE\ndestination:/topic/fm/4e1/4001/09580/text\nreceipt:r\n\n\0\n\n",
+    )
+    .await;
     assert_eq!(c.expect("RECEIPT").await.get("receipt-id"), Some("r"));
     c.expect_silence(QUIET).await;
 }
@@ -90,14 +92,20 @@ async fn a_header_without_colon_is_a_header_with_an_empty_value() {
     let mut c = hub.conn().await;
     c.send_raw(b"CONNECT\nlogin\npasscode\n\n\0").await;
     c.expect("CONNECTED").await;
-    c.send_frame("SEND", &[("destination", TEXT), ("receipt", "s")], b"TEXT x")
-        .await;
+    c.send_frame(
+        "SEND",
+        &[("destination", TEXT), ("receipt", "s")],
+        b"TEXT x",
+    )
+    .await;
     assert_eq!(c.expect("RECEIPT").await.get("receipt-id"), Some("s"));
     let e = c.expect("ERROR").await;
     assert!(e.message().contains("you cannot do that"), "{e:?}");
     // A stray header line on SUBSCRIBE does not break it.
-    c.send_raw(b"SUBSCRIBE\nweird-line\ndestination:/topic/fm/4e1/4001/09580/text\nreceipt:r\n\n\0")
-        .await;
+    c.send_raw(
+        b"SUBSCRIBE\nweird-line\ndestination:/topic/fm/4e1/4001/09580/text\nreceipt:r\n\n\0",
+    )
+    .await;
     assert_eq!(c.expect("RECEIPT").await.get("receipt-id"), Some("r"));
     c.expect_silence(QUIET).await;
 }
@@ -142,7 +150,10 @@ async fn content_length_body_with_nul_is_delivered_intact() {
     let mut b = hub.broadcaster().await;
     b.send_frame(
         "SEND",
-        &[("destination", TEXT), ("content-length", &body.len().to_string())],
+        &[
+            ("destination", TEXT),
+            ("content-length", &body.len().to_string()),
+        ],
         body,
     )
     .await;
@@ -156,7 +167,8 @@ async fn content_length_body_with_nul_is_delivered_intact() {
 async fn first_frame_not_connect_gets_error_and_close() {
     let hub = TestHub::start().await;
     let mut c = hub.conn().await;
-    c.send_frame("SUBSCRIBE", &[("destination", TEXT)], b"").await;
+    c.send_frame("SUBSCRIBE", &[("destination", TEXT)], b"")
+        .await;
     let e = c.expect("ERROR").await;
     assert!(e.message().contains("connect"), "{e:?}");
     c.expect_closed(WAIT).await;
@@ -218,8 +230,12 @@ async fn unsupported_version_gets_error_and_close() {
 async fn good_login_connects_and_may_send() {
     let hub = TestHub::start().await;
     let mut b = hub.broadcaster().await;
-    b.send_frame("SEND", &[("destination", TEXT), ("receipt", "ok")], b"TEXT hi")
-        .await;
+    b.send_frame(
+        "SEND",
+        &[("destination", TEXT), ("receipt", "ok")],
+        b"TEXT hi",
+    )
+    .await;
     assert_eq!(b.expect("RECEIPT").await.get("receipt-id"), Some("ok"));
     b.expect_silence(QUIET).await;
 }
@@ -244,8 +260,12 @@ async fn wrong_passcode_gets_error_and_close() {
 async fn ip_restricted_station_from_another_network_is_refused() {
     let hub = TestHub::start().await;
     let mut c = hub.conn().await;
-    c.send_frame("CONNECT", &[("login", "3.locked"), ("passcode", "secret3")], b"")
-        .await;
+    c.send_frame(
+        "CONNECT",
+        &[("login", "3.locked"), ("passcode", "secret3")],
+        b"",
+    )
+    .await;
     let e = c.expect("ERROR").await;
     assert!(!e.raw.windows(7).any(|w| w == b"secret3"), "{e:?}");
     c.expect_closed(WAIT).await;
@@ -253,14 +273,18 @@ async fn ip_restricted_station_from_another_network_is_refused() {
 
 #[tokio::test]
 async fn directory_down_refuses_login_with_a_clear_error_and_serves_others() {
-    let dir = mock_directory(|_, _, _| Err(DirectoryError::Unreachable("connection refused".into())));
+    let dir =
+        mock_directory(|_, _, _| Err(DirectoryError::Unreachable("connection refused".into())));
     let hub = TestHub::with(test_config(), Arc::new(dir)).await;
     let mut c = hub.conn().await;
     c.send_frame("CONNECT", &[("login", LOGIN), ("passcode", PASSCODE)], b"")
         .await;
     let e = c.expect("ERROR").await;
     let m = e.message();
-    assert!(m.contains("directory") && m.contains("unavailable"), "{e:?}");
+    assert!(
+        m.contains("directory") && m.contains("unavailable"),
+        "{e:?}"
+    );
     assert!(!String::from_utf8_lossy(&e.raw).contains(PASSCODE));
     c.expect_closed(WAIT).await;
     assert!(hub.is_running());
@@ -299,13 +323,19 @@ async fn check_auth_gets_login_passcode_and_client_ip_and_station_is_login_prefi
     }
     let hub = TestHub::with(test_config(), Arc::new(dir)).await;
     let _radio = hub.radio().await;
-    assert!(calls.lock().expect("lock").is_empty(), "anonymous CONNECT must not call check_auth");
+    assert!(
+        calls.lock().expect("lock").is_empty(),
+        "anonymous CONNECT must not call check_auth"
+    );
     let (mut b, _) = hub
         .connect(&[("login", "12.radio1.extra"), ("passcode", "pw")])
         .await;
     b.send_frame(
         "SEND",
-        &[("destination", "/topic/id/twelve/main/text"), ("receipt", "r")],
+        &[
+            ("destination", "/topic/id/twelve/main/text"),
+            ("receipt", "r"),
+        ],
         b"TEXT x",
     )
     .await;
@@ -325,11 +355,19 @@ async fn check_auth_gets_login_passcode_and_client_ip_and_station_is_login_prefi
 async fn any_frame_with_receipt_gets_a_receipt_in_1_0() {
     let hub = TestHub::start().await;
     let mut b = hub.broadcaster().await;
-    b.send_frame("SUBSCRIBE", &[("destination", TEXT), ("receipt", "sub")], b"")
-        .await;
+    b.send_frame(
+        "SUBSCRIBE",
+        &[("destination", TEXT), ("receipt", "sub")],
+        b"",
+    )
+    .await;
     assert_eq!(b.expect("RECEIPT").await.get("receipt-id"), Some("sub"));
-    b.send_frame("SEND", &[("destination", TEXT), ("receipt", "send")], b"TEXT r")
-        .await;
+    b.send_frame(
+        "SEND",
+        &[("destination", TEXT), ("receipt", "send")],
+        b"TEXT r",
+    )
+    .await;
     assert_eq!(b.expect("RECEIPT").await.get("receipt-id"), Some("send"));
     // Its own subscription delivers the message (no fast reply at subscribe time).
     assert_eq!(b.expect("MESSAGE").await.body, b"TEXT r");
@@ -344,8 +382,12 @@ async fn any_frame_with_receipt_gets_a_receipt_in_1_0() {
 async fn any_frame_with_receipt_gets_a_receipt_in_1_2() {
     let hub = TestHub::start().await;
     let mut c = hub.radio12().await;
-    c.send_frame("SUBSCRIBE", &[("destination", TEXT), ("id", "1"), ("receipt", "sub")], b"")
-        .await;
+    c.send_frame(
+        "SUBSCRIBE",
+        &[("destination", TEXT), ("id", "1"), ("receipt", "sub")],
+        b"",
+    )
+    .await;
     assert_eq!(c.expect("RECEIPT").await.get("receipt-id"), Some("sub"));
     c.send_frame("FOO", &[("receipt", "foo")], b"").await;
     assert_eq!(c.expect("RECEIPT").await.get("receipt-id"), Some("foo"));
@@ -359,7 +401,11 @@ async fn failing_send_in_1_0_gets_receipt_then_one_error_and_stays_open() {
     let hub = TestHub::start().await;
     let mut radio = hub.radio().await;
     radio
-        .send_frame("SEND", &[("destination", TEXT), ("receipt", "r")], b"TEXT no")
+        .send_frame(
+            "SEND",
+            &[("destination", TEXT), ("receipt", "r")],
+            b"TEXT no",
+        )
         .await;
     assert_eq!(radio.expect("RECEIPT").await.get("receipt-id"), Some("r"));
     let e = radio.expect("ERROR").await;
@@ -373,7 +419,11 @@ async fn failing_frame_in_1_2_gets_error_with_receipt_id_then_close() {
     let hub = TestHub::start().await;
     let mut radio = hub.radio12().await;
     radio
-        .send_frame("SEND", &[("destination", TEXT), ("receipt", "r")], b"TEXT no")
+        .send_frame(
+            "SEND",
+            &[("destination", TEXT), ("receipt", "r")],
+            b"TEXT no",
+        )
         .await;
     let frames = radio.frames_until_closed(WAIT).await;
     assert_eq!(frames.len(), 1, "{frames:?}");
@@ -564,8 +614,12 @@ async fn send_to_sub_topics_and_cc_form_of_an_allowed_channel_is_allowed() {
         "/topic/fm/CH/4001/09580/text",
         "/topic/dab/4e1/4001/4001/0/image",
     ] {
-        b.send_frame("SEND", &[("destination", dest), ("receipt", dest)], b"TEXT ok")
-            .await;
+        b.send_frame(
+            "SEND",
+            &[("destination", dest), ("receipt", dest)],
+            b"TEXT ok",
+        )
+        .await;
         assert_eq!(b.expect("RECEIPT").await.get("receipt-id"), Some(dest));
     }
     b.expect_silence(QUIET).await;
@@ -575,7 +629,10 @@ async fn send_to_sub_topics_and_cc_form_of_an_allowed_channel_is_allowed() {
         .await;
     b2.send_frame(
         "SEND",
-        &[("destination", "/topic/fm/4e1/4002/10110/text"), ("receipt", "g")],
+        &[
+            ("destination", "/topic/fm/4e1/4002/10110/text"),
+            ("receipt", "g"),
+        ],
         b"TEXT ok",
     )
     .await;
@@ -593,8 +650,12 @@ async fn send_to_topic_star_reaches_every_channel_of_the_station() {
     dab.subscribe(DAB_TEXT, Some("dab"), &[("x-ebu-nofastreply", "yes")])
         .await;
     let mut img = hub.radio().await;
-    img.subscribe("/topic/fm/4e1/4001/09580/image", None, &[("x-ebu-nofastreply", "yes")])
-        .await;
+    img.subscribe(
+        "/topic/fm/4e1/4001/09580/image",
+        None,
+        &[("x-ebu-nofastreply", "yes")],
+    )
+    .await;
     let mut b = hub.broadcaster().await;
     b.publish("/topic/*/text", b"TEXT everywhere", &[]).await;
     let m = fm.expect("MESSAGE").await;
@@ -656,7 +717,10 @@ async fn a_silent_client_is_dropped_after_interval_plus_grace() {
     let start = tokio::time::Instant::now();
     c.expect_closed(Duration::from_secs(3)).await;
     let took = start.elapsed();
-    assert!(took >= Duration::from_millis(450), "dropped too early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(450),
+        "dropped too early: {took:?}"
+    );
 }
 
 #[tokio::test]

@@ -516,7 +516,7 @@ pub fn encode(command: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
 /// Parses one frame at the start of `buf`: (frame, bytes used), or `None` if incomplete.
 fn parse_frame(buf: &[u8]) -> Option<(Frame, usize)> {
     let mut pos = 0;
-    let mut line = |pos: &mut usize| -> Option<String> {
+    let line = |pos: &mut usize| -> Option<String> {
         let end = buf[*pos..].iter().position(|&b| b == b'\n')? + *pos;
         let l = &buf[*pos..end];
         let l = l.strip_suffix(b"\r").unwrap_or(l);
