@@ -1,0 +1,207 @@
+//! `radiovis-fallback`: configuration -> backends -> [`Watchdog`], under a leader lock.
+//!
+//! Consumes the durable queue `FB_QUEUE` bound to the servers' exchange, logs every
+//! message to the PlugIt API and sends each quiet channel's default slide. Two (or
+//! more) may run: the one holding the broker-side lock is active, the others stand by
+//! and take over within `RADIOVIS_FALLBACK_TAKEOVER` seconds after it dies; messages
+//! wait in the durable queue meanwhile.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use radiovis::backend::memcached::MemcachedCache;
+use radiovis::backend::memory::{MemoryCache, MemoryLogStore, StaticDirectory};
+use radiovis::backend::plugit::{PlugitConfig, PlugitDirectory, PlugitMethod};
+use radiovis::backend::rabbitmq::{LeaderLock, QueueKind, RabbitBus};
+use radiovis::backend::{Cache, DirectoryApi, LogStore};
+use radiovis::config::{DirectoryArgs, FallbackArgs, RabbitArgs};
+use radiovis::watchdog::Watchdog;
+use tokio_util::sync::CancellationToken;
+
+/// RadioVis fallback watchdog. Every option can also be set through the environment
+/// variable named in brackets (the names of the original Python watchdog). RabbitMQ
+/// is required (RABBITMQ_HOST defaults to 127.0.0.1, as in the original).
+#[derive(Debug, Parser)]
+#[command(name = "radiovis-fallback", version, about)]
+struct Cli {
+    #[command(flatten)]
+    rabbit: RabbitArgs,
+    #[command(flatten)]
+    directory: DirectoryArgs,
+    #[command(flatten)]
+    fallback: FallbackArgs,
+    /// Name of the broker-side lock (an exclusive queue) that elects the active
+    /// watchdog [default: <FB_QUEUE>.lock].
+    #[arg(
+        long,
+        env = "RADIOVIS_FALLBACK_LOCK",
+        value_name = "RADIOVIS_FALLBACK_LOCK"
+    )]
+    lock: Option<String>,
+    /// Seconds between a standby's attempts to take over.
+    #[arg(
+        long,
+        env = "RADIOVIS_FALLBACK_TAKEOVER",
+        value_name = "RADIOVIS_FALLBACK_TAKEOVER",
+        default_value_t = 2.0
+    )]
+    takeover: f64,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if cli.rabbit.rabbitmq_debug {
+        if let Ok(d) = "radiovis::backend::rabbitmq=debug".parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("radiovis-fallback: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let watchdog_config = cli.fallback.watchdog_config()?;
+    let takeover = Duration::try_from_secs_f64(cli.takeover)
+        .map_err(|_| "RADIOVIS_FALLBACK_TAKEOVER: not a valid number of seconds".to_string())?;
+    let queue = cli.fallback.fb_queue.clone();
+    let mut rabbit = cli
+        .rabbit
+        .rabbit_config(QueueKind::Durable(queue.clone()))?;
+    // The log buffer holds what the broker may have in flight unacknowledged.
+    rabbit.prefetch = 1000;
+    tracing::info!(host = %rabbit.host, port = rabbit.port, exchange = %rabbit.exchange, queue = %queue, "message bus: rabbitmq (durable queue)");
+    let bus = Arc::new(
+        RabbitBus::connect(rabbit.clone())
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+
+    let (directory, log): (Arc<dyn DirectoryApi>, Arc<dyn LogStore>) = match &cli
+        .directory
+        .radiodns_api_url
+    {
+        Some(url) => {
+            let p = Arc::new(plugit_directory(url, &cli.directory)?);
+            tracing::info!(backend = "plugit", url = %p.base_url(), "directory and message log");
+            (p.clone(), p)
+        }
+        None => {
+            let path = cli
+                .directory
+                .directory
+                .clone()
+                .unwrap_or_else(|| "examples/directory.toml".into());
+            let d = StaticDirectory::from_file(&path)
+                .map_err(|e| format!("{e} (RADIOVIS_DIRECTORY; or set RADIODNS_API_URL)"))?;
+            tracing::warn!(path = %path.display(), "directory from a file; message log kept in memory only (set RADIODNS_API_URL for PlugIt)");
+            (Arc::new(d), Arc::new(MemoryLogStore::default()))
+        }
+    };
+    let cache: Arc<dyn Cache> = match &cli.directory.memcached_host {
+        Some(host) => {
+            tracing::info!(backend = "memcached", host = %host, "shared cache");
+            Arc::new(MemcachedCache::from_host(host).map_err(|e| format!("MEMCACHED_HOST: {e}"))?)
+        }
+        None => {
+            tracing::info!(
+                backend = "in-process",
+                "shared cache (servers will not see the channel list)"
+            );
+            Arc::new(MemoryCache::new())
+        }
+    };
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_signal().await;
+            shutdown.cancel();
+        }
+    });
+
+    let lock_name = cli.lock.clone().unwrap_or_else(|| format!("{queue}.lock"));
+    loop {
+        let Some(lock) = LeaderLock::acquire(&rabbit, &lock_name, takeover, &shutdown).await else {
+            break;
+        };
+        let watchdog = Watchdog::new(
+            bus.clone(),
+            directory.clone(),
+            cache.clone(),
+            log.clone(),
+            watchdog_config.clone(),
+        );
+        let stop = shutdown.child_token();
+        let mut run = tokio::spawn(watchdog.run(stop.clone()));
+        tokio::select! {
+            r = &mut run => {
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "watchdog stopped; restarting"),
+                    Err(e) => tracing::error!(error = %e, "watchdog task failed; restarting"),
+                }
+                lock.release().await;
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                tokio::time::sleep(takeover).await;
+            }
+            _ = lock.lost() => {
+                tracing::warn!("leadership lost: stopping the watchdog until it is regained");
+                stop.cancel();
+                let _ = run.await;
+            }
+        }
+    }
+    bus.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The PlugIt directory described by the configuration.
+fn plugit_directory(url: &str, args: &DirectoryArgs) -> Result<PlugitDirectory, String> {
+    let mut config = PlugitConfig::new(url);
+    let timeout = Duration::try_from_secs_f64(args.directory_timeout)
+        .map_err(|_| "RADIOVIS_DIRECTORY_TIMEOUT: not a valid number of seconds".to_string())?;
+    config.timeout = timeout;
+    config.connect_timeout = timeout;
+    config.method = args
+        .radiodns_api_method
+        .parse::<PlugitMethod>()
+        .map_err(|e| format!("RADIODNS_API_METHOD: {e}"))?;
+    PlugitDirectory::new(config).map_err(|e| format!("RADIODNS_API_URL: {e}"))
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}
