@@ -200,8 +200,8 @@ async fn defaults_logs_cleanup_and_takeover() {
         plugit.calls("cleanup_logs") >= 2,
         "cleanup_logs on schedule"
     );
-    let cleanup = plugit.last("cleanup_logs").expect("cleanup call");
-    assert_eq!(cleanup.param("max_age"), Some("3600"));
+    let last_cleanup = plugit.last("cleanup_logs").expect("cleanup call");
+    assert_eq!(last_cleanup.param("max_age"), Some("3600"));
 
     let _ = b.start_kill();
     let _ = b.wait().await;
