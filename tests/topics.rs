@@ -387,3 +387,36 @@ async fn two_subscriptions_of_one_session_each_get_the_message() {
     subs.sort();
     assert_eq!(subs, vec![Some("a".to_owned()), Some("b".to_owned())]);
 }
+
+#[tokio::test]
+async fn upper_case_gcc_and_cc_wildcards_match_the_normalised_form() {
+    let hub = TestHub::start().await;
+    let mut upper = hub.radio().await;
+    let upper_dest = "/topic/fm/4E1/4001/09580/text";
+    upper.subscribe(upper_dest, Some("u"), &[NOFAST]).await;
+    let mut cc_star = hub.radio().await;
+    let cc_star_dest = "/topic/fm/ch/4001/*/text";
+    cc_star.subscribe(cc_star_dest, Some("w"), &[NOFAST]).await;
+    let mut b = hub.broadcaster().await;
+    b.publish(TEXT, b"TEXT norm", &[]).await;
+    let m = upper.expect("MESSAGE").await;
+    assert_eq!(m.get("destination"), Some(upper_dest));
+    let m = cc_star.expect("MESSAGE").await;
+    assert_eq!(m.get("destination"), Some(cc_star_dest));
+    assert_eq!(m.body, b"TEXT norm");
+}
+
+#[tokio::test]
+async fn unknown_fm_channel_topic_falls_back_to_the_channel_of_any_frequency() {
+    let hub = TestHub::start().await;
+    let mut radio = hub.radio().await;
+    let unknown = "/topic/fm/4e1/4001/09999/";
+    radio.subscribe(unknown, Some("c"), &[NOFAST]).await;
+    let mut b = hub.broadcaster().await;
+    b.publish(TEXT, b"TEXT not a channel message", &[]).await;
+    b.publish(CHANNEL, b"TEXT channel message", &[]).await;
+    let m = radio.expect("MESSAGE").await;
+    assert_eq!(m.body, b"TEXT channel message");
+    assert_eq!(m.get("destination"), Some(unknown));
+    radio.expect_silence(QUIET).await;
+}
