@@ -13,7 +13,6 @@ use std::time::Duration;
 use clap::Parser;
 use radiovis::backend::memcached::MemcachedCache;
 use radiovis::backend::memory::{MemoryCache, MemoryLogStore, StaticDirectory};
-use radiovis::backend::plugit::{PlugitConfig, PlugitDirectory, PlugitMethod};
 use radiovis::backend::rabbitmq::{LeaderLock, QueueKind, RabbitBus};
 use radiovis::backend::{Cache, DirectoryApi, LogStore};
 use radiovis::config::{DirectoryArgs, FallbackArgs, RabbitArgs};
@@ -93,7 +92,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         .radiodns_api_url
     {
         Some(url) => {
-            let p = Arc::new(plugit_directory(url, &cli.directory)?);
+            let p = Arc::new(cli.directory.plugit_directory(url)?);
             tracing::info!(backend = "plugit", url = %p.base_url(), "directory and message log");
             (p.clone(), p)
         }
@@ -127,7 +126,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            shutdown_signal().await;
+            radiovis::config::shutdown_signal().await;
             shutdown.cancel();
         }
     });
@@ -169,39 +168,4 @@ async fn run(cli: Cli) -> Result<(), String> {
     bus.shutdown().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// The PlugIt directory described by the configuration.
-fn plugit_directory(url: &str, args: &DirectoryArgs) -> Result<PlugitDirectory, String> {
-    let mut config = PlugitConfig::new(url);
-    let timeout = Duration::try_from_secs_f64(args.directory_timeout)
-        .map_err(|_| "RADIOVIS_DIRECTORY_TIMEOUT: not a valid number of seconds".to_string())?;
-    config.timeout = timeout;
-    config.connect_timeout = timeout;
-    config.method = args
-        .radiodns_api_method
-        .parse::<PlugitMethod>()
-        .map_err(|e| format!("RADIODNS_API_METHOD: {e}"))?;
-    PlugitDirectory::new(config).map_err(|e| format!("RADIODNS_API_URL: {e}"))
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received"),
-        _ = term => tracing::info!("SIGTERM received"),
-    }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::Parser;
 use radiovis::backend::memcached::MemcachedCache;
 use radiovis::backend::memory::{LocalBus, MemoryCache, MemoryLogStore, StaticDirectory};
-use radiovis::backend::plugit::{PlugitConfig, PlugitDirectory, PlugitMethod};
+use radiovis::backend::plugit::PlugitDirectory;
 use radiovis::backend::rabbitmq::{QueueKind, RabbitBus};
 use radiovis::backend::{Cache, DirectoryApi, LogStore, MessageBus};
 use radiovis::config::{
@@ -85,7 +85,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     };
     let mut plugit_log: Option<Arc<PlugitDirectory>> = None;
     let directory: Arc<dyn DirectoryApi> = if let Some(url) = &cli.directory.radiodns_api_url {
-        let plugit = Arc::new(plugit_directory(url, &cli.directory)?);
+        let plugit = Arc::new(cli.directory.plugit_directory(url)?);
         tracing::info!(backend = "plugit", url = %plugit.base_url(), "directory");
         plugit_log = Some(plugit.clone());
         plugit
@@ -176,7 +176,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     };
 
     let hub = StompHub::new(bus, directory, cache, log, hub_config);
-    hub.run(listeners, shutdown_signal())
+    hub.run(listeners, radiovis::config::shutdown_signal())
         .await
         .map_err(|e| e.to_string())?;
     stop_watchdog.cancel();
@@ -190,46 +190,4 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// The PlugIt directory described by the configuration.
-fn plugit_directory(url: &str, args: &DirectoryArgs) -> Result<PlugitDirectory, String> {
-    let mut config = PlugitConfig::new(url);
-    let timeout = std::time::Duration::try_from_secs_f64(args.directory_timeout)
-        .map_err(|_| "RADIOVIS_DIRECTORY_TIMEOUT: not a valid number of seconds".to_string())?;
-    config.timeout = timeout;
-    config.connect_timeout = timeout;
-    config.method = args
-        .radiodns_api_method
-        .parse::<PlugitMethod>()
-        .map_err(|e| format!("RADIODNS_API_METHOD: {e}"))?;
-    PlugitDirectory::new(config).map_err(|e| format!("RADIODNS_API_URL: {e}"))
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received"),
-        _ = term => tracing::info!("SIGTERM received"),
-    }
 }

@@ -204,6 +204,55 @@ pub struct DirectoryArgs {
     pub directory_timeout: f64,
 }
 
+impl DirectoryArgs {
+    /// The PlugIt directory (and log store) at `RADIODNS_API_URL`, with these timeouts
+    /// and method.
+    #[cfg(feature = "plugit")]
+    pub fn plugit_directory(
+        &self,
+        url: &str,
+    ) -> Result<crate::backend::plugit::PlugitDirectory, String> {
+        use crate::backend::plugit::{PlugitConfig, PlugitDirectory, PlugitMethod};
+        let mut config = PlugitConfig::new(url);
+        let timeout = secs("RADIOVIS_DIRECTORY_TIMEOUT", self.directory_timeout)?;
+        config.timeout = timeout;
+        config.connect_timeout = timeout;
+        config.method = self
+            .radiodns_api_method
+            .parse::<PlugitMethod>()
+            .map_err(|e| format!("RADIODNS_API_METHOD: {e}"))?;
+        PlugitDirectory::new(config).map_err(|e| format!("RADIODNS_API_URL: {e}"))
+    }
+}
+
+/// Completes on SIGINT or SIGTERM (what both binaries stop on).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}
+
 /// Limits and tunables of the hub (beyond the original).
 #[derive(Debug, Clone, Args)]
 pub struct HubArgs {
