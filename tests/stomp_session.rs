@@ -735,3 +735,30 @@ async fn a_client_sending_heartbeats_is_kept() {
     }
     c.sync().await;
 }
+
+#[tokio::test]
+async fn header_escaping_follows_each_session_version() {
+    let hub = TestHub::start().await;
+    let mut r10 = hub.radio().await;
+    r10.subscribe(TEXT, Some("a"), &[("x-ebu-nofastreply", "yes")])
+        .await;
+    let mut r12 = hub.radio12().await;
+    r12.subscribe(TEXT, Some("b"), &[("x-ebu-nofastreply", "yes")])
+        .await;
+    let (mut b12, _) = hub
+        .connect(&[
+            ("accept-version", "1.2"),
+            ("login", LOGIN),
+            ("passcode", PASSCODE),
+        ])
+        .await;
+    // 1.2 escapes: `\c` is `:`, `\\` is `\`.
+    b12.send_raw(b"SEND\ndestination:/topic/fm/4e1/4001/09580/text\nlink:https\\c//r1.example/a\\\\b\nreceipt:e\n\nTEXT esc\0")
+        .await;
+    assert_eq!(b12.expect("RECEIPT").await.get("receipt-id"), Some("e"));
+    let m = r10.expect("MESSAGE").await;
+    assert_eq!(m.get("link"), Some("https://r1.example/a\\b"), "{m:?}");
+    let m = r12.expect("MESSAGE").await;
+    // The raw parser splits at the first `:`; a 1.2 peer sees the escaped form.
+    assert_eq!(m.get("link"), Some("https\\c//r1.example/a\\\\b"), "{m:?}");
+}
