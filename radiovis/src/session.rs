@@ -160,6 +160,7 @@ pub(crate) async fn run<B, D, C, L>(
             last_read: Instant::now(),
             last_write: Instant::now(),
             info: None,
+            connected: false,
         };
         let reason = session.run().await;
         session.queue.close();
@@ -203,6 +204,8 @@ struct Session<'a, B, D, C, L> {
     last_write: Instant,
     /// Who this session is, for monitoring events (only when monitoring is on).
     info: Option<Arc<SessionInfo>>,
+    /// CONNECTED was sent.
+    connected: bool,
 }
 
 /// Largest chunk written at once when draining the queue.
@@ -212,13 +215,52 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Session<'_, B, D, C,
     async fn run(&mut self) -> SessionError {
         // Boxed: the CONNECT phase (directory calls) is large and runs once; keeping it
         // out of the session's future keeps every idle connection small.
-        match Box::pin(self.connect_phase()).await {
-            Ok(()) => {}
-            Err(e) => return e,
-        }
-        match self.main_loop().await {
+        let result = match Box::pin(self.connect_phase()).await {
+            Ok(()) => self.main_loop().await,
+            Err(e) => Err(e),
+        };
+        match result {
             Ok(()) => SessionError::Disconnected,
-            Err(e) => e,
+            Err(e) => {
+                Box::pin(self.close_after(&e)).await;
+                e
+            }
+        }
+    }
+
+    /// Tells a client that broke the protocol or a limit why it is closed (an ERROR
+    /// naming the limit), then closes gracefully: our side first, discarding what the
+    /// client still sends for a moment, so that its kernel does not answer our close
+    /// with a reset that would destroy the ERROR before the client reads it.
+    async fn close_after(&mut self, reason: &SessionError) {
+        let SessionError::Codec(e) = reason else {
+            return;
+        };
+        if !self.connected {
+            // The CONNECT phase already answered.
+            return self.linger().await;
+        }
+        let error = Frame::error(e.to_string());
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.write_frame(&error)).await;
+        self.linger().await;
+    }
+
+    async fn linger(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.shutdown()).await;
+        let mut sink = [0u8; 8192];
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut discarded = 0usize;
+        while discarded < 16 * 1024 * 1024 {
+            match tokio::time::timeout_at(deadline, self.reader.readable()).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+            match self.reader.try_read(&mut sink) {
+                Ok(0) => return,
+                Ok(n) => discarded += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
         }
     }
 
@@ -330,6 +372,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Session<'_, B, D, C,
         }
         connected = connected.header("session", session_id.clone());
         self.write_frame(&connected).await?;
+        self.connected = true;
         if self.shared.config.monitor.enabled() {
             let info = Arc::new(SessionInfo {
                 session_id: session_id.as_str().into(),
