@@ -5,6 +5,8 @@
 //! killing it, the standby takes over, the channel keeps getting defaults and no log
 //! entry is lost. Skipped when RabbitMQ is absent, unless RADIOVIS_REQUIRE_SERVICES=1.
 
+mod common;
+
 #[path = "../../tests/support/plugit_server.rs"]
 #[allow(dead_code)]
 mod plugit_server;
@@ -18,26 +20,6 @@ use plugit_server::PlugitServer;
 use radiovis::backend::rabbitmq::{QueueKind, RabbitBus, RabbitConfig};
 use radiovis::backend::{BusMessage, BusStream, MessageBus};
 use tokio::process::{Child, Command};
-
-const BROKER: &str = "127.0.0.1:5672";
-
-async fn broker_up() -> bool {
-    let up = matches!(
-        tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect(BROKER)
-        )
-        .await,
-        Ok(Ok(_))
-    );
-    if !up {
-        if std::env::var("RADIOVIS_REQUIRE_SERVICES").as_deref() == Ok("1") {
-            panic!("RabbitMQ not reachable at {BROKER} and RADIOVIS_REQUIRE_SERVICES=1");
-        }
-        eprintln!("SKIPPED: RabbitMQ not reachable at {BROKER}");
-    }
-    up
-}
 
 fn watchdog(exchange: &str, queue: &str, plugit: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_radiovis-fallback"))
@@ -80,7 +62,7 @@ fn logged_bodies(server: &PlugitServer) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn defaults_logs_cleanup_and_takeover() {
-    if !broker_up().await {
+    if !common::broker_up().await {
         return;
     }
     let id = uuid::Uuid::new_v4();
@@ -206,27 +188,5 @@ async fn defaults_logs_cleanup_and_takeover() {
     let _ = b.start_kill();
     let _ = b.wait().await;
     observer.shutdown().await;
-    cleanup(&exchange, &queue).await;
-}
-
-/// Deletes the test's durable queue and exchange (best effort).
-async fn cleanup(exchange: &str, queue: &str) {
-    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-    let Ok(conn) = lapin::Connection::connect(
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    else {
-        return;
-    };
-    if let Ok(ch) = conn.create_channel().await {
-        let _ = ch
-            .queue_delete(queue.into(), QueueDeleteOptions::default())
-            .await;
-        let _ = ch
-            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-            .await;
-    }
-    let _ = conn.close(200, "done".into()).await;
+    common::cleanup(&exchange, &queue).await;
 }
