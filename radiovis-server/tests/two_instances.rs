@@ -4,84 +4,17 @@
 //! connection the servers recover and deliver again without any STOMP client
 //! reconnecting. Skipped when RabbitMQ is absent, unless RADIOVIS_REQUIRE_SERVICES=1.
 
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::process::Stdio;
+mod common;
+
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+
 use radiovis::client::Client;
 use radiovis::stomp::{Command, Frame};
-use tokio::process::{Child, Command as Process};
-
-const BROKER: &str = "127.0.0.1:5672";
-const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-async fn broker_up() -> bool {
-    let up = matches!(
-        tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect(BROKER)
-        )
-        .await,
-        Ok(Ok(_))
-    );
-    if !up {
-        if std::env::var("RADIOVIS_REQUIRE_SERVICES").as_deref() == Ok("1") {
-            panic!("RabbitMQ not reachable at {BROKER} and RADIOVIS_REQUIRE_SERVICES=1");
-        }
-        eprintln!("SKIPPED: RabbitMQ not reachable at {BROKER}");
-    }
-    up
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// A server process, killed on drop.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
-async fn start_server(exchange: &str) -> Server {
-    let port = free_port();
-    let directory = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/directory.toml");
-    let child = Process::new(env!("CARGO_BIN_EXE_radiovis-server"))
-        .env("STOMP_IP", "127.0.0.1")
-        .env("STOMP_PORT", port.to_string())
-        .env("RABBITMQ_HOST", "127.0.0.1")
-        .env("RABBITMQ_EXCHANGE", exchange)
-        .env("RADIOVIS_DIRECTORY", directory)
-        .env("RADIOVIS_WATCHDOG", "off")
-        .env("MONITORING_ENABLED", "False")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start radiovis-server");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let start = Instant::now();
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "server did not listen"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Server { child, addr }
-}
 
 async fn radio(addr: SocketAddr, destination: &str) -> Client {
     let mut c = Client::connect(addr, &[]).await.expect("radio connects");
@@ -128,12 +61,12 @@ async fn send(c: &mut Client, destination: &str, body: &str) -> Result<(), Strin
 
 #[tokio::test]
 async fn two_servers_one_broker_every_radio_every_message_and_recovery() {
-    if !broker_up().await {
+    if !common::broker_up().await {
         return;
     }
     let exchange = format!("radiovis-test-fleet-{}", uuid::Uuid::new_v4());
-    let a = start_server(&exchange).await;
-    let b = start_server(&exchange).await;
+    let a = common::start_server(&exchange, &[]).await;
+    let b = common::start_server(&exchange, &[]).await;
 
     // Radios on both instances, in both country forms.
     let mut radios = Vec::new();
@@ -163,7 +96,7 @@ async fn two_servers_one_broker_every_radio_every_message_and_recovery() {
     }
 
     // Mixed fleet: the original's AMQP shape, published raw.
-    let conn = Connection::connect(URL, ConnectionProperties::default())
+    let conn = Connection::connect(common::URL, ConnectionProperties::default())
         .await
         .expect("raw lapin connection");
     let ch = conn.create_channel().await.expect("channel");

@@ -642,6 +642,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Session<'_, B, D, C,
             self.shared
                 .remove_subscription(&record.key, (self.conn, record.sub));
             tracing::debug!(destination = %record.destination, "unsubscribed");
+            self.emit_unsubscription(&record);
         }
         Ok(Flow::Continue)
     }
@@ -705,10 +706,23 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Session<'_, B, D, C,
         Ok(Flow::Continue)
     }
 
+    /// Removes every subscription of the closing session (and says so to monitoring,
+    /// as the original did).
     fn unsubscribe_all(&mut self) {
-        for (_, record) in self.subs.drain() {
+        let records: Vec<SubRecord> = self.subs.drain().map(|(_, r)| r).collect();
+        for record in records {
             self.shared
                 .remove_subscription(&record.key, (self.conn, record.sub));
+            self.emit_unsubscription(&record);
+        }
+    }
+
+    fn emit_unsubscription(&self, record: &SubRecord) {
+        if let Some(info) = &self.info {
+            self.shared.config.monitor.emit(Event::Unsubscription(
+                info.clone(),
+                record.destination.as_str().into(),
+            ));
         }
     }
 
