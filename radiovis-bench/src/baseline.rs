@@ -145,7 +145,13 @@ fn handle(
                 m.extend_from_slice(b"MESSAGE\ndestination:");
                 m.extend_from_slice(dest.as_bytes());
                 m.extend_from_slice(b"\nmessage-id:");
-                m.extend_from_slice(state.next_id.fetch_add(1, Ordering::Relaxed).to_string().as_bytes());
+                m.extend_from_slice(
+                    state
+                        .next_id
+                        .fetch_add(1, Ordering::Relaxed)
+                        .to_string()
+                        .as_bytes(),
+                );
                 m.extend_from_slice(b"\n\n");
                 m.extend_from_slice(body);
                 m.extend_from_slice(b"\0");

@@ -84,7 +84,9 @@ pub fn spawn_subscribers(p: &SubParams) -> Subscribers {
             };
             let setup = async {
                 let _permit = permits.acquire().await.map_err(|e| e.to_string())?;
-                let mut c = Client::connect(addr, &[]).await.map_err(|e| e.to_string())?;
+                let mut c = Client::connect(addr, &[])
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let sub = Frame::new(Command::Subscribe)
                     .header("destination", dest.as_str())
                     .header("id", "s")
@@ -217,7 +219,10 @@ pub struct PubParams {
 pub async fn connect_publisher(p: &PubParams) -> Result<Client, String> {
     let mut c = Client::connect(
         p.addr,
-        &[("login", p.login.as_str()), ("passcode", p.passcode.as_str())],
+        &[
+            ("login", p.login.as_str()),
+            ("passcode", p.passcode.as_str()),
+        ],
     )
     .await
     .map_err(|e| format!("publisher connect: {e}"))?;

@@ -154,7 +154,10 @@ fn main() -> std::process::ExitCode {
     if let Err(e) = sys::raise_nofile() {
         eprintln!("radiovis-bench: cannot raise RLIMIT_NOFILE: {e}");
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("radiovis-bench: cannot start the runtime: {e}");
@@ -260,7 +263,10 @@ async fn start_server(args: &RunArgs, kind: ServerKind) -> Result<Server, String
             let dir = match &args.directory {
                 Some(d) => d.clone(),
                 None => {
-                    let p = tmp.join(format!("radiovis-bench-directory-{}.toml", std::process::id()));
+                    let p = tmp.join(format!(
+                        "radiovis-bench-directory-{}.toml",
+                        std::process::id()
+                    ));
                     std::fs::write(&p, BENCH_DIRECTORY)
                         .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
                     p
@@ -464,8 +470,7 @@ async fn run_one(args: &RunArgs, kind: ServerKind) -> Result<Report, String> {
     };
     if let (Some(a), Some(b)) = (r.rss_kib_before, r.rss_kib_connected) {
         if r.connected > 0 {
-            r.rss_bytes_per_connection =
-                Some((b as f64 - a as f64) * 1024.0 / r.connected as f64);
+            r.rss_bytes_per_connection = Some((b as f64 - a as f64) * 1024.0 / r.connected as f64);
         }
     }
     if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
