@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -76,12 +76,21 @@ async fn connection(
         }
         if !wbuf.is_empty() {
             stream.write_all(&wbuf).await?;
-            wbuf = BytesMut::new();
+            wbuf.clear();
+            if wbuf.capacity() > 64 * 1024 {
+                wbuf = BytesMut::new();
+            }
         }
         tokio::select! {
-            r = async { rbuf.reserve(512); stream.read_buf(&mut rbuf).await } => {
-                if r? == 0 {
-                    return Ok(());
+            // Wait for readiness, then read: no buffer is held while waiting.
+            r = stream.readable() => {
+                r?;
+                rbuf.reserve(512);
+                match stream.try_read_buf(&mut rbuf) {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
                 }
             }
             Some(msg) = rx.recv() => {

@@ -21,6 +21,8 @@ pub struct SubResult {
     pub latencies_us: Vec<u64>,
     /// Why it ended early (connection closed, error).
     pub error: Option<String>,
+    /// Microseconds from TCP connect to the RECEIPT of the SUBSCRIBE.
+    pub setup_us: u64,
 }
 
 /// The destination of topic `k`.
@@ -84,6 +86,7 @@ pub fn spawn_subscribers(p: &SubParams) -> Subscribers {
             };
             let setup = async {
                 let _permit = permits.acquire().await.map_err(|e| e.to_string())?;
+                let began = Instant::now();
                 let mut c = Client::connect(addr, &[])
                     .await
                     .map_err(|e| e.to_string())?;
@@ -92,10 +95,11 @@ pub fn spawn_subscribers(p: &SubParams) -> Subscribers {
                     .header("id", "s")
                     .header("x-ebu-nofastreply", "yes");
                 c.send_with_receipt(sub).await.map_err(|e| e.to_string())?;
-                Ok::<Client, String>(c)
+                Ok::<(Client, u64), String>((c, began.elapsed().as_micros() as u64))
             };
             let client = match tokio::time::timeout(timeout, setup).await {
-                Ok(Ok(c)) => {
+                Ok(Ok((c, setup_us))) => {
+                    res.setup_us = setup_us;
                     let _ = ready_tx.send(Ok(())).await;
                     c
                 }

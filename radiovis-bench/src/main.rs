@@ -127,6 +127,9 @@ struct Report {
     connect_failures: usize,
     first_connect_error: Option<String>,
     connect_secs: f64,
+    setup_ms_p50: u64,
+    setup_ms_p99: u64,
+    setup_ms_max: u64,
     publish_secs: f64,
     latency_us_p50: u64,
     latency_us_p90: u64,
@@ -431,6 +434,8 @@ async fn run_one(args: &RunArgs, kind: ServerKind) -> Result<Report, String> {
 
     let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
         .map_err(|e| format!("histogram: {e}"))?;
+    let mut setup = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
+        .map_err(|e| format!("histogram: {e}"))?;
     for h in subs.handles.drain(..) {
         let res = match tokio::time::timeout(Duration::from_secs(10), h).await {
             Ok(Ok(res)) => res,
@@ -445,6 +450,9 @@ async fn run_one(args: &RunArgs, kind: ServerKind) -> Result<Report, String> {
                 continue;
             }
         };
+        if res.setup_us > 0 {
+            setup.saturating_record(res.setup_us);
+        }
         r.expected += res.expected;
         r.received += res.received;
         r.duplicates += res.duplicates;
@@ -457,6 +465,9 @@ async fn run_one(args: &RunArgs, kind: ServerKind) -> Result<Report, String> {
             hist.saturating_record(l.max(1));
         }
     }
+    r.setup_ms_p50 = setup.value_at_quantile(0.5) / 1000;
+    r.setup_ms_p99 = setup.value_at_quantile(0.99) / 1000;
+    r.setup_ms_max = setup.max() / 1000;
     r.lost = r.expected.saturating_sub(r.received);
     r.latency_us_p50 = hist.value_at_quantile(0.50);
     r.latency_us_p90 = hist.value_at_quantile(0.90);
@@ -488,6 +499,9 @@ fn rows(r: &Report) -> Vec<(&'static str, Option<f64>)> {
     vec![
         ("connected", Some(r.connected as f64)),
         ("connect time s", Some(r.connect_secs)),
+        ("conn setup p50 ms", f(r.setup_ms_p50)),
+        ("conn setup p99 ms", f(r.setup_ms_p99)),
+        ("conn setup max ms", f(r.setup_ms_max)),
         ("latency p50 us", f(r.latency_us_p50)),
         ("latency p90 us", f(r.latency_us_p90)),
         ("latency p99 us", f(r.latency_us_p99)),

@@ -19,7 +19,7 @@ pub fn raise_nofile() -> io::Result<u64> {
             return Err(io::Error::last_os_error());
         }
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 /// The hard RLIMIT_NOFILE of this process.
@@ -32,7 +32,7 @@ pub fn nofile_hard() -> io::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(lim.rlim_max as u64)
+    Ok(lim.rlim_max)
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`).
