@@ -40,6 +40,9 @@ enum Cmd {
     BaselineServer {
         #[arg(long)]
         addr: SocketAddr,
+        /// Exit after this many seconds whatever happens (no orphan outlives a run).
+        #[arg(long, default_value_t = 900)]
+        max_secs: u64,
     },
 }
 
@@ -168,9 +171,12 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = match cli.cmd {
-        Some(Cmd::BaselineServer { addr }) => rt
-            .block_on(baseline::serve(addr))
-            .map_err(|e| format!("baseline server: {e}")),
+        Some(Cmd::BaselineServer { addr, max_secs }) => rt.block_on(async {
+            match tokio::time::timeout(Duration::from_secs(max_secs), baseline::serve(addr)).await {
+                Ok(r) => r.map_err(|e| format!("baseline server: {e}")),
+                Err(_) => Ok(()),
+            }
+        }),
         None => rt.block_on(bench(cli.run)),
     };
     match result {
@@ -306,7 +312,17 @@ async fn start_server(args: &RunArgs, kind: ServerKind) -> Result<Server, String
     let log2 = log.try_clone().map_err(|e| e.to_string())?;
     // The server does not raise its own fd limit: `ulimit -n` in a shell that execs it
     // (same pid).
-    let child = Command::new("sh")
+    let mut cmd = Command::new("sh");
+    // SAFETY: only async-signal-safe prctl between fork and exec. The server gets
+    // SIGTERM when the benchmark dies (the flag survives exec), so none is left behind.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let child = cmd
         .arg("-c")
         .arg(format!("ulimit -n {hard}; exec \"$0\" \"$@\""))
         .arg(&program)
