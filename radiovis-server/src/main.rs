@@ -151,8 +151,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let mut listeners = Vec::new();
     for ip in &cli.stomp.stomp_ip {
         let addr = std::net::SocketAddr::new(*ip, cli.stomp.stomp_port);
-        let l = TcpListener::bind(addr)
-            .await
+        let l = listen(addr)
             .map_err(|e| format!("cannot listen on {addr} (STOMP_IP/STOMP_PORT): {e}"))?;
         listeners.push(l);
     }
@@ -194,4 +193,18 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Listens with a deep accept queue: after a restart or a network blip thousands of
+/// radios reconnect at once, and the default backlog (128 here) made the kernel drop
+/// connection attempts that then waited a second to retry (seen in the benchmark).
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
