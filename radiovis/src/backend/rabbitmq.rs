@@ -327,6 +327,8 @@ struct Shared {
     subscribers: Mutex<Vec<mpsc::Sender<BusMessage>>>,
     /// Live streams that acknowledge each delivery themselves.
     acked_subscribers: Mutex<Vec<mpsc::Sender<Delivery>>>,
+    /// Acknowledgements being sent (shutdown waits for them).
+    acks: tokio_util::task::TaskTracker,
     /// Bumped on each `subscribe()`, so a durable queue starts consuming.
     subscribed: watch::Sender<u64>,
     shutdown: CancellationToken,
@@ -358,6 +360,7 @@ impl Shared {
 struct RabbitAck {
     acker: lapin::Acker,
     acked: AtomicBool,
+    tracker: tokio_util::task::TaskTracker,
 }
 
 impl Drop for RabbitAck {
@@ -365,22 +368,25 @@ impl Drop for RabbitAck {
         let acker = self.acker.clone();
         let acked = self.acked.load(Ordering::SeqCst);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let r = if acked {
-                    acker.ack(BasicAckOptions::default()).await
-                } else {
-                    acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await
-                };
-                if let Err(e) = r {
-                    // The channel closed meanwhile: the broker requeues it anyway.
-                    debug!(error = %e, acked, "delivery acknowledgement not sent");
-                }
-            });
+            self.tracker.spawn_on(
+                async move {
+                    let r = if acked {
+                        acker.ack(BasicAckOptions::default()).await
+                    } else {
+                        acker
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                ..Default::default()
+                            })
+                            .await
+                    };
+                    if let Err(e) = r {
+                        // The channel closed meanwhile: the broker requeues it anyway.
+                        debug!(error = %e, acked, "delivery acknowledgement not sent");
+                    }
+                },
+                &handle,
+            );
         }
     }
 }
@@ -442,6 +448,7 @@ impl RabbitBus {
             publisher,
             subscribers: Mutex::new(Vec::new()),
             acked_subscribers: Mutex::new(Vec::new()),
+            acks: tokio_util::task::TaskTracker::new(),
             subscribed,
             shutdown: CancellationToken::new(),
             connects: AtomicU64::new(0),
@@ -490,6 +497,10 @@ impl RabbitBus {
     /// Closes the connection and ends the subscriber streams. Later `publish` and
     /// `subscribe` calls fail with [`BusError::Closed`].
     pub async fn shutdown(&self) {
+        // Acknowledgements already decided go out before the channel closes, or the
+        // broker would redeliver messages that were processed.
+        self.shared.acks.close();
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.shared.acks.wait()).await;
         self.shared.shutdown.cancel();
         let task = lock(&self.task).take();
         if let Some(task) = task {
@@ -1096,6 +1107,7 @@ async fn run_session(shared: &Shared, session: &mut Session) -> Option<String> {
                 let ack = Arc::new(RabbitAck {
                     acker: delivery.acker.clone(),
                     acked: AtomicBool::new(false),
+                    tracker: shared.acks.clone(),
                 });
                 for s in acked_subscribers {
                     let d = Delivery {
