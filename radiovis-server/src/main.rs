@@ -46,18 +46,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // lapin logs a normal passive declare of a missing exchange as an ERROR; the
-        // bus module reports connection trouble itself.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=off"));
-    if cli.rabbit.rabbitmq_debug {
-        for directive in ["radiovis::backend::rabbitmq=debug", "lapin=info"] {
-            if let Ok(d) = directive.parse() {
-                filter = filter.add_directive(d);
-            }
-        }
-    }
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    radiovis::config::init_logging(cli.rabbit.rabbitmq_debug);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

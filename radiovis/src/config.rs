@@ -225,6 +225,23 @@ impl DirectoryArgs {
     }
 }
 
+/// Logging of both binaries: `RUST_LOG`, default `info`; `RABBITMQ_DEBUG` adds the bus
+/// module's debug logs. lapin's own logs are off by default: it logs a normal passive
+/// declare of a missing exchange as an ERROR, and the bus module reports connection
+/// trouble itself.
+pub fn init_logging(rabbitmq_debug: bool) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=off"));
+    if rabbitmq_debug {
+        for directive in ["radiovis::backend::rabbitmq=debug", "lapin=info"] {
+            if let Ok(d) = directive.parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
 /// Completes on SIGINT or SIGTERM (what both binaries stop on).
 pub async fn shutdown_signal() {
     let ctrl_c = async {
