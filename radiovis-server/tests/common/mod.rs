@@ -1,9 +1,11 @@
 //! Shared by the server's process tests.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
+
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
 
 use tokio::process::{Child, Command as Process};
 
@@ -28,13 +30,6 @@ pub async fn broker_up() -> bool {
     up
 }
 
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// A server process, killed on drop.
 pub struct Server {
     pub child: Child,
@@ -47,33 +42,65 @@ impl Drop for Server {
     }
 }
 
-/// Starts a server on a free port with the RabbitMQ bus on `exchange` and `extra`
-/// environment, and waits until it listens.
+/// Starts a server on a port the kernel picks (`STOMP_PORT=0`; other processes on
+/// this machine may grab any port we would pick ourselves) with the RabbitMQ bus on
+/// `exchange` and `extra` environment, and waits for the log line naming its address.
 pub async fn start_server(exchange: &str, extra: &[(&str, &str)]) -> Server {
-    let port = free_port();
     let directory = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/directory.toml");
-    let child = Process::new(env!("CARGO_BIN_EXE_radiovis-server"))
+    let mut child = Process::new(env!("CARGO_BIN_EXE_radiovis-server"))
         .env("STOMP_IP", "127.0.0.1")
-        .env("STOMP_PORT", port.to_string())
+        .env("STOMP_PORT", "0")
         .env("RABBITMQ_HOST", "127.0.0.1")
         .env("RABBITMQ_EXCHANGE", exchange)
         .env("RADIOVIS_DIRECTORY", directory)
         .env("RADIOVIS_WATCHDOG", "off")
         .env("MONITORING_ENABLED", "False")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,radiovis::hub=info")
+        .env("NO_COLOR", "1")
         .envs(extra.iter().copied())
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("start radiovis-server");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let start = Instant::now();
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "server did not listen"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let line = strip_ansi(&line);
+            if let Some(rest) = line.split("listening for STOMP connections addr=").nth(1) {
+                return rest
+                    .split_whitespace()
+                    .next()
+                    .and_then(|a| a.parse::<SocketAddr>().ok());
+            }
+        }
+        None
+    })
+    .await;
+    let Ok(Some(addr)) = found else {
+        let status = child.try_wait();
+        panic!("server did not report its address within 30 s (exit status: {status:?})");
+    };
+    // Keep draining its output so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Server { child, addr }
+}
+
+/// Removes terminal colour sequences from a log line.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
