@@ -586,11 +586,9 @@ async fn run_inner(
     }
 
     // Stop the sub-loaders and collect their results.
-    for s in stdins.iter_mut() {
-        if let Some(s) = s {
-            let _ = s.write_all(b"stop\n").await;
-            let _ = s.flush().await;
-        }
+    for s in stdins.iter_mut().flatten() {
+        let _ = s.write_all(b"stop\n").await;
+        let _ = s.flush().await;
     }
     let result_deadline = Instant::now() + Duration::from_secs(60);
     while results < instances {
@@ -602,7 +600,6 @@ async fn run_inner(
             Ok(None) | Err(_) => break,
         }
     }
-    drop(handle);
     for mut c in children {
         let _ = tokio::time::timeout(Duration::from_secs(10), c.wait()).await;
         let _ = c.kill().await;
