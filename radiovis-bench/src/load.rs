@@ -25,6 +25,27 @@ pub struct SubResult {
     pub setup_us: u64,
 }
 
+/// The clock of the `t=` in message bodies: nanoseconds since a shared `Instant` (one
+/// process), or since the Unix epoch (`SystemTime`, shared by the processes of a
+/// scale-out run on the same machine).
+#[derive(Debug, Clone, Copy)]
+pub enum Clock {
+    Since(Instant),
+    Unix,
+}
+
+impl Clock {
+    pub fn now_ns(&self) -> u64 {
+        match self {
+            Clock::Since(start) => start.elapsed().as_nanos() as u64,
+            Clock::Unix => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
+        }
+    }
+}
+
 /// The destination of topic `k`.
 pub fn topic(prefix: &str, k: usize) -> String {
     format!("{prefix}{k}/text")
@@ -58,7 +79,7 @@ pub struct SubParams {
     pub messages: u64,
     pub concurrency: usize,
     pub connect_timeout: Duration,
-    pub start: Instant,
+    pub clock: Clock,
 }
 
 /// Spawns the N subscribers: each connects (at most `concurrency` at once), subscribes
@@ -78,7 +99,7 @@ pub fn spawn_subscribers(p: &SubParams) -> Subscribers {
         let ready_tx = ready_tx.clone();
         let mut stop_rx = stop_rx.clone();
         let complete = complete.clone();
-        let (addr, topics, start, timeout) = (p.addr, p.topics, p.start, p.connect_timeout);
+        let (addr, topics, clock, timeout) = (p.addr, p.topics, p.clock, p.connect_timeout);
         handles.push(tokio::spawn(async move {
             let mut res = SubResult {
                 expected,
@@ -116,7 +137,7 @@ pub fn spawn_subscribers(p: &SubParams) -> Subscribers {
                 }
             };
             drop(ready_tx);
-            receive(client, &mut res, topics, start, &mut stop_rx, &complete).await;
+            receive(client, &mut res, topics, clock, &mut stop_rx, &complete).await;
             res
         }));
     }
@@ -132,7 +153,7 @@ async fn receive(
     mut client: Client,
     res: &mut SubResult,
     topics: usize,
-    start: Instant,
+    clock: Clock,
     stop: &mut watch::Receiver<bool>,
     complete: &AtomicUsize,
 ) {
@@ -161,7 +182,7 @@ async fn receive(
                 break;
             }
         };
-        let now = start.elapsed().as_nanos() as u64;
+        let now = clock.now_ns();
         if frame.command != Command::Message {
             if frame.command == Command::Error {
                 res.error = Some(format!("ERROR: {}", frame.get("message").unwrap_or("")));
@@ -215,7 +236,7 @@ pub struct PubParams {
     pub prefix: String,
     pub messages: u64,
     pub rate: f64,
-    pub start: Instant,
+    pub clock: Clock,
 }
 
 /// Connects the publisher (logged in) and checks it may publish (one SEND with a
@@ -259,7 +280,7 @@ pub async fn publish(mut c: Client, p: &PubParams) -> Result<Duration, String> {
     for seq in 0..p.messages {
         tick.tick().await;
         let k = (seq % p.topics as u64) as usize;
-        let t = p.start.elapsed().as_nanos();
+        let t = p.clock.now_ns();
         let body = format!("TEXT seq={seq} t={t}");
         c.send(&topic(&p.prefix, k), body, &[])
             .await

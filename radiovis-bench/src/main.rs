@@ -3,6 +3,7 @@
 
 mod baseline;
 mod load;
+mod scaleout;
 mod sys;
 
 use std::net::SocketAddr;
@@ -44,6 +45,9 @@ enum Cmd {
         #[arg(long, default_value_t = 900)]
         max_secs: u64,
     },
+    /// N subscribers of a scale-out run (started by the benchmark itself).
+    #[command(hide = true)]
+    SubLoader(scaleout::SubLoaderArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -114,6 +118,12 @@ struct RunArgs {
     /// Seconds to wait for the last deliveries after the publisher is done.
     #[arg(long, default_value_t = 15)]
     drain_timeout: u64,
+    /// Scale-out mode: start I radiovis-server instances on the RabbitMQ at
+    /// 127.0.0.1:5672 (guest/guest) with an exchange of their own
+    /// (`radiovis-bench-<uuid>`, deleted at the end), N subscribers per instance (each
+    /// instance's in a sub-loader process of its own), the publisher on instance 0.
+    #[arg(long, conflicts_with_all = ["compare", "addr"])]
+    instances: Option<usize>,
     /// Write all figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -177,6 +187,7 @@ fn main() -> std::process::ExitCode {
                 Err(_) => Ok(()),
             }
         }),
+        Some(Cmd::SubLoader(a)) => rt.block_on(scaleout::sub_loader(a)),
         None => rt.block_on(bench(cli.run)),
     };
     match result {
@@ -192,7 +203,16 @@ async fn bench(args: RunArgs) -> Result<(), String> {
     if args.topics == 0 || args.subscribers == 0 {
         return Err("--subscribers and --topics must be at least 1".into());
     }
-    if args.compare {
+    if let Some(instances) = args.instances {
+        if instances == 0 {
+            return Err("--instances must be at least 1".into());
+        }
+        let r = scaleout::run(&args, instances).await?;
+        scaleout::print(&r);
+        if let Some(path) = &args.json {
+            write_json(path, &serde_json::to_value(&r).map_err(|e| e.to_string())?)?;
+        }
+    } else if args.compare {
         let rv = run_one(&args, ServerKind::Radiovis).await?;
         print_report(&rv);
         let bl = run_one(&args, ServerKind::Baseline).await?;
@@ -251,7 +271,11 @@ passcode = "secret1"
 channels = ["/topic/dab/4e1/4001/4001/0/"]
 "#;
 
-async fn start_server(args: &RunArgs, kind: ServerKind) -> Result<Server, String> {
+async fn start_server(
+    args: &RunArgs,
+    kind: ServerKind,
+    env: &[(String, String)],
+) -> Result<Server, String> {
     if let Some(addr) = args.addr {
         return Ok(Server {
             child: None,
@@ -328,6 +352,7 @@ async fn start_server(args: &RunArgs, kind: ServerKind) -> Result<Server, String
         .arg(&program)
         .args(&prog_args)
         .env("RUST_LOG", &args.server_log)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
@@ -364,7 +389,7 @@ async fn start_server(args: &RunArgs, kind: ServerKind) -> Result<Server, String
 }
 
 async fn run_one(args: &RunArgs, kind: ServerKind) -> Result<Report, String> {
-    let server = start_server(args, kind).await?;
+    let server = start_server(args, kind, &[]).await?;
     let pid = server.pid;
     let rss = || pid.and_then(|p| sys::rss_kib(p).ok());
     let cpu = || pid.and_then(|p| sys::cpu_micros(p).ok());
@@ -393,7 +418,7 @@ async fn run_one(args: &RunArgs, kind: ServerKind) -> Result<Report, String> {
         prefix: args.topic_prefix.clone(),
         messages: args.messages,
         rate: args.rate,
-        start,
+        clock: load::Clock::Since(start),
     };
     let publisher = load::connect_publisher(&pub_params).await?;
     r.rss_kib_before = rss();
@@ -408,7 +433,7 @@ async fn run_one(args: &RunArgs, kind: ServerKind) -> Result<Report, String> {
         messages: args.messages,
         concurrency: args.concurrency,
         connect_timeout: Duration::from_secs(args.connect_timeout),
-        start,
+        clock: load::Clock::Since(start),
     });
     let phase_deadline = t0 + Duration::from_secs(args.connect_timeout + 5);
     let mut reported = 0;
