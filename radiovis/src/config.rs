@@ -226,12 +226,19 @@ impl DirectoryArgs {
 }
 
 /// Logging of both binaries: `RUST_LOG`, default `info`; `RABBITMQ_DEBUG` adds the bus
-/// module's debug logs. lapin's own logs are off by default: it logs a normal passive
-/// declare of a missing exchange as an ERROR, and the bus module reports connection
-/// trouble itself.
+/// module's debug logs. lapin's own logs are off unless `RUST_LOG` names lapin: it logs
+/// a normal passive declare of a missing exchange as an ERROR, and the bus module
+/// reports connection trouble itself.
 pub fn init_logging(rabbitmq_debug: bool) {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=off"));
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let mut filter = match &from_env {
+        // Keep lapin quiet unless the operator asked for it by name.
+        Some(v) if v.contains("lapin") => tracing_subscriber::EnvFilter::new(v),
+        Some(v) => tracing_subscriber::EnvFilter::new(format!("{v},lapin=off")),
+        None => tracing_subscriber::EnvFilter::new("info,lapin=off"),
+    };
     if rabbitmq_debug {
         for directive in ["radiovis::backend::rabbitmq=debug", "lapin=info"] {
             if let Ok(d) = directive.parse() {

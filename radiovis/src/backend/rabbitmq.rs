@@ -62,6 +62,9 @@ const NOT_ALLOWED: u16 = 530;
 /// A connection that lived this long resets the reconnection backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(30);
 
+/// AMQP frame size asked of the broker (see `RabbitConfig::uri`).
+const FRAME_MAX: u32 = 16 * 1024;
+
 /// Bound on a polite close (connection or channel).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -245,6 +248,11 @@ impl RabbitConfig {
             vhost: self.vhost.clone(),
             query: AMQPQueryString {
                 heartbeat: (self.heartbeat > 0).then_some(self.heartbeat),
+                // lapin keeps two zero-filled buffers of 32 frames each per connection:
+                // with the broker's default 128 KiB frames that is 8 MiB resident per
+                // connection (measured); RadioVis messages are a line of text, and
+                // larger ones are simply split into more frames.
+                frame_max: Some(FRAME_MAX),
                 ..AMQPQueryString::default()
             },
         }
