@@ -321,6 +321,14 @@ pub struct HubArgs {
         default_value_t = 128
     )]
     pub max_subscriptions: usize,
+    /// Most topics whose last message is kept for replay.
+    #[arg(
+        long,
+        env = "RADIOVIS_MAX_LAST_MESSAGES",
+        value_name = "RADIOVIS_MAX_LAST_MESSAGES",
+        default_value_t = 100_000
+    )]
+    pub max_last_messages: usize,
     /// Heart-beat interval offered to STOMP 1.1/1.2 clients, in milliseconds (0: off).
     #[arg(
         long,
@@ -356,6 +364,7 @@ impl HubArgs {
             connect_timeout: secs("RADIOVIS_CONNECT_TIMEOUT", self.connect_timeout)?,
             max_connections: self.max_connections,
             max_subscriptions: self.max_subscriptions,
+            max_last_messages: self.max_last_messages,
             heartbeat: (hb, hb),
             // The hub's own guard sits above the backend's timeout.
             directory_timeout: secs("RADIOVIS_DIRECTORY_TIMEOUT", directory_timeout)? * 2,

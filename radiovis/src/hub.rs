@@ -83,6 +83,9 @@ pub struct HubConfig {
     pub server_name: String,
     /// Where monitoring events go (disabled by default).
     pub monitor: Arc<Monitor>,
+    /// Most topics whose last message is kept for replay; beyond it the oldest tenth
+    /// is forgotten (broadcasters may invent sub-topics without end).
+    pub max_last_messages: usize,
 }
 
 impl Default for HubConfig {
@@ -100,6 +103,7 @@ impl Default for HubConfig {
             shutdown_grace: Duration::from_secs(5),
             server_name: format!("radiovis/{}", env!("CARGO_PKG_VERSION")),
             monitor: Arc::new(Monitor::disabled()),
+            max_last_messages: 100_000,
         }
     }
 }
@@ -424,7 +428,23 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Shared<B, D, C, L> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(topic = %msg.topic, %normalised, seq, "bus message");
         let published = Arc::new(Published::new(seq, normalised.clone(), msg.body, headers));
-        write(&self.last).insert(normalised, published.clone());
+        {
+            let mut last = write(&self.last);
+            last.insert(normalised, published.clone());
+            let max = self.config.max_last_messages.max(1);
+            if last.len() > max {
+                // Forget the oldest tenth at once, so eviction stays rare.
+                let mut seqs: Vec<u64> = last.values().map(|m| m.seq).collect();
+                let cut = (last.len() - max + max / 10).min(seqs.len() - 1);
+                let (_, &mut threshold, _) = seqs.select_nth_unstable(cut);
+                last.retain(|_, m| m.seq >= threshold);
+                tracing::warn!(
+                    kept = last.len(),
+                    max,
+                    "too many topics: oldest last messages forgotten"
+                );
+            }
+        }
         self.fan_out(&published);
         if let Some(tx) = self.last_writer.get() {
             if tx.try_send(published).is_err() {
@@ -654,5 +674,45 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Shared<B, D, C, L> {
         }
         tracing::debug!(count = set.len(), "known channels refreshed");
         *write(&self.known_channels) = Arc::new(set);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory::{LocalBus, MemoryCache, MemoryLogStore, StaticDirectory};
+
+    #[tokio::test]
+    async fn last_messages_are_bounded_and_the_newest_kept() {
+        let hub = StompHub::new(
+            LocalBus::default(),
+            StaticDirectory::default(),
+            MemoryCache::new(),
+            MemoryLogStore::default(),
+            HubConfig {
+                max_last_messages: 100,
+                ..HubConfig::default()
+            },
+        );
+        for i in 0..1000 {
+            hub.shared
+                .on_bus_message(BusMessage {
+                    topic: format!("/topic/id/x/{i}/text"),
+                    body: Bytes::from(format!("TEXT {i}")),
+                    headers: vec![],
+                })
+                .await;
+        }
+        let last = read(&hub.shared.last);
+        assert!(last.len() <= 100, "{}", last.len());
+        assert!(last.len() >= 80, "{}", last.len());
+        assert!(
+            last.contains_key("/topic/id/x/999/text"),
+            "the newest is kept"
+        );
+        assert!(
+            !last.contains_key("/topic/id/x/0/text"),
+            "the oldest is forgotten"
+        );
     }
 }
