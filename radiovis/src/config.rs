@@ -104,8 +104,8 @@ pub struct RabbitArgs {
         default_value = "amq.fanout"
     )]
     pub rabbitmq_exchange: String,
-    /// Verbose logging of the bus module (True/False).
-    #[arg(long = "rabbitmq-debug", env = "RABBITMQ_DEBUG", value_name = "RABBITMQ_DEBUG", default_value = "False", value_parser = parse_bool)]
+    /// Debug logs of the bus module (True/False; True by default, as in the original).
+    #[arg(long = "rabbitmq-debug", env = "RABBITMQ_DEBUG", value_name = "RABBITMQ_DEBUG", default_value = "True", value_parser = parse_bool)]
     pub rabbitmq_debug: bool,
 }
 
@@ -225,8 +225,9 @@ impl DirectoryArgs {
     }
 }
 
-/// Logging of both binaries: `RUST_LOG`, default `info`; `RABBITMQ_DEBUG` adds the bus
-/// module's debug logs. lapin's own logs are off unless `RUST_LOG` names lapin: it logs
+/// Logging of both binaries: `RUST_LOG`, default `info`; `RABBITMQ_DEBUG` (on by
+/// default, as in the original) adds the bus module's debug logs, which are few: no
+/// per-message line. lapin's own logs are off unless `RUST_LOG` names lapin: it logs
 /// a normal passive declare of a missing exchange as an ERROR, and the bus module
 /// reports connection trouble itself.
 pub fn init_logging(rabbitmq_debug: bool) {
@@ -240,10 +241,8 @@ pub fn init_logging(rabbitmq_debug: bool) {
         None => tracing_subscriber::EnvFilter::new("info,lapin=off"),
     };
     if rabbitmq_debug {
-        for directive in ["radiovis::backend::rabbitmq=debug", "lapin=info"] {
-            if let Ok(d) = directive.parse() {
-                filter = filter.add_directive(d);
-            }
+        if let Ok(d) = "radiovis::backend::rabbitmq=debug".parse() {
+            filter = filter.add_directive(d);
         }
     }
     tracing_subscriber::fmt().with_env_filter(filter).init();

@@ -1172,7 +1172,7 @@ impl LeaderLock {
                         info!(lock = name, reason = %why, "standing by: another watchdog is active or the broker is unreachable");
                         waiting_logged = true;
                     } else {
-                        debug!(lock = name, reason = %why, "still standing by");
+                        tracing::trace!(lock = name, reason = %why, "still standing by");
                     }
                 }
             }
