@@ -11,11 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use radiovis::backend::memcached::MemcachedCache;
-use radiovis::backend::memory::{MemoryCache, MemoryLogStore, StaticDirectory};
 use radiovis::backend::rabbitmq::{LeaderLock, QueueKind, RabbitBus};
-use radiovis::backend::{Cache, DirectoryApi, LogStore};
-use radiovis::config::{DirectoryArgs, FallbackArgs, RabbitArgs};
+use radiovis::config::{DirectoryArgs, DirectoryBackends, FallbackArgs, RabbitArgs};
 use radiovis::watchdog::Watchdog;
 use tokio_util::sync::CancellationToken;
 
@@ -80,40 +77,14 @@ async fn run(cli: Cli) -> Result<(), String> {
             .map_err(|e| e.to_string())?,
     );
 
-    let (directory, log): (Arc<dyn DirectoryApi>, Arc<dyn LogStore>) = match &cli
-        .directory
-        .radiodns_api_url
-    {
-        Some(url) => {
-            let p = Arc::new(cli.directory.plugit_directory(url)?);
-            tracing::info!(backend = "plugit", url = %p.base_url(), "directory and message log");
-            (p.clone(), p)
-        }
-        None => {
-            let path = cli
-                .directory
-                .directory
-                .clone()
-                .unwrap_or_else(|| "examples/directory.toml".into());
-            let d = StaticDirectory::from_file(&path)
-                .map_err(|e| format!("{e} (RADIOVIS_DIRECTORY; or set RADIODNS_API_URL)"))?;
-            tracing::warn!(path = %path.display(), "directory from a file; message log kept in memory only (set RADIODNS_API_URL for PlugIt)");
-            (Arc::new(d), Arc::new(MemoryLogStore::default()))
-        }
-    };
-    let cache: Arc<dyn Cache> = match &cli.directory.memcached_host {
-        Some(host) => {
-            tracing::info!(backend = "memcached", host = %host, "shared cache");
-            Arc::new(MemcachedCache::from_host(host).map_err(|e| format!("MEMCACHED_HOST: {e}"))?)
-        }
-        None => {
-            tracing::info!(
-                backend = "in-process",
-                "shared cache (servers will not see the channel list)"
-            );
-            Arc::new(MemoryCache::new())
-        }
-    };
+    let DirectoryBackends {
+        directory,
+        log,
+        cache,
+    } = cli.directory.backends()?;
+    if cli.directory.radiodns_api_url.is_none() {
+        tracing::warn!("message log kept in memory only: set RADIODNS_API_URL for PlugIt");
+    }
 
     let shutdown = CancellationToken::new();
     tokio::spawn({

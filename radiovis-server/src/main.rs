@@ -7,13 +7,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use radiovis::backend::memcached::MemcachedCache;
-use radiovis::backend::memory::{LocalBus, MemoryCache, MemoryLogStore, StaticDirectory};
-use radiovis::backend::plugit::PlugitDirectory;
+use radiovis::backend::memory::LocalBus;
 use radiovis::backend::rabbitmq::{QueueKind, RabbitBus};
-use radiovis::backend::{Cache, DirectoryApi, LogStore, MessageBus};
+use radiovis::backend::MessageBus;
 use radiovis::config::{
-    DirectoryArgs, FallbackArgs, HubArgs, MonitoringArgs, RabbitArgs, StompArgs,
+    DirectoryArgs, DirectoryBackends, FallbackArgs, HubArgs, MonitoringArgs, RabbitArgs, StompArgs,
 };
 use radiovis::monitoring::Monitor;
 use radiovis::watchdog::Watchdog;
@@ -76,45 +74,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         tracing::info!(backend = "in-process", "message bus");
         Arc::new(LocalBus::default())
     };
-    let mut plugit_log: Option<Arc<PlugitDirectory>> = None;
-    let directory: Arc<dyn DirectoryApi> = if let Some(url) = &cli.directory.radiodns_api_url {
-        let plugit = Arc::new(cli.directory.plugit_directory(url)?);
-        tracing::info!(backend = "plugit", url = %plugit.base_url(), "directory");
-        plugit_log = Some(plugit.clone());
-        plugit
-    } else {
-        let default = std::path::Path::new("examples/directory.toml");
-        let dir = match &cli.directory.directory {
-            Some(path) => {
-                let d = StaticDirectory::from_file(path)
-                    .map_err(|e| format!("{e} (RADIOVIS_DIRECTORY)"))?;
-                tracing::info!(backend = "file", path = %path.display(), stations = d.data().stations.len(), channels = d.data().channels.len(), "directory");
-                d
-            }
-            None if default.exists() => {
-                let d = StaticDirectory::from_file(default).map_err(|e| e.to_string())?;
-                tracing::info!(backend = "file", path = %default.display(), stations = d.data().stations.len(), channels = d.data().channels.len(), "directory (demo file)");
-                d
-            }
-            None => {
-                tracing::warn!("no directory file: no station can log in, anonymous radios only (set --directory)");
-                StaticDirectory::default()
-            }
-        };
-        Arc::new(dir)
-    };
-    let cache: Arc<dyn Cache> = if let Some(host) = &cli.directory.memcached_host {
-        let c = MemcachedCache::from_host(host).map_err(|e| format!("MEMCACHED_HOST: {e}"))?;
-        tracing::info!(backend = "memcached", host = %host, "shared cache");
-        Arc::new(c)
-    } else {
-        tracing::info!(backend = "in-process", "shared cache");
-        Arc::new(MemoryCache::new())
-    };
-    let log: Arc<dyn LogStore> = match plugit_log {
-        Some(p) => p,
-        None => Arc::new(MemoryLogStore::default()),
-    };
+    let DirectoryBackends {
+        directory,
+        log,
+        cache,
+    } = cli.directory.backends()?;
     let stop_monitoring = tokio_util::sync::CancellationToken::new();
     let mut hub_config = hub_config;
     // Monitoring is on when enabled and there is a RabbitMQ to send to: an explicit

@@ -204,7 +204,83 @@ pub struct DirectoryArgs {
     pub directory_timeout: f64,
 }
 
+/// The directory, message log and shared cache a binary runs on.
+#[cfg(all(feature = "plugit", feature = "memcached"))]
+pub struct DirectoryBackends {
+    pub directory: std::sync::Arc<dyn crate::backend::DirectoryApi>,
+    pub log: std::sync::Arc<dyn crate::backend::LogStore>,
+    pub cache: std::sync::Arc<dyn crate::backend::Cache>,
+}
+
 impl DirectoryArgs {
+    /// Chooses the backends: PlugIt (directory and message log) when
+    /// `RADIODNS_API_URL` is set, else a directory file (`RADIOVIS_DIRECTORY`, else the
+    /// demo `examples/directory.toml` when present, else an empty directory) with an
+    /// in-memory log; memcached when `MEMCACHED_HOST` is set, else an in-memory cache.
+    /// Logs which one is in use.
+    #[cfg(all(feature = "plugit", feature = "memcached"))]
+    pub fn backends(&self) -> Result<DirectoryBackends, String> {
+        use crate::backend::memcached::MemcachedCache;
+        use crate::backend::memory::{MemoryCache, MemoryLogStore, StaticDirectory};
+        use std::sync::Arc;
+
+        let (directory, log): (
+            Arc<dyn crate::backend::DirectoryApi>,
+            Arc<dyn crate::backend::LogStore>,
+        ) = match &self.radiodns_api_url {
+            Some(url) => {
+                let plugit = Arc::new(self.plugit_directory(url)?);
+                tracing::info!(backend = "plugit", url = %plugit.base_url(), "directory and message log");
+                (plugit.clone(), plugit)
+            }
+            None => {
+                let demo = std::path::Path::new("examples/directory.toml");
+                let (dir, path) = match &self.directory {
+                    Some(path) => (
+                        StaticDirectory::from_file(path)
+                            .map_err(|e| format!("{e} (RADIOVIS_DIRECTORY)"))?,
+                        Some(path.as_path()),
+                    ),
+                    None if demo.exists() => (
+                        StaticDirectory::from_file(demo).map_err(|e| e.to_string())?,
+                        Some(demo),
+                    ),
+                    None => (StaticDirectory::default(), None),
+                };
+                match path {
+                        Some(p) => tracing::info!(
+                            backend = "file",
+                            path = %p.display(),
+                            stations = dir.data().stations.len(),
+                            channels = dir.data().channels.len(),
+                            "directory (message log in memory)"
+                        ),
+                        None => tracing::warn!(
+                            "no directory file: no station can log in, anonymous radios only (set RADIOVIS_DIRECTORY)"
+                        ),
+                    }
+                (Arc::new(dir), Arc::new(MemoryLogStore::default()))
+            }
+        };
+        let cache: Arc<dyn crate::backend::Cache> = match &self.memcached_host {
+            Some(host) => {
+                let c =
+                    MemcachedCache::from_host(host).map_err(|e| format!("MEMCACHED_HOST: {e}"))?;
+                tracing::info!(backend = "memcached", host = %host, "shared cache");
+                Arc::new(c)
+            }
+            None => {
+                tracing::info!(backend = "in-process", "shared cache");
+                Arc::new(MemoryCache::new())
+            }
+        };
+        Ok(DirectoryBackends {
+            directory,
+            log,
+            cache,
+        })
+    }
+
     /// The PlugIt directory (and log store) at `RADIODNS_API_URL`, with these timeouts
     /// and method.
     #[cfg(feature = "plugit")]
