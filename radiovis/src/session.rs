@@ -233,6 +233,10 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Session<'_, B, D, C,
     /// client still sends for a moment, so that its kernel does not answer our close
     /// with a reset that would destroy the ERROR before the client reads it.
     async fn close_after(&mut self, reason: &SessionError) {
+        if let SessionError::FrameFailed(_) = reason {
+            // Its ERROR is written already.
+            return self.linger().await;
+        }
         let SessionError::Codec(e) = reason else {
             return;
         };
@@ -534,7 +538,10 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Session<'_, B, D, C,
                     }
                 }
                 self.write_frame(&err).await?;
-                if v10 {
+                // A 1.0 session survives a refused frame, as with the original; a
+                // client over a limit does not (behaviour.md §10).
+                let over_limit = matches!(e, FrameError::TooManySubscriptions(_));
+                if v10 && !over_limit {
                     Ok(Flow::Continue)
                 } else {
                     Err(SessionError::FrameFailed(message))
