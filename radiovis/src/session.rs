@@ -804,15 +804,19 @@ async fn wait_timer(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) 
     }
 }
 
+/// Longest heart-beat interval honoured (one day).
+const MAX_HEARTBEAT_MS: u64 = 86_400_000;
+
 /// Parses a `heart-beat: cx,cy` header (milliseconds); absent or invalid means 0,0.
 fn parse_heartbeat(value: Option<&str>) -> (Duration, Duration) {
     let Some((a, b)) = value.and_then(|v| v.split_once(',')) else {
         return (Duration::ZERO, Duration::ZERO);
     };
+    // Clamped to a day: a client's absurd value must not overflow the timer arithmetic.
     let ms = |s: &str| {
         s.trim()
             .parse::<u64>()
-            .map(Duration::from_millis)
+            .map(|v| Duration::from_millis(v.min(MAX_HEARTBEAT_MS)))
             .unwrap_or_default()
     };
     (ms(a), ms(b))
@@ -849,6 +853,12 @@ mod tests {
             (Duration::from_millis(1000), Duration::from_millis(2000))
         );
         assert_eq!(parse_heartbeat(Some("x")), (Duration::ZERO, Duration::ZERO));
+        let day = Duration::from_millis(MAX_HEARTBEAT_MS);
+        assert_eq!(
+            parse_heartbeat(Some("18446744073709551615,18446744073709551615")),
+            (day, day),
+            "absurd values are clamped, never overflow the timers"
+        );
         assert_eq!(parse_heartbeat(None), (Duration::ZERO, Duration::ZERO));
         let s = Duration::from_secs(10);
         assert_eq!(
