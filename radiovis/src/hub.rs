@@ -2,7 +2,7 @@
 //! connection, publishes SENDs to the bus and fans bus messages out to local subscribers.
 //!
 //! Data path of one message: session SEND -> [`MessageBus::publish`] -> (every instance)
-//! bus stream -> [`Shared::on_bus_message`] (normalise topic, record as last message,
+//! bus stream -> `Shared::on_bus_message` (normalise topic, record as last message,
 //! encode once) -> subscription index lookup (exact topic, then `*` patterns) ->
 //! `try_send` into each subscriber's bounded queue -> that subscriber's session writes
 //! it to its socket. A full queue disconnects that subscriber; the fan-out never waits.
