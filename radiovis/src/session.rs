@@ -401,7 +401,10 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Session<'_, B, D, C,
 
     async fn main_loop(&mut self) -> Result<(), SessionError> {
         // `kill` is a child of the hub's shutdown token: one wait covers both.
+        // `kill` is waited on by one future for the whole loop, not one per turn.
         let kill = self.kill.clone();
+        let killed = kill.cancelled();
+        tokio::pin!(killed);
         // Heart-beat sessions get one boxed timer (next send or receive deadline);
         // 1.0 sessions, the bulk of radios, hold none.
         let mut timer = (self.hb_send.is_some() || self.hb_recv.is_some())
@@ -432,7 +435,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Session<'_, B, D, C,
             // future never holds the waiting futures and a write at the same time.
             let event = tokio::select! {
                 biased;
-                _ = kill.cancelled() => Wake::Killed,
+                _ = &mut killed => Wake::Killed,
                 _ = self.queue.ready() => Wake::Queued,
                 r = self.reader.readable() => Wake::Readable(r),
                 _ = wait_timer(&mut timer) => Wake::Timer,
@@ -761,13 +764,32 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Session<'_, B, D, C,
     /// Writes the write buffer out; abandons the write when the hub declares this
     /// connection a slow consumer or the server shuts down.
     async fn flush_wbuf(&mut self) -> Result<(), SessionError> {
-        let result = tokio::select! {
-            r = self.writer.write_all(&self.wbuf) => r.map_err(SessionError::from),
-            _ = self.kill.cancelled() => Err(if self.shared.shutdown.is_cancelled() {
-                SessionError::Shutdown
-            } else {
-                SessionError::SlowConsumer
-            }),
+        // Fast path: the socket usually has room, and a write that completes at once
+        // needs no waiting future (this runs once per delivery batch).
+        let mut written = 0;
+        let result = loop {
+            match self.writer.try_write(&self.wbuf[written..]) {
+                Ok(n) => {
+                    written += n;
+                    if written >= self.wbuf.len() {
+                        break Ok(());
+                    }
+                    if n == 0 {
+                        break Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    break tokio::select! {
+                        r = self.writer.write_all(&self.wbuf[written..]) => r.map_err(SessionError::from),
+                        _ = self.kill.cancelled() => Err(if self.shared.shutdown.is_cancelled() {
+                            SessionError::Shutdown
+                        } else {
+                            SessionError::SlowConsumer
+                        }),
+                    };
+                }
+                Err(e) => break Err(e.into()),
+            }
         };
         self.wbuf.clear();
         if self.wbuf.capacity() > 2 * WRITE_BATCH {
