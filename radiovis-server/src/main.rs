@@ -33,8 +33,8 @@ struct Cli {
     hub: HubArgs,
     #[command(flatten)]
     monitoring: MonitoringArgs,
-    /// Run the fallback watchdog in this process: `auto` does so when the bus is
-    /// in-process (standalone), where no separate radiovis-fallback can see it.
+    /// Run the fallback watchdog in this process: `auto` does so when standalone (no
+    /// RabbitMQ, no PlugIt), where no separate radiovis-fallback can see the messages.
     #[arg(long, env = "RADIOVIS_WATCHDOG", value_name = "RADIOVIS_WATCHDOG", default_value = "auto", value_parser = ["auto", "on", "off"])]
     watchdog: String,
     #[command(flatten)]
@@ -109,7 +109,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         listeners.push(l);
     }
 
-    let standalone = !cli.rabbit.configured();
+    // Fully standalone only: with PlugIt (or RabbitMQ) configured, the deployment has a
+    // radiovis-fallback of its own, and a second watchdog would log every message twice.
+    let standalone = !cli.rabbit.configured() && cli.directory.radiodns_api_url.is_none();
     let watchdog_on = match cli.watchdog.as_str() {
         "on" => true,
         "off" => false,
