@@ -55,6 +55,7 @@ async fn a_fresh_instance_replays_the_current_slide_from_the_shared_cache() {
         )
         .await
         .expect("subscribe");
+    radio_a.sync().await.expect("subscription in place");
     broadcaster
         .send(
             "/topic/fm/ch/4001/09580/image",

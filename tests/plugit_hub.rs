@@ -73,6 +73,7 @@ async fn broadcaster_and_radios_over_plugit_and_memcached() {
         )
         .await
         .expect("subscribe");
+    radio.sync().await.expect("subscription in place");
     let mut broadcaster = Client::connect(addr, &[("login", "1.radio1"), ("passcode", PASSWORD)])
         .await
         .expect("login checked by PlugIt");
@@ -137,17 +138,16 @@ async fn plugit_failing_degrades_without_blocking() {
             .subscribe("/topic/fm/4e1/4001/09580/text", "r", &[])
             .await
             .expect("subscribe");
+        radio.sync().await.expect("subscription in place");
         // A CC-form subscription cannot be converted: it is still accepted, no hang.
         let t = Instant::now();
         let mut cc_radio = Client::connect(addr, &[]).await.expect("anonymous connect");
         cc_radio
-            .send_with_receipt(
-                radiovis::stomp::Frame::new(Command::Subscribe)
-                    .header("destination", "/topic/fm/ch/4001/09580/image")
-                    .header("id", "1"),
-            )
+            .subscribe("/topic/fm/ch/4001/09580/image", "1", &[])
             .await
-            .expect("subscribe answered");
+            .expect("subscribe");
+        // Processed (not only received) within the directory timeout.
+        cc_radio.sync().await.expect("subscribe processed");
         assert!(
             t.elapsed() < TIMEOUT * 2 + Duration::from_millis(700),
             "{fault:?}: {:?}",

@@ -33,6 +33,7 @@ fn watchdog(exchange: &str, queue: &str, plugit: &str) -> Child {
         .env("FB_LOGS_MAX_AGE", "3600")
         .env("RADIOVIS_FALLBACK_TAKEOVER", "0.5")
         .env("RUST_LOG", "warn")
+        .env("RABBITMQ_DEBUG", "False")
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .spawn()

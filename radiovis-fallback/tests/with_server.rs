@@ -75,6 +75,7 @@ async fn quiet_channel_default_live_messages_and_plugit_outage() {
             .await
             .expect("subscribed");
     }
+    radio.sync().await.expect("subscriptions in place");
     let mut watchdog = Process::new(env!("CARGO_BIN_EXE_radiovis-fallback"))
         .env("RABBITMQ_HOST", "127.0.0.1")
         .env("RABBITMQ_EXCHANGE", &exchange)
@@ -84,6 +85,7 @@ async fn quiet_channel_default_live_messages_and_plugit_outage() {
         .env("FB_FALLBACK_CHECK", "1")
         .env("FB_FALLBACK_TIME", "3")
         .env("RUST_LOG", "warn")
+        .env("RABBITMQ_DEBUG", "False")
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .spawn()

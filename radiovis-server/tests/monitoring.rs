@@ -46,6 +46,7 @@ async fn events_reach_the_monitoring_queue() {
         )
         .await
         .expect("subscribed");
+    radio.sync().await.expect("subscription in place");
     let mut broadcaster = Client::connect(
         server.addr,
         &[("login", "1.radio1"), ("passcode", "secret1")],

@@ -26,6 +26,7 @@ async fn radio(addr: SocketAddr, destination: &str) -> Client {
     )
     .await
     .expect("subscribed");
+    c.sync().await.expect("subscription in place");
     c
 }
 

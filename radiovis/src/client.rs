@@ -144,6 +144,16 @@ impl Client {
         }
     }
 
+    /// Returns once the server has processed every frame sent before: it handles a
+    /// session's frames in order, so the RECEIPT of a no-op frame sent now comes after
+    /// their effects. (In STOMP 1.0 a frame's own RECEIPT precedes its effect, so a
+    /// receipt on the SUBSCRIBE itself does not say that the subscription is in place.)
+    /// Frames other than that RECEIPT arriving meanwhile are dropped.
+    pub async fn sync(&mut self) -> Result<(), ClientError> {
+        self.send_with_receipt(Frame::new(Command::Other("NOOP".into())))
+            .await
+    }
+
     /// The next frame from the server (heart-beats skipped).
     pub async fn next_frame(&mut self) -> Result<Frame, ClientError> {
         loop {
