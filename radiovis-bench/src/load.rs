@@ -293,3 +293,69 @@ pub async fn publish(mut c: Client, p: &PubParams) -> Result<Duration, String> {
     let _ = tokio::time::timeout(Duration::from_secs(10), c.send_with_receipt(fin)).await;
     Ok(took)
 }
+
+/// What the subscribers saw, added up.
+#[derive(Debug)]
+pub struct Collected {
+    pub expected: u64,
+    pub received: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    /// Subscribers that stopped before the end (error or no answer to stop).
+    pub ended_early: usize,
+    pub first_error: Option<String>,
+    /// Fan-out latencies (µs).
+    pub latency: hdrhistogram::Histogram<u64>,
+    /// Connection set-up times (µs).
+    pub setup: hdrhistogram::Histogram<u64>,
+}
+
+/// An empty latency histogram (1 µs to 10 min, 3 significant digits).
+pub fn new_hist() -> Result<hdrhistogram::Histogram<u64>, String> {
+    hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
+        .map_err(|e| format!("histogram: {e}"))
+}
+
+/// Waits (10 s each at most) for the stopped subscribers and adds up their results.
+pub async fn collect(subs: &mut Subscribers) -> Result<Collected, String> {
+    let mut c = Collected {
+        expected: 0,
+        received: 0,
+        duplicates: 0,
+        out_of_order: 0,
+        ended_early: 0,
+        first_error: None,
+        latency: new_hist()?,
+        setup: new_hist()?,
+    };
+    for h in subs.handles.drain(..) {
+        let res = match tokio::time::timeout(Duration::from_secs(10), h).await {
+            Ok(Ok(res)) => res,
+            Ok(Err(e)) => {
+                c.ended_early += 1;
+                c.first_error.get_or_insert(e.to_string());
+                continue;
+            }
+            Err(_) => {
+                c.first_error
+                    .get_or_insert("subscriber did not stop".into());
+                continue;
+            }
+        };
+        if res.setup_us > 0 {
+            c.setup.saturating_record(res.setup_us);
+        }
+        c.expected += res.expected;
+        c.received += res.received;
+        c.duplicates += res.duplicates;
+        c.out_of_order += res.out_of_order;
+        if let Some(e) = res.error {
+            c.ended_early += 1;
+            c.first_error.get_or_insert(e);
+        }
+        for l in res.latencies_us {
+            c.latency.saturating_record(l.max(1));
+        }
+    }
+    Ok(c)
+}

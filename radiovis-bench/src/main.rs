@@ -12,7 +12,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use hdrhistogram::Histogram;
 use serde::Serialize;
 
 /// Load/latency benchmark of radiovis-server (black box over TCP on 127.0.0.1).
@@ -473,39 +472,14 @@ async fn run_one(args: &RunArgs, kind: ServerKind) -> Result<Report, String> {
     let _ = subs.stop.send(true);
     r.rss_kib_end = rss();
 
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
-        .map_err(|e| format!("histogram: {e}"))?;
-    let mut setup = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
-        .map_err(|e| format!("histogram: {e}"))?;
-    for h in subs.handles.drain(..) {
-        let res = match tokio::time::timeout(Duration::from_secs(10), h).await {
-            Ok(Ok(res)) => res,
-            Ok(Err(e)) => {
-                r.subscribers_ended_early += 1;
-                r.first_subscriber_error.get_or_insert(e.to_string());
-                continue;
-            }
-            Err(_) => {
-                r.first_subscriber_error
-                    .get_or_insert("subscriber did not stop".into());
-                continue;
-            }
-        };
-        if res.setup_us > 0 {
-            setup.saturating_record(res.setup_us);
-        }
-        r.expected += res.expected;
-        r.received += res.received;
-        r.duplicates += res.duplicates;
-        r.out_of_order += res.out_of_order;
-        if let Some(e) = res.error {
-            r.subscribers_ended_early += 1;
-            r.first_subscriber_error.get_or_insert(e);
-        }
-        for l in res.latencies_us {
-            hist.saturating_record(l.max(1));
-        }
-    }
+    let collected = load::collect(&mut subs).await?;
+    r.expected = collected.expected;
+    r.received = collected.received;
+    r.duplicates = collected.duplicates;
+    r.out_of_order = collected.out_of_order;
+    r.subscribers_ended_early = collected.ended_early;
+    r.first_subscriber_error = collected.first_error;
+    let (hist, setup) = (collected.latency, collected.setup);
     r.setup_ms_p50 = setup.value_at_quantile(0.5) / 1000;
     r.setup_ms_p99 = setup.value_at_quantile(0.99) / 1000;
     r.setup_ms_max = setup.max() / 1000;

@@ -72,10 +72,6 @@ struct SubTotals {
     setup_us: Vec<(u64, u64)>,
 }
 
-fn new_hist() -> Result<Histogram<u64>, String> {
-    Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| format!("histogram: {e}"))
-}
-
 fn buckets(h: &Histogram<u64>) -> Vec<(u64, u64)> {
     h.iter_recorded()
         .map(|v| (v.value_iterated_to(), v.count_at_value()))
@@ -152,38 +148,17 @@ pub async fn sub_loader(a: SubLoaderArgs) -> Result<(), String> {
     }
     let _ = subs.stop.send(true);
 
-    let mut t = SubTotals::default();
-    let mut hist = new_hist()?;
-    let mut setup = new_hist()?;
-    for h in subs.handles.drain(..) {
-        let res = match tokio::time::timeout(Duration::from_secs(10), h).await {
-            Ok(Ok(res)) => res,
-            Ok(Err(e)) => {
-                t.ended_early += 1;
-                t.first_error.get_or_insert(e.to_string());
-                continue;
-            }
-            Err(_) => {
-                t.first_error
-                    .get_or_insert("subscriber did not stop".into());
-                continue;
-            }
-        };
-        if res.setup_us > 0 {
-            setup.saturating_record(res.setup_us);
-        }
-        t.expected += res.expected;
-        t.received += res.received;
-        t.duplicates += res.duplicates;
-        t.out_of_order += res.out_of_order;
-        if let Some(e) = res.error {
-            t.ended_early += 1;
-            t.first_error.get_or_insert(e);
-        }
-        for l in res.latencies_us {
-            hist.saturating_record(l.max(1));
-        }
-    }
+    let c = load::collect(&mut subs).await?;
+    let mut t = SubTotals {
+        expected: c.expected,
+        received: c.received,
+        duplicates: c.duplicates,
+        out_of_order: c.out_of_order,
+        ended_early: c.ended_early,
+        first_error: c.first_error,
+        ..SubTotals::default()
+    };
+    let (hist, setup) = (c.latency, c.setup);
     t.latency_us = buckets(&hist);
     t.setup_us = buckets(&setup);
     emit(&Line::Result(t));
@@ -492,10 +467,10 @@ async fn run_inner(
     drop(line_tx);
 
     let t0 = Instant::now();
-    let mut setup = new_hist()?;
-    let mut hist = new_hist()?;
+    let mut setup = load::new_hist()?;
+    let mut hist = load::new_hist()?;
     let mut hists: Vec<Histogram<u64>> = (0..instances)
-        .map(|_| new_hist())
+        .map(|_| load::new_hist())
         .collect::<Result<_, _>>()?;
     let mut ready = 0;
     let mut complete = 0;
