@@ -45,14 +45,7 @@ struct Cli {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     radiovis::config::init_logging(cli.rabbit.rabbitmq_debug);
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("radiovis-server: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    radiovis::config::exit_code("radiovis-server", run(cli).await)
 }
 
 async fn run(cli: Cli) -> Result<(), String> {

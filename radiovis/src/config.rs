@@ -324,6 +324,19 @@ pub fn init_logging(rabbitmq_debug: bool) {
     tracing_subscriber::fmt().with_env_filter(filter).init();
 }
 
+/// The exit of a binary: success, or the error logged and printed (prefixed with the
+/// binary's name) and a failure code.
+pub fn exit_code(binary: &str, result: Result<(), String>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("{binary}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Completes on SIGINT or SIGTERM (what both binaries stop on).
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -378,7 +378,8 @@ pub(crate) struct Shared<B, D, C, L> {
     pub bus: B,
     pub directory: Arc<D>,
     pub cache: Arc<C>,
-    #[allow(dead_code)] // the in-process watchdog and monitoring build on it
+    /// Not used by the hub itself; handed back by [`StompHub::backends`] so that an
+    /// embedder keeps one set of backends.
     pub log: Arc<L>,
     pub normaliser: Normaliser<D, C>,
     pub config: HubConfig,

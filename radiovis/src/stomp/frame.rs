@@ -186,7 +186,7 @@ impl Frame {
         }
         if needs_content_length(version, &self.body) && self.get("content-length").is_none() {
             out.put_slice(b"content-length:");
-            out.put_slice(itoa_usize(self.body.len()).as_bytes());
+            out.put_slice(self.body.len().to_string().as_bytes());
             out.put_u8(b'\n');
         }
         out.put_u8(b'\n');
@@ -205,10 +205,6 @@ impl Frame {
 /// Whether a body of this version needs an explicit `content-length` header.
 pub(crate) fn needs_content_length(version: Version, body: &[u8]) -> bool {
     !body.is_empty() && (version.escapes() || memchr::memchr(0, body).is_some())
-}
-
-fn itoa_usize(n: usize) -> String {
-    n.to_string()
 }
 
 /// Writes a header name or value, escaped when the session version asks for it.
