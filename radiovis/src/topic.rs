@@ -289,6 +289,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn cache_down_means_asking_the_directory() {
+        use crate::backend::{CacheError, MockCache};
+        let mut cache = MockCache::new();
+        cache
+            .expect_get()
+            .returning(|_| Err(CacheError::Unavailable("down".into())));
+        cache
+            .expect_set()
+            .returning(|_, _, _| Err(CacheError::Unavailable("down".into())));
+        let mut dir = MockDirectoryApi::new();
+        dir.expect_get_gcc()
+            .times(1)
+            .returning(|_| Ok(Some("4e1".into())));
+        let n = Normaliser::new(Arc::new(dir), Arc::new(cache));
+        assert_eq!(
+            n.normalise("/topic/fm/ch/4001/09580/text").await,
+            "/topic/fm/4e1/4001/09580/text"
+        );
+    }
+
+    #[tokio::test]
     async fn directory_failure_leaves_topic_and_retries() {
         let mut dir = MockDirectoryApi::new();
         let mut seq = mockall::Sequence::new();
