@@ -105,7 +105,7 @@ pub struct RabbitArgs {
     )]
     pub rabbitmq_exchange: String,
     /// Debug logs of the bus module (True/False; True by default, as in the original).
-    #[arg(long = "rabbitmq-debug", env = "RABBITMQ_DEBUG", value_name = "RABBITMQ_DEBUG", default_value = "True", value_parser = parse_bool)]
+    #[arg(long = "rabbitmq-debug", env = "RABBITMQ_DEBUG", value_name = "RABBITMQ_DEBUG", default_value = "True", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub rabbitmq_debug: bool,
 }
 
@@ -466,7 +466,7 @@ impl HubArgs {
 pub struct MonitoringArgs {
     /// Publish monitoring events (True/False). Off in standalone mode unless
     /// MONITORING_HOST is set.
-    #[arg(long = "monitoring-enabled", env = "MONITORING_ENABLED", value_name = "MONITORING_ENABLED", default_value = "True", value_parser = parse_bool)]
+    #[arg(long = "monitoring-enabled", env = "MONITORING_ENABLED", value_name = "MONITORING_ENABLED", default_value = "True", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub monitoring_enabled: bool,
     /// Monitoring RabbitMQ host (the original: 127.0.0.1).
     #[arg(
@@ -505,7 +505,7 @@ pub struct MonitoringArgs {
         default_value = "/"
     )]
     pub monitoring_vhost: String,
-    #[arg(long = "monitoring-debug", env = "MONITORING_DEBUG", value_name = "MONITORING_DEBUG", default_value = "True", value_parser = parse_bool)]
+    #[arg(long = "monitoring-debug", env = "MONITORING_DEBUG", value_name = "MONITORING_DEBUG", default_value = "True", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub monitoring_debug: bool,
     #[arg(
         long = "monitoring-exchange",
