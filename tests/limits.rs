@@ -1,8 +1,6 @@
 //! Bad input and faults (behaviour.md §10, slow consumer of §3): every limit gets an
 //! ERROR that names it and a close, and every other client carries on.
 
-mod support;
-
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,7 +10,7 @@ use async_trait::async_trait;
 use radiovis::backend::{ChannelDefault, ChannelRef, DirectoryApi, DirectoryError};
 use radiovis::stomp::Limits;
 use radiovis::HubConfig;
-use support::harness::*;
+use testkit::harness::*;
 
 const QUIET: Duration = Duration::from_millis(300);
 const NOFAST: (&str, &str) = ("x-ebu-nofastreply", "yes");

@@ -2,23 +2,19 @@
 //! outage test, a private one started on 127.0.0.1:11299. Skipped (with the reason
 //! printed) when memcached is not there, unless `RADIOVIS_REQUIRE_SERVICES=1`.
 
-mod support;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use radiovis::backend::memcached::{MemcachedCache, MemcachedConfig};
 use radiovis::backend::{Cache, CacheError};
-use support::services::{reachable, skip};
+use testkit::services::{memcached_up, reachable, skip, MEMCACHED as SHARED};
 
-const SHARED: &str = "127.0.0.1:11211";
 const PRIVATE_PORT: u16 = 11299;
 
 /// The cache on the shared memcached, or `None` (test skipped) when it is not running.
 async fn shared_cache(test: &str) -> Option<MemcachedCache> {
-    if !reachable(SHARED).await {
-        skip(test, &format!("memcached not reachable at {SHARED}"));
+    if !memcached_up(test).await {
         return None;
     }
     Some(MemcachedCache::from_host(SHARED).expect("valid host"))

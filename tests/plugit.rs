@@ -1,7 +1,5 @@
 //! The PlugIt directory and log store against the test PlugIt server.
 
-mod support;
-
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -9,7 +7,7 @@ use radiovis::backend::plugit::{PlugitConfig, PlugitDirectory, PlugitMethod};
 use radiovis::backend::{
     ChannelDefault, ChannelRef, DirectoryApi, DirectoryError, LogEntry, LogError, LogStore,
 };
-use support::plugit_server::{Fault, PlugitServer, CHANNELS, PASSWORD};
+use testkit::plugit_server::{Fault, PlugitServer, CHANNELS, PASSWORD};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Short timeouts so that fault tests stay fast.

@@ -2,8 +2,6 @@
 //! (real, skipped when absent unless RADIOVIS_REQUIRE_SERVICES=1): behaviour.md §3 with
 //! the directory's answers, and degraded service when PlugIt fails.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +12,7 @@ use radiovis::backend::{BusMessage, Cache, MessageBus};
 use radiovis::client::{Client, ClientError};
 use radiovis::stomp::Command;
 use radiovis::{HubConfig, StompHub};
-use support::plugit_server::{Fault, PlugitServer, PASSWORD};
+use testkit::plugit_server::{Fault, PlugitServer, PASSWORD};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -52,11 +50,7 @@ async fn start<C: Cache>(
 
 #[tokio::test]
 async fn broadcaster_and_radios_over_plugit_and_memcached() {
-    if !support::services::reachable("127.0.0.1:11211").await {
-        support::services::skip(
-            "broadcaster_and_radios_over_plugit_and_memcached",
-            "memcached not reachable on 127.0.0.1:11211",
-        );
+    if !testkit::services::memcached_up("broadcaster_and_radios_over_plugit_and_memcached").await {
         return;
     }
     let server = PlugitServer::start().await;

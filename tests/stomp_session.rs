@@ -1,14 +1,12 @@
 //! STOMP sessions over real sockets (behaviour.md §3): framing, CONNECT, credentials,
 //! receipts, bogus frames, SUBSCRIBE/UNSUBSCRIBE/SEND errors, DISCONNECT, heart-beats.
 
-mod support;
-
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use radiovis::backend::DirectoryError;
-use support::harness::*;
+use testkit::harness::*;
 
 const QUIET: Duration = Duration::from_millis(300);
 const DAB_TEXT: &str = "/topic/dab/4e1/4001/4001/0/text";

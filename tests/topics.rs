@@ -1,11 +1,9 @@
 //! Delivery, topic matching and last-message replay over real sockets (behaviour.md §2
 //! and the SUBSCRIBE/SEND/MESSAGE rules of §3).
 
-mod support;
-
 use std::time::Duration;
 
-use support::harness::*;
+use testkit::harness::*;
 
 const QUIET: Duration = Duration::from_millis(300);
 const NOFAST: (&str, &str) = ("x-ebu-nofastreply", "yes");

@@ -5,20 +5,14 @@
 //! killing it, the standby takes over, the channel keeps getting defaults and no log
 //! entry is lost. Skipped when RabbitMQ is absent, unless RADIOVIS_REQUIRE_SERVICES=1.
 
-mod common;
-
-#[path = "../../tests/support/plugit_server.rs"]
-#[allow(dead_code)]
-mod plugit_server;
-
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use plugit_server::PlugitServer;
 use radiovis::backend::rabbitmq::{QueueKind, RabbitBus, RabbitConfig};
 use radiovis::backend::{BusMessage, BusStream, MessageBus};
+use testkit::plugit_server::PlugitServer;
 use tokio::process::{Child, Command};
 
 fn watchdog(exchange: &str, queue: &str, plugit: &str) -> Child {
@@ -63,7 +57,7 @@ fn logged_bodies(server: &PlugitServer) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn defaults_logs_cleanup_and_takeover() {
-    if !common::broker_up().await {
+    if !testkit::services::broker_up(module_path!()).await {
         return;
     }
     let id = uuid::Uuid::new_v4();
@@ -189,5 +183,5 @@ async fn defaults_logs_cleanup_and_takeover() {
     let _ = b.start_kill();
     let _ = b.wait().await;
     observer.shutdown().await;
-    common::cleanup(&exchange, &queue).await;
+    testkit::services::cleanup_broker(&exchange, &queue).await;
 }

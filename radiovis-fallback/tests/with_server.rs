@@ -4,22 +4,16 @@
 //! messages while it publishes; PlugIt down for a while loses no log entry once it is
 //! back. Skipped when RabbitMQ is absent, unless RADIOVIS_REQUIRE_SERVICES=1.
 
-mod common;
-
-#[path = "../../tests/support/plugit_server.rs"]
-#[allow(dead_code)]
-mod plugit_server;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use plugit_server::{Fault, PlugitServer, PASSWORD};
 use radiovis::backend::memory::{MemoryCache, MemoryLogStore};
 use radiovis::backend::plugit::{PlugitConfig, PlugitDirectory};
 use radiovis::backend::rabbitmq::{QueueKind, RabbitBus, RabbitConfig};
 use radiovis::client::Client;
 use radiovis::stomp::{Command, Frame};
 use radiovis::{HubConfig, StompHub};
+use testkit::plugit_server::{Fault, PlugitServer, PASSWORD};
 use tokio::process::Command as Process;
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +21,7 @@ const CHANNEL: &str = "/topic/fm/4e1/4001/09580/";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_channel_default_live_messages_and_plugit_outage() {
-    if !common::broker_up().await {
+    if !testkit::services::broker_up(module_path!()).await {
         return;
     }
     let id = uuid::Uuid::new_v4();
@@ -185,5 +179,5 @@ async fn quiet_channel_default_live_messages_and_plugit_outage() {
     let _ = watchdog.start_kill();
     let _ = watchdog.wait().await;
     stop.cancel();
-    common::cleanup(&exchange, &queue).await;
+    testkit::services::cleanup_broker(&exchange, &queue).await;
 }

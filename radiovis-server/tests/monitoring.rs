@@ -18,7 +18,7 @@ use radiovis::stomp::{Command, Frame};
 
 #[tokio::test]
 async fn events_reach_the_monitoring_queue() {
-    if !common::broker_up().await {
+    if !testkit::services::broker_up(module_path!()).await {
         return;
     }
     let id = uuid::Uuid::new_v4();

@@ -62,7 +62,7 @@ async fn send(c: &mut Client, destination: &str, body: &str) -> Result<(), Strin
 
 #[tokio::test]
 async fn two_servers_one_broker_every_radio_every_message_and_recovery() {
-    if !common::broker_up().await {
+    if !testkit::services::broker_up(module_path!()).await {
         return;
     }
     let exchange = format!("radiovis-test-fleet-{}", uuid::Uuid::new_v4());

@@ -9,26 +9,7 @@ use tokio::io::AsyncBufReadExt;
 
 use tokio::process::{Child, Command as Process};
 
-pub const BROKER: &str = "127.0.0.1:5672";
-pub const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-pub async fn broker_up() -> bool {
-    let up = matches!(
-        tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect(BROKER)
-        )
-        .await,
-        Ok(Ok(_))
-    );
-    if !up {
-        if std::env::var("RADIOVIS_REQUIRE_SERVICES").as_deref() == Ok("1") {
-            panic!("RabbitMQ not reachable at {BROKER} and RADIOVIS_REQUIRE_SERVICES=1");
-        }
-        eprintln!("SKIPPED: RabbitMQ not reachable at {BROKER}");
-    }
-    up
-}
+pub use testkit::services::BROKER_URL as URL;
 
 /// A server process, killed on drop.
 pub struct Server {

@@ -1,0 +1,11 @@
+//! `testkit`: what the integration tests of every crate in the workspace share.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`services`] | real RabbitMQ / memcached: reachable, skip with a printed reason, or fail under `RADIOVIS_REQUIRE_SERVICES=1`; broker clean-up |
+//! | [`harness`] | a hub on `127.0.0.1:0` inside the test and a raw STOMP client that parses the wire itself |
+//! | [`plugit_server`] | a PlugIt HTTP API test server with injectable faults (errors, hangs, refusals) |
+
+pub mod harness;
+pub mod plugit_server;
+pub mod services;
