@@ -32,7 +32,11 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
         if path.is_dir() {
-            if !(name == "target" || name.starts_with('.') || name == "corpus" || name == "artifacts") {
+            if !(name == "target"
+                || name.starts_with('.')
+                || name == "corpus"
+                || name == "artifacts")
+            {
                 rust_files(&path, out);
             }
         } else if name.ends_with(".rs") {
@@ -345,8 +349,13 @@ fn the_graph_reader_sees_imports() {
     assert!(refs.contains(&expect(&["stomp", "Version"])), "{refs:?}");
     assert!(refs.contains(&expect(&["topic"])), "{refs:?}");
     assert!(refs.contains(&expect(&["hub", "last", "Last"])), "{refs:?}");
-    assert!(refs.contains(&expect(&["outbound", "Outbound", "new"])), "{refs:?}");
-    assert!(!refs.iter().any(|r| r.first().map(String::as_str) == Some("session")));
+    assert!(
+        refs.contains(&expect(&["outbound", "Outbound", "new"])),
+        "{refs:?}"
+    );
+    assert!(!refs
+        .iter()
+        .any(|r| r.first().map(String::as_str) == Some("session")));
     let mut edges = BTreeMap::new();
     edges.insert("a".to_owned(), BTreeSet::from(["b".to_owned()]));
     edges.insert("b".to_owned(), BTreeSet::from(["c".to_owned()]));
