@@ -1,0 +1,117 @@
+//! Start-up of a server exposed to the internet (docs/protocol.md#configuration): no
+//! secret in the log, every numeric setting checked for range before anything runs,
+//! and the demo directory only when nothing else is configured, said loudly.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncBufReadExt;
+use tokio::process::Command;
+
+/// Runs the server from the workspace root with `env` until it logs that it listens
+/// (or exits); returns what it logged.
+async fn startup_log(env: &[(&str, &str)]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_radiovis-server"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .env("STOMP_IP", "127.0.0.1")
+        .env("STOMP_PORT", "0")
+        .env("RUST_LOG", "debug")
+        .env("NO_COLOR", "1")
+        .env_remove("RABBITMQ_HOST")
+        .env_remove("RABBITMQ_URL")
+        .env_remove("RADIODNS_API_URL")
+        .env_remove("MEMCACHED_HOST")
+        .env_remove("RADIOVIS_DIRECTORY")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start radiovis-server");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let done = line.contains("listening for STOMP connections");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+    })
+    .await;
+    let _ = child.start_kill();
+    seen.join("\n")
+}
+
+#[tokio::test]
+async fn the_plugit_api_secret_is_never_logged() {
+    // PlugIt's API secret is a path segment of the URL; nothing answers on port 9.
+    let log = startup_log(&[
+        ("RADIODNS_API_URL", "http://127.0.0.1:9/plugIt/Ap1-S3cret-XYZ/"),
+        ("RADIOVIS_DIRECTORY_TIMEOUT", "0.2"),
+    ])
+    .await;
+    assert!(log.contains("plugit"), "the directory is named: {log}");
+    assert!(!log.contains("Ap1-S3cret-XYZ"), "secret in the log: {log}");
+}
+
+#[tokio::test]
+async fn the_demo_directory_is_announced_and_never_used_with_plugit() {
+    let log = startup_log(&[]).await;
+    let warn = log
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("examples/directory.toml"))
+        .unwrap_or_else(|| panic!("no WARN naming the demo directory: {log}"));
+    assert!(warn.contains("demo"), "{warn}");
+
+    let log = startup_log(&[
+        ("RADIODNS_API_URL", "http://127.0.0.1:9/plugIt/x/"),
+        ("RADIOVIS_DIRECTORY_TIMEOUT", "0.2"),
+    ])
+    .await;
+    assert!(
+        !log.contains("examples/directory.toml"),
+        "demo directory loaded next to PlugIt: {log}"
+    );
+}
+
+#[tokio::test]
+async fn out_of_range_numbers_stop_startup_naming_the_variable() {
+    for (var, value) in [
+        ("RADIOVIS_DIRECTORY_TIMEOUT", "1e30"),
+        ("RADIOVIS_DIRECTORY_TIMEOUT", "0"),
+        ("RADIOVIS_CONNECT_TIMEOUT", "1e30"),
+        ("RADIOVIS_MAX_CONNECTIONS", "100000000000000"),
+        ("RADIOVIS_MAX_CONNECTIONS", "0"),
+        ("RADIOVIS_OUTBOUND_QUEUE", "0"),
+        ("RADIOVIS_MAX_FRAME_SIZE", "0"),
+        ("FB_FALLBACK_CHECK", "0"),
+        ("FB_FALLBACK_CHECK", "1e30"),
+        ("FB_CHANNEL_CACHE", "0"),
+        ("FB_LOGS_CLEANUP", "0"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_radiovis-server"))
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .env("STOMP_IP", "127.0.0.1")
+            .env("STOMP_PORT", "0")
+            .env("RADIOVIS_WATCHDOG", "on")
+            .env(var, value)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(20), out)
+            .await
+            .unwrap_or_else(|_| panic!("{var}={value}: the server started instead of refusing"))
+            .expect("run radiovis-server");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(!text.contains("panicked"), "{var}={value} panicked: {text}");
+        assert_eq!(out.status.code(), Some(1), "{var}={value}: {text}");
+        assert!(text.contains(var), "{var}={value}: {text}");
+    }
+}
