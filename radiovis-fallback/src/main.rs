@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
 use radiovis::backend::rabbitmq::{LeaderLock, QueueKind, RabbitBus};
 use radiovis::config::{DirectoryArgs, DirectoryBackends, FallbackArgs, RabbitArgs};
@@ -53,10 +54,10 @@ async fn main() -> ExitCode {
     radiovis::config::exit_code("radiovis-fallback", run(cli).await)
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let watchdog_config = cli.fallback.watchdog_config()?;
     let takeover = Duration::try_from_secs_f64(cli.takeover)
-        .map_err(|_| "RADIOVIS_FALLBACK_TAKEOVER: not a valid number of seconds".to_string())?;
+        .context("RADIOVIS_FALLBACK_TAKEOVER: not a valid number of seconds")?;
     let queue = cli.fallback.fb_queue.clone();
     let mut rabbit = cli
         .rabbit
@@ -64,11 +65,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     // The log buffer holds what the broker may have in flight unacknowledged.
     rabbit.prefetch = 1000;
     tracing::info!(host = %rabbit.host, port = rabbit.port, exchange = %rabbit.exchange, queue = %queue, "message bus: rabbitmq (durable queue)");
-    let bus = Arc::new(
-        RabbitBus::connect(rabbit.clone())
-            .await
-            .map_err(|e| e.to_string())?,
-    );
+    let bus = Arc::new(RabbitBus::connect(rabbit.clone()).await?);
 
     let DirectoryBackends {
         directory,

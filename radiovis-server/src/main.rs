@@ -4,14 +4,13 @@
 //! in-process backends and the directory file (`--directory`).
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
+use anyhow::Context;
 use clap::Parser;
-use radiovis::backend::memory::LocalBus;
-use radiovis::backend::rabbitmq::{QueueKind, RabbitBus};
-use radiovis::backend::MessageBus;
+use radiovis::backend::rabbitmq::RabbitBus;
 use radiovis::config::{
-    DirectoryArgs, DirectoryBackends, FallbackArgs, HubArgs, MonitoringArgs, RabbitArgs, StompArgs,
+    ConfigError, DirectoryArgs, DirectoryBackends, FallbackArgs, HubArgs, MonitoringArgs,
+    RabbitArgs, StompArgs,
 };
 use radiovis::monitoring::Monitor;
 use radiovis::watchdog::Watchdog;
@@ -48,25 +47,10 @@ async fn main() -> ExitCode {
     radiovis::config::exit_code("radiovis-server", run(cli).await)
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let hub_config = cli.hub.hub_config(cli.directory.directory_timeout)?;
 
-    let bus: Arc<dyn MessageBus> = if cli.rabbit.configured() {
-        let config = cli.rabbit.rabbit_config(QueueKind::Exclusive)?;
-        tracing::info!(backend = "rabbitmq", host = %config.host, port = config.port, vhost = %config.vhost, exchange = %config.exchange, "message bus");
-        let bus = RabbitBus::connect(config)
-            .await
-            .map_err(|e| e.to_string())?;
-        if !bus.is_connected() {
-            tracing::warn!(
-                "RabbitMQ not reachable yet: serving STOMP clients and retrying in the background"
-            );
-        }
-        Arc::new(bus)
-    } else {
-        tracing::info!(backend = "in-process", "message bus");
-        Arc::new(LocalBus::default())
-    };
+    let bus = cli.rabbit.server_bus().await?;
     let DirectoryBackends {
         directory,
         log,
@@ -82,7 +66,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         tracing::info!(host = %config.host, exchange = %config.exchange, queue = %cli.monitoring.monitoring_queue, "monitoring events enabled");
         let sink = RabbitBus::connect(config)
             .await
-            .map_err(|e| format!("monitoring (MONITORING_*): {e}"))?;
+            .context("monitoring (MONITORING_*)")?;
         let (monitor, _task) = Monitor::start(
             sink,
             cli.monitoring.monitoring_server_id.clone(),
@@ -97,8 +81,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let mut listeners = Vec::new();
     for ip in &cli.stomp.stomp_ip {
         let addr = std::net::SocketAddr::new(*ip, cli.stomp.stomp_port);
-        let l = listen(addr)
-            .map_err(|e| format!("cannot listen on {addr} (STOMP_IP/STOMP_PORT): {e}"))?;
+        let l = listen(addr).map_err(|source| ConfigError::Listen { addr, source })?;
         listeners.push(l);
     }
 
@@ -128,8 +111,7 @@ async fn run(cli: Cli) -> Result<(), String> {
 
     let hub = StompHub::new(bus, directory, cache, log, hub_config);
     hub.run(listeners, radiovis::config::shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     stop_watchdog.cancel();
     stop_monitoring.cancel();
     if let Some(w) = watchdog {

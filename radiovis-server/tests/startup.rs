@@ -77,3 +77,45 @@ async fn a_bad_value_stops_startup_naming_the_variable() {
         assert!(text.contains(var), "{var}={value}: {text}");
     }
 }
+
+/// Start-up errors print the error and its cause on one line, as they always read.
+#[tokio::test]
+async fn startup_errors_read_as_before_with_their_cause() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let port = taken.local_addr().expect("local addr").port().to_string();
+    let cases = [
+        (
+            vec![("STOMP_PORT", port.as_str())],
+            format!("radiovis-server: cannot listen on 127.0.0.1:{port} (STOMP_IP/STOMP_PORT): "),
+        ),
+        (
+            vec![("STOMP_PORT", "0"), ("RADIOVIS_OUTBOUND_QUEUE", "0")],
+            "radiovis-server: RADIOVIS_OUTBOUND_QUEUE must be at least 1".to_owned(),
+        ),
+        (
+            vec![("STOMP_PORT", "0"), ("RADIODNS_API_URL", "ftp://nowhere/")],
+            "radiovis-server: RADIODNS_API_URL: invalid PlugIt API URL".to_owned(),
+        ),
+    ];
+    for (vars, expected) in cases {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_radiovis-server"));
+        cmd.env("STOMP_IP", "127.0.0.1")
+            .env("NO_COLOR", "1")
+            .env_remove("RABBITMQ_HOST")
+            .env_remove("RABBITMQ_URL")
+            .env_remove("RADIODNS_API_URL")
+            .env_remove("MEMCACHED_HOST")
+            .stdin(Stdio::null());
+        for (k, v) in &vars {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().await.expect("run radiovis-server");
+        assert!(!out.status.success(), "{vars:?} must stop start-up");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.lines().any(|l| l.starts_with(&expected)),
+            "{vars:?}: expected a line starting {expected:?} in {stderr}"
+        );
+    }
+    drop(taken);
+}

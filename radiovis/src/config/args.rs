@@ -1,7 +1,7 @@
-//! Configuration of both binaries: the original's environment variables (same names,
-//! same defaults) plus matching command-line flags. A bad value stops start-up with a
-//! message naming the variable (clap prints `invalid value 'x' for '--stomp-port
-//! <STOMP_PORT>'`).
+//! The command-line flags and environment variables (clap argument groups) and their
+//! conversion into the library's typed configurations ([`HubConfig`],
+//! [`WatchdogConfig`](crate::watchdog::WatchdogConfig), `RabbitConfig`, `PlugitConfig`).
+//! Nothing here connects to anything: building backends is [`super::wiring`]'s job.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -9,15 +9,16 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::error::{ConfigError, NotABool};
 use crate::hub::HubConfig;
 use crate::stomp::Limits;
 
 /// Parses the original's boolean spelling (`True`/`False`) and the usual others.
-pub fn parse_bool(s: &str) -> Result<bool, String> {
+pub fn parse_bool(s: &str) -> Result<bool, NotABool> {
     match s.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" | "" => Ok(false),
-        other => Err(format!("{other:?} is not a boolean (True/False)")),
+        other => Err(NotABool(other.to_owned())),
     }
 }
 
@@ -121,10 +122,12 @@ impl RabbitArgs {
     pub fn rabbit_config(
         &self,
         queue: crate::backend::rabbitmq::QueueKind,
-    ) -> Result<crate::backend::rabbitmq::RabbitConfig, String> {
+    ) -> Result<crate::backend::rabbitmq::RabbitConfig, ConfigError> {
         use crate::backend::rabbitmq::RabbitConfig;
         let config = match &self.rabbitmq_url {
-            Some(url) => RabbitConfig::from_url(url).map_err(|e| format!("RABBITMQ_URL: {e}"))?,
+            Some(url) => {
+                RabbitConfig::from_url(url).map_err(|e| ConfigError::invalid("RABBITMQ_URL", e))?
+            }
             None => RabbitConfig {
                 host: self
                     .rabbitmq_host
@@ -204,91 +207,15 @@ pub struct DirectoryArgs {
     pub directory_timeout: f64,
 }
 
-/// The directory, message log and shared cache a binary runs on.
-#[cfg(all(feature = "plugit", feature = "memcached"))]
-pub struct DirectoryBackends {
-    pub directory: std::sync::Arc<dyn crate::backend::DirectoryApi>,
-    pub log: std::sync::Arc<dyn crate::backend::LogStore>,
-    pub cache: std::sync::Arc<dyn crate::backend::Cache>,
-}
-
 impl DirectoryArgs {
-    /// Chooses the backends: PlugIt (directory and message log) when
-    /// `RADIODNS_API_URL` is set, else a directory file (`RADIOVIS_DIRECTORY`, else the
-    /// demo `examples/directory.toml` when present, else an empty directory) with an
-    /// in-memory log; memcached when `MEMCACHED_HOST` is set, else an in-memory cache.
-    /// Logs which one is in use.
-    #[cfg(all(feature = "plugit", feature = "memcached"))]
-    pub fn backends(&self) -> Result<DirectoryBackends, String> {
-        use crate::backend::memcached::MemcachedCache;
-        use crate::backend::memory::{MemoryCache, MemoryLogStore, StaticDirectory};
-        use std::sync::Arc;
-
-        let (directory, log): (
-            Arc<dyn crate::backend::DirectoryApi>,
-            Arc<dyn crate::backend::LogStore>,
-        ) = match &self.radiodns_api_url {
-            Some(url) => {
-                let plugit = Arc::new(self.plugit_directory(url)?);
-                tracing::info!(backend = "plugit", url = %plugit.base_url(), "directory and message log");
-                (plugit.clone(), plugit)
-            }
-            None => {
-                let demo = std::path::Path::new("examples/directory.toml");
-                let (dir, path) = match &self.directory {
-                    Some(path) => (
-                        StaticDirectory::from_file(path)
-                            .map_err(|e| format!("{e} (RADIOVIS_DIRECTORY)"))?,
-                        Some(path.as_path()),
-                    ),
-                    None if demo.exists() => (
-                        StaticDirectory::from_file(demo).map_err(|e| e.to_string())?,
-                        Some(demo),
-                    ),
-                    None => (StaticDirectory::default(), None),
-                };
-                match path {
-                        Some(p) => tracing::info!(
-                            backend = "file",
-                            path = %p.display(),
-                            stations = dir.data().stations.len(),
-                            channels = dir.data().channels.len(),
-                            "directory (message log in memory)"
-                        ),
-                        None => tracing::warn!(
-                            "no directory file: no station can log in, anonymous radios only (set RADIOVIS_DIRECTORY)"
-                        ),
-                    }
-                (Arc::new(dir), Arc::new(MemoryLogStore::default()))
-            }
-        };
-        let cache: Arc<dyn crate::backend::Cache> = match &self.memcached_host {
-            Some(host) => {
-                let c =
-                    MemcachedCache::from_host(host).map_err(|e| format!("MEMCACHED_HOST: {e}"))?;
-                tracing::info!(backend = "memcached", host = %host, "shared cache");
-                Arc::new(c)
-            }
-            None => {
-                tracing::info!(backend = "in-process", "shared cache");
-                Arc::new(MemoryCache::new())
-            }
-        };
-        Ok(DirectoryBackends {
-            directory,
-            log,
-            cache,
-        })
-    }
-
-    /// The PlugIt directory (and log store) at `RADIODNS_API_URL`, with these timeouts
-    /// and method.
+    /// The PlugIt configuration of `RADIODNS_API_URL` (`url`), with these timeouts and
+    /// method.
     #[cfg(feature = "plugit")]
-    pub fn plugit_directory(
+    pub fn plugit_config(
         &self,
         url: &str,
-    ) -> Result<crate::backend::plugit::PlugitDirectory, String> {
-        use crate::backend::plugit::{PlugitConfig, PlugitDirectory, PlugitMethod};
+    ) -> Result<crate::backend::plugit::PlugitConfig, ConfigError> {
+        use crate::backend::plugit::{PlugitConfig, PlugitMethod};
         let mut config = PlugitConfig::new(url);
         let timeout = secs("RADIOVIS_DIRECTORY_TIMEOUT", self.directory_timeout)?;
         config.timeout = timeout;
@@ -296,72 +223,8 @@ impl DirectoryArgs {
         config.method = self
             .radiodns_api_method
             .parse::<PlugitMethod>()
-            .map_err(|e| format!("RADIODNS_API_METHOD: {e}"))?;
-        PlugitDirectory::new(config).map_err(|e| format!("RADIODNS_API_URL: {e}"))
-    }
-}
-
-/// Logging of both binaries: `RUST_LOG`, default `info`; `RABBITMQ_DEBUG` (on by
-/// default, as in the original) adds the bus module's debug logs, which are few: no
-/// per-message line. lapin's own logs are off unless `RUST_LOG` names lapin: it logs
-/// a normal passive declare of a missing exchange as an ERROR, and the bus module
-/// reports connection trouble itself.
-pub fn init_logging(rabbitmq_debug: bool) {
-    let from_env = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|v| !v.trim().is_empty());
-    let mut filter = match &from_env {
-        // Keep lapin quiet unless the operator asked for it by name.
-        Some(v) if v.contains("lapin") => tracing_subscriber::EnvFilter::new(v),
-        Some(v) => tracing_subscriber::EnvFilter::new(format!("{v},lapin=off")),
-        None => tracing_subscriber::EnvFilter::new("info,lapin=off"),
-    };
-    if rabbitmq_debug {
-        if let Ok(d) = "radiovis::backend::rabbitmq=debug".parse() {
-            filter = filter.add_directive(d);
-        }
-    }
-    tracing_subscriber::fmt().with_env_filter(filter).init();
-}
-
-/// The exit of a binary: success, or the error logged and printed (prefixed with the
-/// binary's name) and a failure code.
-pub fn exit_code(binary: &str, result: Result<(), String>) -> std::process::ExitCode {
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("{binary}: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-/// Completes on SIGINT or SIGTERM (what both binaries stop on).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received"),
-        _ = term => tracing::info!("SIGTERM received"),
+            .map_err(|e| ConfigError::invalid("RADIODNS_API_METHOD", e))?;
+        Ok(config)
     }
 }
 
@@ -427,19 +290,27 @@ pub struct HubArgs {
     pub heartbeat_ms: u64,
 }
 
-fn secs(name: &str, v: f64) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(v)
-        .map_err(|_| format!("{name}: {v} is not a valid number of seconds"))
+/// `v` seconds as a duration, or an error naming `var` (negative, NaN, too large).
+pub fn secs(var: &'static str, v: f64) -> Result<Duration, ConfigError> {
+    Duration::try_from_secs_f64(v).map_err(|source| ConfigError::Seconds {
+        var,
+        value: v,
+        source,
+    })
 }
 
 impl HubArgs {
     /// The hub configuration these arguments describe.
-    pub fn hub_config(&self, directory_timeout: f64) -> Result<HubConfig, String> {
+    pub fn hub_config(&self, directory_timeout: f64) -> Result<HubConfig, ConfigError> {
         if self.outbound_queue == 0 {
-            return Err("RADIOVIS_OUTBOUND_QUEUE must be at least 1".into());
+            return Err(ConfigError::Zero {
+                var: "RADIOVIS_OUTBOUND_QUEUE",
+            });
         }
         if self.max_connections == 0 {
-            return Err("RADIOVIS_MAX_CONNECTIONS must be at least 1".into());
+            return Err(ConfigError::Zero {
+                var: "RADIOVIS_MAX_CONNECTIONS",
+            });
         }
         let hb = Duration::from_millis(self.heartbeat_ms);
         Ok(HubConfig {
@@ -595,14 +466,14 @@ pub struct FallbackArgs {
 
 impl FallbackArgs {
     /// The watchdog configuration these arguments describe.
-    pub fn watchdog_config(&self) -> Result<crate::watchdog::WatchdogConfig, String> {
-        for (name, v) in [
+    pub fn watchdog_config(&self) -> Result<crate::watchdog::WatchdogConfig, ConfigError> {
+        for (var, v) in [
             ("FB_CHANNEL_CACHE", self.fb_channel_cache),
             ("FB_FALLBACK_CHECK", self.fb_fallback_check),
             ("FB_LOGS_CLEANUP", self.fb_logs_cleanup),
         ] {
             if v == 0 {
-                return Err(format!("{name} must be at least 1 second"));
+                return Err(ConfigError::ZeroSeconds { var });
             }
         }
         Ok(crate::watchdog::WatchdogConfig {
@@ -651,6 +522,74 @@ mod tests {
     fn python_booleans() {
         assert_eq!(parse_bool("True"), Ok(true));
         assert_eq!(parse_bool("False"), Ok(false));
-        assert!(parse_bool("maybe").is_err());
+        assert_eq!(
+            parse_bool("Maybe").map_err(|e| e.to_string()),
+            Err(r#""maybe" is not a boolean (True/False)"#.to_owned())
+        );
+    }
+
+    #[test]
+    fn bad_bool_names_the_variable() {
+        #[derive(Debug, Parser)]
+        struct Mon {
+            #[command(flatten)]
+            monitoring: MonitoringArgs,
+        }
+        let err = Mon::try_parse_from(["x", "--monitoring-enabled", "maybe"]).expect_err("invalid");
+        assert!(err.to_string().contains("MONITORING_ENABLED"), "{err}");
+    }
+
+    // The wording operators see is part of the interface: keep it.
+    #[test]
+    fn zero_and_bad_seconds_keep_their_wording() {
+        let mut cli = Cli::try_parse_from(["x"]).expect("valid");
+        cli.hub.outbound_queue = 0;
+        let e = cli.hub.hub_config(5.0).expect_err("zero queue");
+        assert_eq!(e.to_string(), "RADIOVIS_OUTBOUND_QUEUE must be at least 1");
+        cli.hub.outbound_queue = 1;
+        cli.hub.max_connections = 0;
+        let e = cli.hub.hub_config(5.0).expect_err("zero connections");
+        assert_eq!(e.to_string(), "RADIOVIS_MAX_CONNECTIONS must be at least 1");
+        cli.hub.max_connections = 1;
+        let e = cli.hub.hub_config(-1.0).expect_err("negative");
+        assert_eq!(
+            e.to_string(),
+            "RADIOVIS_DIRECTORY_TIMEOUT: -1 is not a valid number of seconds"
+        );
+        assert!(std::error::Error::source(&e).is_some());
+
+        #[derive(Debug, Parser)]
+        struct Fb {
+            #[command(flatten)]
+            fallback: FallbackArgs,
+        }
+        let fb = Fb::try_parse_from(["x", "--fb-fallback-check", "0"]).expect("valid");
+        let e = fb.fallback.watchdog_config().expect_err("zero check");
+        assert_eq!(e.to_string(), "FB_FALLBACK_CHECK must be at least 1 second");
+    }
+
+    #[cfg(feature = "rabbitmq")]
+    #[test]
+    fn a_bad_url_names_the_variable() {
+        let cli = Cli::try_parse_from(["x", "--rabbitmq-url", "http://x/"]).expect("valid");
+        let e = cli
+            .rabbit
+            .rabbit_config(crate::backend::rabbitmq::QueueKind::Exclusive)
+            .expect_err("not amqp");
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    var: "RABBITMQ_URL",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(
+            crate::config::error_chain(&e).starts_with("RABBITMQ_URL: "),
+            "{}",
+            crate::config::error_chain(&e)
+        );
     }
 }
