@@ -8,9 +8,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use radiovis::backend::rabbitmq::{LeaderLock, QueueKind, RabbitBus};
 use radiovis::config::{DirectoryArgs, DirectoryBackends, FallbackArgs, RabbitArgs};
@@ -56,8 +54,7 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let watchdog_config = cli.fallback.watchdog_config()?;
-    let takeover = Duration::try_from_secs_f64(cli.takeover)
-        .context("RADIOVIS_FALLBACK_TAKEOVER: not a valid number of seconds")?;
+    let takeover = radiovis::config::secs("RADIOVIS_FALLBACK_TAKEOVER", cli.takeover)?;
     let queue = cli.fallback.fb_queue.clone();
     let mut rabbit = cli
         .rabbit

@@ -290,40 +290,112 @@ pub struct HubArgs {
     pub heartbeat_ms: u64,
 }
 
-/// `v` seconds as a duration, or an error naming `var` (negative, NaN, too large).
+/// The longest period a setting may name: a year. Longer is never meant, and timer
+/// arithmetic on it would overflow.
+pub const MAX_PERIOD: Duration = Duration::from_secs(366 * 86_400);
+
+/// `v` seconds as a duration, or an error naming `var`: negative or not a number, zero
+/// (a timeout of nothing), or longer than [`MAX_PERIOD`].
 pub fn secs(var: &'static str, v: f64) -> Result<Duration, ConfigError> {
-    Duration::try_from_secs_f64(v).map_err(|source| ConfigError::Seconds {
+    let d = Duration::try_from_secs_f64(v).map_err(|source| ConfigError::Seconds {
         var,
         value: v,
         source,
-    })
+    })?;
+    if d.is_zero() || d > MAX_PERIOD {
+        return Err(ConfigError::OutOfRange {
+            var,
+            value: v.to_string(),
+            range: format!("more than 0 and at most {} seconds", MAX_PERIOD.as_secs()),
+        });
+    }
+    Ok(d)
 }
+
+/// A whole number of seconds of a period that drives a timer: at least 1 (the original
+/// wording) and at most [`MAX_PERIOD`].
+fn period_secs(var: &'static str, v: u64) -> Result<Duration, ConfigError> {
+    if v == 0 {
+        return Err(ConfigError::ZeroSeconds { var });
+    }
+    at_most_secs(var, v, MAX_PERIOD.as_secs())
+}
+
+/// A whole number of seconds, at most `max`.
+fn at_most_secs(var: &'static str, v: u64, max: u64) -> Result<Duration, ConfigError> {
+    if v > max {
+        return Err(ConfigError::OutOfRange {
+            var,
+            value: v.to_string(),
+            range: format!("at most {max} seconds"),
+        });
+    }
+    Ok(Duration::from_secs(v))
+}
+
+/// A count between `min` and `max`; 0 below a minimum of 1 keeps the original wording.
+fn count(var: &'static str, v: usize, min: usize, max: usize) -> Result<usize, ConfigError> {
+    if v == 0 && min == 1 {
+        return Err(ConfigError::Zero { var });
+    }
+    if v < min || v > max {
+        return Err(ConfigError::OutOfRange {
+            var,
+            value: v.to_string(),
+            range: format!("from {min} to {max}"),
+        });
+    }
+    Ok(v)
+}
+
+/// Most connections one instance may be configured for: far above what memory allows
+/// (about 2 KiB each), far below what the connection semaphore can count.
+pub const MAX_CONNECTIONS: usize = 10_000_000;
 
 impl HubArgs {
     /// The hub configuration these arguments describe.
     pub fn hub_config(&self, directory_timeout: f64) -> Result<HubConfig, ConfigError> {
-        if self.outbound_queue == 0 {
-            return Err(ConfigError::Zero {
-                var: "RADIOVIS_OUTBOUND_QUEUE",
-            });
-        }
-        if self.max_connections == 0 {
-            return Err(ConfigError::Zero {
-                var: "RADIOVIS_MAX_CONNECTIONS",
+        let max_frame_size = count("RADIOVIS_MAX_FRAME_SIZE", self.max_frame_size, 256, 1 << 30)?;
+        let max_heartbeat = 86_400_000;
+        if self.heartbeat_ms > max_heartbeat {
+            return Err(ConfigError::OutOfRange {
+                var: "RADIOVIS_HEARTBEAT_MS",
+                value: self.heartbeat_ms.to_string(),
+                range: format!("from 0 (off) to {max_heartbeat} ms"),
             });
         }
         let hb = Duration::from_millis(self.heartbeat_ms);
         Ok(HubConfig {
             limits: Limits {
-                max_frame_size: self.max_frame_size,
-                max_headers: self.max_headers,
-                max_header_line: self.max_header_line,
+                max_frame_size,
+                max_headers: count("RADIOVIS_MAX_HEADERS", self.max_headers, 1, 100_000)?,
+                max_header_line: count(
+                    "RADIOVIS_MAX_HEADER_LINE",
+                    self.max_header_line,
+                    64,
+                    max_frame_size.max(64),
+                )?,
             },
-            outbound_queue: self.outbound_queue,
+            outbound_queue: count("RADIOVIS_OUTBOUND_QUEUE", self.outbound_queue, 1, 1_000_000)?,
             connect_timeout: secs("RADIOVIS_CONNECT_TIMEOUT", self.connect_timeout)?,
-            max_connections: self.max_connections,
-            max_subscriptions: self.max_subscriptions,
-            max_last_messages: self.max_last_messages,
+            max_connections: count(
+                "RADIOVIS_MAX_CONNECTIONS",
+                self.max_connections,
+                1,
+                MAX_CONNECTIONS,
+            )?,
+            max_subscriptions: count(
+                "RADIOVIS_MAX_SUBSCRIPTIONS",
+                self.max_subscriptions,
+                1,
+                100_000,
+            )?,
+            max_last_messages: count(
+                "RADIOVIS_MAX_LAST_MESSAGES",
+                self.max_last_messages,
+                1,
+                100_000_000,
+            )?,
             heartbeat: (hb, hb),
             // The hub's own guard sits above the backend's timeout.
             directory_timeout: secs("RADIOVIS_DIRECTORY_TIMEOUT", directory_timeout)? * 2,
@@ -467,22 +539,18 @@ pub struct FallbackArgs {
 impl FallbackArgs {
     /// The watchdog configuration these arguments describe.
     pub fn watchdog_config(&self) -> Result<crate::watchdog::WatchdogConfig, ConfigError> {
-        for (var, v) in [
-            ("FB_CHANNEL_CACHE", self.fb_channel_cache),
-            ("FB_FALLBACK_CHECK", self.fb_fallback_check),
-            ("FB_LOGS_CLEANUP", self.fb_logs_cleanup),
-        ] {
-            if v == 0 {
-                return Err(ConfigError::ZeroSeconds { var });
-            }
-        }
         Ok(crate::watchdog::WatchdogConfig {
-            channel_cache: Duration::from_secs(self.fb_channel_cache),
-            fallback_check: Duration::from_secs(self.fb_fallback_check),
-            fallback_time: Duration::from_secs(self.fb_fallback_time),
+            channel_cache: period_secs("FB_CHANNEL_CACHE", self.fb_channel_cache)?,
+            fallback_check: period_secs("FB_FALLBACK_CHECK", self.fb_fallback_check)?,
+            fallback_time: at_most_secs(
+                "FB_FALLBACK_TIME",
+                self.fb_fallback_time,
+                MAX_PERIOD.as_secs(),
+            )?,
             image_locations: self.fb_image_locations.clone(),
-            logs_max_age: Duration::from_secs(self.fb_logs_max_age),
-            logs_cleanup: Duration::from_secs(self.fb_logs_cleanup),
+            // Sent to the log store as a number; a century is plenty.
+            logs_max_age: at_most_secs("FB_LOGS_MAX_AGE", self.fb_logs_max_age, 100 * 366 * 86_400)?,
+            logs_cleanup: period_secs("FB_LOGS_CLEANUP", self.fb_logs_cleanup)?,
             ..Default::default()
         })
     }

@@ -35,6 +35,18 @@ pub enum ConfigError {
         #[source]
         source: TryFromFloatSecsError,
     },
+    /// A number outside what the setting allows (too large to be meant, or too small
+    /// to work): refused before anything runs, rather than a panic or a server that
+    /// refuses every frame.
+    #[error("{var}: {value} is out of range ({range})")]
+    OutOfRange {
+        /// The environment variable holding the value.
+        var: &'static str,
+        /// The value given.
+        value: String,
+        /// What is allowed, in words.
+        range: String,
+    },
     /// A count given as 0 where at least one is needed.
     #[error("{var} must be at least 1")]
     Zero {

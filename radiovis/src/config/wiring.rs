@@ -37,7 +37,8 @@ impl DirectoryArgs {
         {
             Some(url) => {
                 let plugit = Arc::new(self.plugit_directory(url)?);
-                tracing::info!(backend = "plugit", url = %plugit.base_url(), "directory and message log");
+                // The PlugIt API secret is a segment of the URL's path: log the host only.
+                tracing::info!(backend = "plugit", url = %redacted_url(plugit.base_url()), "directory and message log");
                 (plugit.clone(), plugit)
             }
             None => (
@@ -74,10 +75,16 @@ impl DirectoryArgs {
                 })?,
                 Some(path.as_path()),
             ),
-            None if demo.exists() => (
-                StaticDirectory::from_file(demo).map_err(ConfigError::DemoDirectoryFile)?,
-                Some(demo),
-            ),
+            None if demo.exists() => {
+                tracing::warn!(
+                    path = DEMO_DIRECTORY,
+                    "no directory configured: using the demo directory {DEMO_DIRECTORY} (demo logins, any address may log in); it is for trying the server out: set RADIOVIS_DIRECTORY or RADIODNS_API_URL in production"
+                );
+                (
+                    StaticDirectory::from_file(demo).map_err(ConfigError::DemoDirectoryFile)?,
+                    Some(demo),
+                )
+            }
             None => (StaticDirectory::default(), None),
         };
         match path {
@@ -112,6 +119,20 @@ impl DirectoryArgs {
     }
 }
 
+/// `url` with only its scheme, host and port: the path (where PlugIt's API secret
+/// is) and any user information are hidden.
+pub fn redacted_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    let hidden = if rest.len() > authority.len() + 1 { "/***" } else { "/" };
+    if scheme.is_empty() {
+        format!("{host}{hidden}")
+    } else {
+        format!("{scheme}://{host}{hidden}")
+    }
+}
+
 impl RabbitArgs {
     /// The message bus of radiovis-server: RabbitMQ (each instance with its own
     /// exclusive queue on the shared exchange) when `RABBITMQ_HOST` or `RABBITMQ_URL`
@@ -136,5 +157,24 @@ impl RabbitArgs {
             );
         }
         Ok(Arc::new(bus))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_url;
+
+    #[test]
+    fn urls_are_logged_without_path_or_credentials() {
+        assert_eq!(
+            redacted_url("https://manager.example/plugIt/S3cret/"),
+            "https://manager.example/***"
+        );
+        assert_eq!(
+            redacted_url("http://user:pw@127.0.0.1:8000/x?k=S3cret"),
+            "http://127.0.0.1:8000/***"
+        );
+        assert_eq!(redacted_url("http://127.0.0.1:8000/"), "http://127.0.0.1:8000/");
+        assert_eq!(redacted_url("http://h"), "http://h/");
     }
 }
