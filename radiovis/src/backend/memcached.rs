@@ -20,7 +20,7 @@
 //!   (escaping is injective; `%#` never appears in an escaped key; SHA-256).
 //! * Values are opaque bytes, stored with flags 0.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -287,10 +287,6 @@ impl std::fmt::Debug for MemcachedCache {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl MemcachedCache {
     /// A cache with this configuration. Connects lazily, on the first operation.
     pub fn new(config: MemcachedConfig) -> MemcachedCache {
@@ -330,7 +326,7 @@ impl MemcachedCache {
         F: for<'c> Fn(&'c mut Conn) -> BoxFuture<'c, Result<T, OpError>>,
     {
         {
-            let health = lock(&self.health);
+            let health = self.health.lock();
             if health
                 .down_until
                 .is_some_and(|until| Instant::now() < until)
@@ -344,7 +340,7 @@ impl MemcachedCache {
         let attempt = async {
             // Never closed, so acquiring only waits.
             let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
-            let pooled = lock(&self.idle).pop();
+            let pooled = self.idle.lock().pop();
             if let Some(mut conn) = pooled {
                 match op(&mut conn).await {
                     Err(OpError::Io(e)) => {
@@ -379,14 +375,14 @@ impl MemcachedCache {
     }
 
     fn release(&self, conn: Conn) {
-        let mut idle = lock(&self.idle);
+        let mut idle = self.idle.lock();
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }
     }
 
     fn mark_up(&self) {
-        let mut health = lock(&self.health);
+        let mut health = self.health.lock();
         health.down_until = None;
         if health.down {
             health.down = false;
@@ -400,9 +396,9 @@ impl MemcachedCache {
 
     fn mark_down(&self, reason: String) -> CacheError {
         // Idle connections are likely dead too.
-        lock(&self.idle).clear();
+        self.idle.lock().clear();
         let now = Instant::now();
-        let mut health = lock(&self.health);
+        let mut health = self.health.lock();
         health.down = true;
         health.down_until = Some(now + self.config.retry_after);
         let warn = health
@@ -490,11 +486,11 @@ mod tests {
         let c = MemcachedCache::from_host("127.0.0.1:1").expect("valid");
         let e = c.mark_down("first".into());
         assert!(matches!(e, CacheError::Unavailable(_)));
-        let first = lock(&c.health).last_warning.expect("warned");
+        let first = c.health.lock().last_warning.expect("warned");
         c.mark_down("second".into());
-        assert_eq!(lock(&c.health).last_warning, Some(first));
+        assert_eq!(c.health.lock().last_warning, Some(first));
         c.mark_up();
-        assert!(!lock(&c.health).down);
+        assert!(!c.health.lock().down);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -48,7 +48,7 @@ impl Default for LocalBus {
 impl MessageBus for LocalBus {
     async fn publish(&self, message: BusMessage) -> Result<(), BusError> {
         let subscribers: Vec<_> = {
-            let mut subs = lock(&self.subscribers);
+            let mut subs = self.subscribers.lock();
             subs.retain(|s| !s.is_closed());
             subs.clone()
         };
@@ -61,17 +61,11 @@ impl MessageBus for LocalBus {
 
     async fn subscribe(&self) -> Result<BusStream, BusError> {
         let (tx, rx) = mpsc::channel(self.capacity);
-        lock(&self.subscribers).push(tx);
+        self.subscribers.lock().push(tx);
         Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|m| (m, rx))
         })))
     }
-}
-
-/// Locks a mutex, recovering the data if a panicking thread poisoned it (the data in
-/// these backends stays consistent at every await-free step).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One station of a [`StaticDirectory`].
@@ -343,7 +337,7 @@ impl MemoryCache {
 #[async_trait]
 impl Cache for MemoryCache {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
-        let mut entries = lock(&self.entries);
+        let mut entries = self.entries.lock();
         match entries.get(key) {
             Some((v, expires)) if *expires > Instant::now() => Ok(Some(v.clone())),
             Some(_) => {
@@ -356,7 +350,7 @@ impl Cache for MemoryCache {
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
         let now = Instant::now();
-        let mut entries = lock(&self.entries);
+        let mut entries = self.entries.lock();
         // Keep the map from growing with dead entries.
         if entries.len() > 10_000 {
             entries.retain(|_, (_, expires)| *expires > now);
@@ -383,7 +377,7 @@ impl MemoryLogStore {
 
     /// A copy of the entries, oldest first.
     pub fn entries(&self) -> Vec<LogEntry> {
-        lock(&self.entries).iter().cloned().collect()
+        self.entries.lock().iter().cloned().collect()
     }
 }
 
@@ -396,7 +390,7 @@ impl Default for MemoryLogStore {
 #[async_trait]
 impl LogStore for MemoryLogStore {
     async fn add_log(&self, entry: LogEntry) -> Result<(), LogError> {
-        let mut entries = lock(&self.entries);
+        let mut entries = self.entries.lock();
         if entries.len() >= self.capacity {
             entries.pop_front();
         }
@@ -410,7 +404,7 @@ impl LogStore for MemoryLogStore {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let oldest = now.saturating_sub(max_age.as_secs());
-        lock(&self.entries).retain(|e| e.timestamp >= oldest);
+        self.entries.lock().retain(|e| e.timestamp >= oldest);
         Ok(())
     }
 }

@@ -35,7 +35,9 @@ pub use leader::LeaderLock;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -90,13 +92,13 @@ pub(super) struct Shared {
 
 impl Shared {
     fn live_subscribers(&self) -> Vec<mpsc::Sender<BusMessage>> {
-        let mut subs = lock(&self.subscribers);
+        let mut subs = self.subscribers.lock();
         subs.retain(|s| !s.is_closed());
         subs.clone()
     }
 
     fn live_acked_subscribers(&self) -> Vec<mpsc::Sender<Delivery>> {
-        let mut subs = lock(&self.acked_subscribers);
+        let mut subs = self.acked_subscribers.lock();
         subs.retain(|s| !s.is_closed());
         subs.clone()
     }
@@ -106,9 +108,6 @@ impl Shared {
     }
 }
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 /// The RabbitMQ bus. Cheap to share behind an `Arc`; dropping it (or
 /// [`RabbitBus::shutdown`]) closes the connection and ends the subscriber streams.
 pub struct RabbitBus {
@@ -207,7 +206,7 @@ impl RabbitBus {
         self.shared.acks.close();
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.shared.acks.wait()).await;
         self.shared.shutdown.cancel();
-        let task = lock(&self.task).take();
+        let task = self.task.lock().take();
         if let Some(task) = task {
             let _ = task.await;
         }
@@ -267,7 +266,7 @@ impl MessageBus for RabbitBus {
             return Err(BusError::Closed);
         }
         let (tx, rx) = mpsc::channel(self.shared.config.stream_capacity.max(1));
-        lock(&self.shared.subscribers).push(tx);
+        self.shared.subscribers.lock().push(tx);
         self.shared.subscribed.send_modify(|n| *n += 1);
         Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|m| (m, rx))
@@ -279,7 +278,7 @@ impl MessageBus for RabbitBus {
             return Err(BusError::Closed);
         }
         let (tx, rx) = mpsc::channel(self.shared.config.stream_capacity.max(1));
-        lock(&self.shared.acked_subscribers).push(tx);
+        self.shared.acked_subscribers.lock().push(tx);
         self.shared.subscribed.send_modify(|n| *n += 1);
         Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|m| (m, rx))

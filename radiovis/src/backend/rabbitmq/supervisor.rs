@@ -2,13 +2,12 @@
 //! and dispatch, and on connection loss start over with jittered, capped exponential
 //! backoff, until shutdown.
 
-use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions};
 use lapin::types::{FieldTable, ShortString};
@@ -18,7 +17,7 @@ use tracing::{debug, error, info, warn};
 
 use super::topology::{declare, open_consumer_channel};
 use super::wire::decode;
-use super::{lock, QueueKind, RabbitConfig, Shared};
+use super::{QueueKind, RabbitConfig, Shared};
 use crate::backend::{Ack, AckHandle, Delivery};
 
 /// AMQP reply codes that mean "fix the configuration", not "try again later".
@@ -111,36 +110,43 @@ impl AckHandle for RabbitAckHandle {
         self.0.acked.store(true, Ordering::SeqCst);
     }
 }
-/// Jittered capped exponential backoff.
+/// Jittered capped exponential backoff: the delay before attempt `n` is uniform in
+/// `[d/2, d]` where `d = min * 2^n` capped at `max`, so it never exceeds `max`.
+///
+/// backon's jitter adds a uniform `[0, d]` on top of its delay `d`, so it is given half
+/// the bounds: `[d/2, d/2 + d/2]` is the same interval.
 struct Backoff {
-    min: Duration,
+    builder: ExponentialBuilder,
+    delays: ExponentialBackoff,
+    /// The last delay, when the iterator (never exhausted: no attempt limit) ends.
     max: Duration,
-    next: Duration,
 }
 
 impl Backoff {
     fn new(min: Duration, max: Duration) -> Backoff {
         let min = min.max(Duration::from_millis(1));
         let max = max.max(min);
+        let builder = ExponentialBuilder::new()
+            .with_jitter()
+            .with_factor(2.0)
+            .with_min_delay(min / 2)
+            .with_max_delay(max / 2)
+            .without_max_times();
         Backoff {
-            min,
+            builder,
+            delays: builder.build(),
             max,
-            next: min,
         }
     }
 
+    /// Starts over from the shortest delay.
     fn reset(&mut self) {
-        self.next = self.min;
+        self.delays = self.builder.build();
     }
 
-    /// The delay before the next attempt: uniformly in [next/2, next], then doubles.
+    /// The delay before the next attempt.
     fn delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let mut h = RandomState::new().build_hasher();
-        h.write_u64(0);
-        let frac = (h.finish() % 1000) as u32;
-        base / 2 + base / 2 * frac / 1000
+        self.delays.next().unwrap_or(self.max)
     }
 }
 
@@ -256,7 +262,7 @@ pub(super) async fn supervise(
     }
     shared.publisher.send_replace(None);
     // Ends the subscriber streams.
-    lock(&shared.subscribers).clear();
+    shared.subscribers.lock().clear();
     debug!("RabbitMQ bus task stopped");
 }
 
