@@ -1,10 +1,10 @@
 //! In-process backends: the standalone server's defaults, and what embedders use in
 //! their tests. They are also the reference for what a backend must do.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
-use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;

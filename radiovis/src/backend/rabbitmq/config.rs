@@ -95,57 +95,57 @@ impl fmt::Debug for RabbitConfig {
 impl RabbitConfig {
     /// A configuration from an AMQP URL, `amqp://user:password@host:port/vhost`
     /// (user, password, port and vhost optional; `%2f` is `/`, an absent path is the
-    /// vhost `/`). Exchange and queue keep their defaults. Errors never contain the
-    /// password.
+    /// vhost `/`). The query string and fragment are ignored. Exchange and queue keep
+    /// their defaults. Errors never contain the password.
     pub fn from_url(url: &str) -> Result<RabbitConfig, RabbitError> {
         let bad = |why: &str| RabbitError::Config(format!("invalid AMQP URL: {why}"));
-        let rest = match url.split_once("://") {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("amqp") => rest,
+        // The scheme is checked first so the messages say what this build supports
+        // (lapin's parser would accept amqps and name the scheme less helpfully).
+        match url.split_once("://") {
+            Some((scheme, _)) if scheme.eq_ignore_ascii_case("amqp") => {}
             Some((scheme, _)) if scheme.eq_ignore_ascii_case("amqps") => {
                 return Err(bad("amqps (TLS) is not supported by this build"))
             }
             _ => return Err(bad("it must start with amqp://")),
-        };
-        let rest = rest.split(['?', '#']).next().unwrap_or_default();
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-            None => (rest, None),
-        };
-        let mut config = RabbitConfig::default();
-        let hostport = match authority.rsplit_once('@') {
-            Some((userinfo, hostport)) => {
-                let (user, password) = match userinfo.split_once(':') {
-                    Some((u, p)) => (u, Some(p)),
-                    None => (userinfo, None),
-                };
-                config.user = percent_decode(user).ok_or_else(|| bad("bad escape in user"))?;
-                if let Some(p) = password {
-                    config.password =
-                        percent_decode(p).ok_or_else(|| bad("bad escape in password"))?;
-                }
-                hostport
-            }
-            None => authority,
-        };
-        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (host, after) = v6
-                .split_once(']')
-                .ok_or_else(|| bad("unterminated IPv6 address"))?;
-            (host, after.strip_prefix(':'))
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (hostport, None),
-            }
-        };
-        if !host.is_empty() {
-            config.host = percent_decode(host).ok_or_else(|| bad("bad escape in host"))?;
         }
-        if let Some(p) = port.filter(|p| !p.is_empty()) {
-            config.port = p.parse().map_err(|_| bad("the port is not a number"))?;
+        // Query parameters were never read from the URL (the heartbeat and frame size
+        // come from the configuration), so they cannot make a URL invalid either.
+        let url = url.split(['?', '#']).next().unwrap_or_default();
+        // The decoder of AMQPUri keeps a malformed escape as it is; a URL with one is
+        // refused instead, as it always was (it is a typo, not a vhost named "%zz").
+        let malformed_escape = url.match_indices('%').any(|(i, _)| {
+            !url.get(i + 1..i + 3)
+                .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        });
+        if malformed_escape {
+            return Err(bad("bad %-escape"));
         }
-        if let Some(path) = path {
-            config.vhost = percent_decode(path).ok_or_else(|| bad("bad escape in vhost"))?;
+        let parsed: AMQPUri = url.parse().map_err(|e: String| {
+            // The parser may quote the whole URL, password included.
+            if e.contains(url) {
+                bad("it cannot be parsed")
+            } else {
+                bad(&e)
+            }
+        })?;
+        let mut config = RabbitConfig {
+            user: parsed.authority.userinfo.username,
+            password: parsed.authority.userinfo.password,
+            port: parsed.authority.port,
+            vhost: parsed.vhost,
+            ..RabbitConfig::default()
+        };
+        // AMQPUri knows only domain names: it reads an IP literal or an absent host as
+        // "localhost"; the host is taken from the URL itself, and an absent host keeps
+        // the default (127.0.0.1).
+        match url::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host().map(|h| h.to_owned()))
+        {
+            Some(url::Host::Ipv6(ip)) => config.host = ip.to_string(),
+            Some(url::Host::Ipv4(ip)) => config.host = ip.to_string(),
+            Some(url::Host::Domain(d)) if !d.is_empty() => config.host = parsed.authority.host,
+            _ => {}
         }
         Ok(config)
     }
@@ -195,24 +195,6 @@ impl RabbitConfig {
     }
 }
 
-/// Decodes `%XX` escapes; `None` on a bad escape or invalid UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +222,15 @@ mod tests {
         assert!(!e.to_string().contains("hunter2"), "{e}");
         assert!(RabbitConfig::from_url("amqps://h").is_err());
         assert!(RabbitConfig::from_url("http://h").is_err());
+        // What the hand-written parser also accepted: an absent host keeps the default,
+        // a user without a password keeps the default password, the query is ignored.
+        let c = RabbitConfig::from_url("amqp:///vh?heartbeat=x#f").expect("valid");
+        assert_eq!((c.host.as_str(), c.vhost.as_str()), ("127.0.0.1", "vh"));
+        let c = RabbitConfig::from_url("amqp://bob@h:1").expect("valid");
+        assert_eq!((c.user.as_str(), c.password.as_str()), ("bob", "guest"));
+        assert_eq!((c.host.as_str(), c.port), ("h", 1));
+        let e = RabbitConfig::from_url("amqp://u:hunter2@h/%zz").expect_err("bad escape");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     #[test]
