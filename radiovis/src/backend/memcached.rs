@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::{Cache, CacheError};
+use super::{Cache, CacheError, Reason};
 
 /// memcached's longest key.
 const MAX_KEY_LEN: usize = 250;
@@ -154,11 +154,17 @@ struct Conn {
 /// What went wrong in one operation.
 enum OpError {
     /// Connection-level failure: the connection is dropped, the cache may be down.
-    Io(String),
+    Io(Reason),
     /// memcached answered with an error; the connection is still usable.
     Server(String),
     /// A reply we do not understand: the connection is dropped.
     Protocol(String),
+}
+
+/// A connection-level failure, its text that of the I/O error, as before the error was
+/// kept as the cause.
+fn io_error(e: std::io::Error) -> OpError {
+    OpError::Io(Reason::caused_by(e.to_string(), e))
 }
 
 impl Conn {
@@ -168,7 +174,7 @@ impl Conn {
             .take(MAX_LINE_LEN as u64)
             .read_until(b'\n', &mut line)
             .await
-            .map_err(|e| OpError::Io(e.to_string()))?;
+            .map_err(io_error)?;
         if n == 0 {
             return Err(OpError::Io("connection closed by memcached".into()));
         }
@@ -190,12 +196,11 @@ impl Conn {
 
     async fn get(&mut self, key: &str) -> Result<Option<Bytes>, OpError> {
         let cmd = format!("get {key}\r\n");
-        let io = |e: std::io::Error| OpError::Io(e.to_string());
         self.stream
             .get_mut()
             .write_all(cmd.as_bytes())
             .await
-            .map_err(io)?;
+            .map_err(io_error)?;
         let mut value = None;
         loop {
             let line = self.read_line().await?;
@@ -216,7 +221,7 @@ impl Conn {
                 _ => return Err(OpError::Protocol(format!("unexpected reply {line:?}"))),
             };
             let mut data = vec![0u8; len + 2];
-            self.stream.read_exact(&mut data).await.map_err(io)?;
+            self.stream.read_exact(&mut data).await.map_err(io_error)?;
             if !data.ends_with(b"\r\n") {
                 return Err(OpError::Protocol("value not followed by CRLF".into()));
             }
@@ -234,7 +239,7 @@ impl Conn {
             .get_mut()
             .write_all(&cmd)
             .await
-            .map_err(|e| OpError::Io(e.to_string()))?;
+            .map_err(io_error)?;
         let line = self.read_line().await?;
         if line == "STORED" {
             return Ok(());
@@ -308,10 +313,10 @@ impl MemcachedCache {
         &self.config
     }
 
-    async fn connect(&self) -> Result<Conn, String> {
+    async fn connect(&self) -> Result<Conn, Reason> {
         let stream = TcpStream::connect((self.config.host.as_str(), self.config.port))
             .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
+            .map_err(|e| Reason::caused_by(format!("cannot connect: {e}"), e))?;
         let _ = stream.set_nodelay(true);
         Ok(Conn {
             stream: BufReader::new(stream),
@@ -331,15 +336,22 @@ impl MemcachedCache {
                 .down_until
                 .is_some_and(|until| Instant::now() < until)
             {
-                return Err(CacheError::Unavailable(format!(
-                    "memcached {}:{} is down (retrying shortly)",
-                    self.config.host, self.config.port
-                )));
+                return Err(CacheError::Unavailable(
+                    format!(
+                        "memcached {}:{} is down (retrying shortly)",
+                        self.config.host, self.config.port
+                    )
+                    .into(),
+                ));
             }
         }
         let attempt = async {
             // Never closed, so acquiring only waits.
-            let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
+            let _permit = self
+                .permits
+                .acquire()
+                .await
+                .map_err(|e| Reason::caused_by(e.to_string(), e))?;
             let pooled = self.idle.lock().pop();
             if let Some(mut conn) = pooled {
                 match op(&mut conn).await {
@@ -351,20 +363,23 @@ impl MemcachedCache {
             }
             let mut conn = self.connect().await?;
             let result = op(&mut conn).await;
-            Ok::<_, String>((conn, result))
+            Ok::<_, Reason>((conn, result))
         };
         match tokio::time::timeout(self.config.timeout, attempt).await {
-            Err(_) => Err(self.mark_down(format!("no answer within {:?}", self.config.timeout))),
+            Err(elapsed) => Err(self.mark_down(Reason::caused_by(
+                format!("no answer within {:?}", self.config.timeout),
+                elapsed,
+            ))),
             Ok(Err(e)) | Ok(Ok((_, Err(OpError::Io(e))))) => Err(self.mark_down(e)),
             Ok(Ok((conn, Err(OpError::Server(e))))) => {
                 self.release(conn);
                 self.mark_up();
-                Err(CacheError::BadAnswer(e))
+                Err(CacheError::BadAnswer(e.into()))
             }
             Ok(Ok((_, Err(OpError::Protocol(e))))) => {
                 // The connection is out of step: drop it; memcached itself is there.
                 self.mark_up();
-                Err(CacheError::BadAnswer(e))
+                Err(CacheError::BadAnswer(e.into()))
             }
             Ok(Ok((conn, Ok(v)))) => {
                 self.release(conn);
@@ -394,7 +409,7 @@ impl MemcachedCache {
         }
     }
 
-    fn mark_down(&self, reason: String) -> CacheError {
+    fn mark_down(&self, reason: Reason) -> CacheError {
         // Idle connections are likely dead too.
         self.idle.lock().clear();
         let now = Instant::now();
@@ -415,10 +430,10 @@ impl MemcachedCache {
         } else {
             tracing::debug!(error = %reason, "memcached unavailable");
         }
-        CacheError::Unavailable(format!(
-            "memcached {}:{}: {reason}",
+        CacheError::Unavailable(reason.context(format_args!(
+            "memcached {}:{}",
             self.config.host, self.config.port
-        ))
+        )))
     }
 }
 

@@ -98,7 +98,7 @@ impl RabbitConfig {
     /// vhost `/`). The query string and fragment are ignored. Exchange and queue keep
     /// their defaults. Errors never contain the password.
     pub fn from_url(url: &str) -> Result<RabbitConfig, RabbitError> {
-        let bad = |why: &str| RabbitError::Config(format!("invalid AMQP URL: {why}"));
+        let bad = |why: &str| RabbitError::Config(format!("invalid AMQP URL: {why}").into());
         // The scheme is checked first so the messages say what this build supports
         // (lapin's parser would accept amqps and name the scheme less helpfully).
         match url.split_once("://") {

@@ -48,7 +48,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{BusError, BusMessage, BusStream, Delivery, DeliveryStream, MessageBus};
+use super::{BusError, BusMessage, BusStream, Delivery, DeliveryStream, MessageBus, Reason};
 use supervisor::{supervise, AttemptError, CLOSE_TIMEOUT};
 use wire::encode_headers;
 
@@ -63,12 +63,12 @@ pub enum RabbitError {
     /// The configuration cannot work against this broker (exchange of another type,
     /// access refused, bad URL). Retrying will not help; the message says what to fix.
     #[error("RabbitMQ configuration error: {0}")]
-    Config(String),
+    Config(#[source] Reason),
 }
 
 impl From<RabbitError> for BusError {
     fn from(e: RabbitError) -> BusError {
-        BusError::Unavailable(e.to_string())
+        BusError::Unavailable(Reason::caused_by(e.to_string(), e))
     }
 }
 
@@ -251,12 +251,16 @@ impl MessageBus for RabbitBus {
                 "RabbitMQ nacked the message to exchange {:?}",
                 config.exchange
             ))),
-            Ok(Err(e)) => Err(BusError::Unavailable(format!(
-                "RabbitMQ publish failed: {e}"
+            Ok(Err(e)) => Err(BusError::Unavailable(Reason::caused_by(
+                format!("RabbitMQ publish failed: {e}"),
+                e,
             ))),
-            Err(_) => Err(BusError::Unavailable(format!(
-                "no publisher confirm from RabbitMQ within {:?}",
-                config.confirm_timeout
+            Err(elapsed) => Err(BusError::Unavailable(Reason::caused_by(
+                format!(
+                    "no publisher confirm from RabbitMQ within {:?}",
+                    config.confirm_timeout
+                ),
+                elapsed,
             ))),
         }
     }

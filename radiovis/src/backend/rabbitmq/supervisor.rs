@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 use super::topology::{declare, open_consumer_channel};
 use super::wire::decode;
 use super::{QueueKind, RabbitConfig, Shared};
-use crate::backend::{Ack, AckHandle, Delivery};
+use crate::backend::{Ack, AckHandle, Delivery, Reason};
 
 /// AMQP reply codes that mean "fix the configuration", not "try again later".
 const ACCESS_REFUSED: u16 = 403;
@@ -36,9 +36,9 @@ pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub(super) enum AttemptError {
     /// Will not get better by itself.
-    Config(String),
+    Config(Reason),
     /// Broker down, network, timeout: retry.
-    Transient(String),
+    Transient(Reason),
 }
 
 impl fmt::Display for AttemptError {
@@ -59,10 +59,10 @@ pub(super) fn reply_code(e: &lapin::Error) -> Option<u16> {
 
 /// Classifies an error of the connection or of a declaration.
 pub(super) fn classify(context: &str, e: &lapin::Error) -> AttemptError {
-    let text = format!("{context}: {e}");
+    let reason = Reason::caused_by(format!("{context}: {e}"), e.clone());
     match reply_code(e) {
-        Some(ACCESS_REFUSED | NOT_ALLOWED | PRECONDITION_FAILED) => AttemptError::Config(text),
-        _ => AttemptError::Transient(text),
+        Some(ACCESS_REFUSED | NOT_ALLOWED | PRECONDITION_FAILED) => AttemptError::Config(reason),
+        _ => AttemptError::Transient(reason),
     }
 }
 /// Acknowledges a RabbitMQ delivery once every acked stream that got it acknowledged
@@ -173,10 +173,10 @@ pub(super) async fn supervise(
             _ = shared.shutdown.cancelled() => break,
             r = tokio::time::timeout(config.connect_timeout, open_session(config)) => r,
         };
-        let attempt = attempt.unwrap_or_else(|_| {
-            Err(AttemptError::Transient(format!(
-                "no answer within {:?}",
-                config.connect_timeout
+        let attempt = attempt.unwrap_or_else(|elapsed| {
+            Err(AttemptError::Transient(Reason::caused_by(
+                format!("no answer within {:?}", config.connect_timeout),
+                elapsed,
             )))
         });
         match attempt {

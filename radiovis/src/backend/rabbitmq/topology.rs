@@ -11,6 +11,7 @@ use tracing::{debug, info};
 
 use super::supervisor::{classify, reply_code, AttemptError, NOT_FOUND, PRECONDITION_FAILED};
 use super::{QueueKind, RabbitConfig};
+use crate::backend::Reason;
 
 pub(super) async fn declare(
     config: &RabbitConfig,
@@ -49,8 +50,11 @@ pub(super) async fn declare(
             )
             .await
             .map_err(|e| match reply_code(&e) {
-                Some(PRECONDITION_FAILED) => AttemptError::Config(format!(
-                    "queue {name:?} exists with other properties than a durable queue: {e}"
+                Some(PRECONDITION_FAILED) => AttemptError::Config(Reason::caused_by(
+                    format!(
+                        "queue {name:?} exists with other properties than a durable queue: {e}"
+                    ),
+                    e,
                 )),
                 _ => classify(&format!("declare the durable queue {name:?}"), &e),
             })?,
@@ -124,9 +128,10 @@ async fn declare_exchange(
             _ => "unknown",
         };
         if kind != "fanout" {
-            return Err(AttemptError::Config(format!(
-                "exchange {name:?} is a {kind} exchange, a fanout exchange is required"
-            )));
+            return Err(AttemptError::Config(
+                format!("exchange {name:?} is a {kind} exchange, a fanout exchange is required")
+                    .into(),
+            ));
         }
         let ch = new_channel().await?;
         ch.exchange_declare(
@@ -171,8 +176,11 @@ async fn declare_exchange(
                 Err(e) if reply_code(&e) == Some(PRECONDITION_FAILED) => {
                     let text = e.to_string();
                     if text.contains("'type'") {
-                        Err(AttemptError::Config(format!(
-                            "exchange {name:?} exists with another type than fanout: {text}"
+                        Err(AttemptError::Config(Reason::caused_by(
+                            format!(
+                                "exchange {name:?} exists with another type than fanout: {text}"
+                            ),
+                            e,
                         )))
                     } else {
                         // A fanout with other flags (e.g. not durable): usable.
