@@ -1,6 +1,15 @@
 //! memcached as the shared cache (behaviour.md §6), with a minimal client of the text
 //! protocol (`get`, `set`) over tokio.
 //!
+//! Why hand-written: the shared cache is an optimisation that must never slow a login or
+//! a subscription down, and the memcached crates lack what that takes: a pool that
+//! keeps a few idle connections and replaces a broken one by itself, one bound (500 ms)
+//! on each whole operation including the connect, and a circuit breaker that, after a
+//! failure, marks the cache down for a while so that operations fail at once instead of
+//! each waiting for the timeout, and warns at most once a minute. It also maps every key
+//! to a valid memcached key. With `get` and `set` only, that is less code than wrapping
+//! a client in all of it.
+//!
 //! * `MEMCACHED_HOST` is `host` or `host:port` (default port 11211; IPv6 as `[::1]:11211`
 //!   or a bare `::1`).
 //! * Connections are pooled (a few idle ones are kept); a connection that failed in any
