@@ -559,6 +559,11 @@ async fn refused_vhost_or_credentials_is_a_startup_error() {
     .expect_err("an unknown vhost must be refused");
     eprintln!("unknown vhost: {err}");
     assert!(err.to_string().contains("configuration"), "{err}");
+    // The broker's answer is kept as the cause, for programs to inspect.
+    let cause = std::error::Error::source(&err)
+        .and_then(std::error::Error::source)
+        .expect("the cause is kept");
+    assert!(cause.downcast_ref::<lapin::Error>().is_some(), "{cause:?}");
 
     let err = RabbitBus::connect(RabbitConfig {
         password: "not-the-password".into(),

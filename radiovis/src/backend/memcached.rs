@@ -1,6 +1,15 @@
 //! memcached as the shared cache (behaviour.md §6), with a minimal client of the text
 //! protocol (`get`, `set`) over tokio.
 //!
+//! Why hand-written: the shared cache is an optimisation that must never slow a login or
+//! a subscription down, and the memcached crates lack what that takes: a pool that
+//! keeps a few idle connections and replaces a broken one by itself, one bound (500 ms)
+//! on each whole operation including the connect, and a circuit breaker that, after a
+//! failure, marks the cache down for a while so that operations fail at once instead of
+//! each waiting for the timeout, and warns at most once a minute. It also maps every key
+//! to a valid memcached key. With `get` and `set` only, that is less code than wrapping
+//! a client in all of it.
+//!
 //! * `MEMCACHED_HOST` is `host` or `host:port` (default port 11211; IPv6 as `[::1]:11211`
 //!   or a bare `::1`).
 //! * Connections are pooled (a few idle ones are kept); a connection that failed in any
@@ -20,7 +29,7 @@
 //!   (escaping is injective; `%#` never appears in an escaped key; SHA-256).
 //! * Values are opaque bytes, stored with flags 0.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -30,7 +39,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::{Cache, CacheError};
+use super::{Cache, CacheError, Reason};
 
 /// memcached's longest key.
 const MAX_KEY_LEN: usize = 250;
@@ -154,11 +163,17 @@ struct Conn {
 /// What went wrong in one operation.
 enum OpError {
     /// Connection-level failure: the connection is dropped, the cache may be down.
-    Io(String),
+    Io(Reason),
     /// memcached answered with an error; the connection is still usable.
     Server(String),
     /// A reply we do not understand: the connection is dropped.
     Protocol(String),
+}
+
+/// A connection-level failure, its text that of the I/O error, as before the error was
+/// kept as the cause.
+fn io_error(e: std::io::Error) -> OpError {
+    OpError::Io(Reason::caused_by(e.to_string(), e))
 }
 
 impl Conn {
@@ -168,7 +183,7 @@ impl Conn {
             .take(MAX_LINE_LEN as u64)
             .read_until(b'\n', &mut line)
             .await
-            .map_err(|e| OpError::Io(e.to_string()))?;
+            .map_err(io_error)?;
         if n == 0 {
             return Err(OpError::Io("connection closed by memcached".into()));
         }
@@ -190,12 +205,11 @@ impl Conn {
 
     async fn get(&mut self, key: &str) -> Result<Option<Bytes>, OpError> {
         let cmd = format!("get {key}\r\n");
-        let io = |e: std::io::Error| OpError::Io(e.to_string());
         self.stream
             .get_mut()
             .write_all(cmd.as_bytes())
             .await
-            .map_err(io)?;
+            .map_err(io_error)?;
         let mut value = None;
         loop {
             let line = self.read_line().await?;
@@ -216,7 +230,7 @@ impl Conn {
                 _ => return Err(OpError::Protocol(format!("unexpected reply {line:?}"))),
             };
             let mut data = vec![0u8; len + 2];
-            self.stream.read_exact(&mut data).await.map_err(io)?;
+            self.stream.read_exact(&mut data).await.map_err(io_error)?;
             if !data.ends_with(b"\r\n") {
                 return Err(OpError::Protocol("value not followed by CRLF".into()));
             }
@@ -234,7 +248,7 @@ impl Conn {
             .get_mut()
             .write_all(&cmd)
             .await
-            .map_err(|e| OpError::Io(e.to_string()))?;
+            .map_err(io_error)?;
         let line = self.read_line().await?;
         if line == "STORED" {
             return Ok(());
@@ -287,10 +301,6 @@ impl std::fmt::Debug for MemcachedCache {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl MemcachedCache {
     /// A cache with this configuration. Connects lazily, on the first operation.
     pub fn new(config: MemcachedConfig) -> MemcachedCache {
@@ -312,10 +322,10 @@ impl MemcachedCache {
         &self.config
     }
 
-    async fn connect(&self) -> Result<Conn, String> {
+    async fn connect(&self) -> Result<Conn, Reason> {
         let stream = TcpStream::connect((self.config.host.as_str(), self.config.port))
             .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
+            .map_err(|e| Reason::caused_by(format!("cannot connect: {e}"), e))?;
         let _ = stream.set_nodelay(true);
         Ok(Conn {
             stream: BufReader::new(stream),
@@ -330,21 +340,28 @@ impl MemcachedCache {
         F: for<'c> Fn(&'c mut Conn) -> BoxFuture<'c, Result<T, OpError>>,
     {
         {
-            let health = lock(&self.health);
+            let health = self.health.lock();
             if health
                 .down_until
                 .is_some_and(|until| Instant::now() < until)
             {
-                return Err(CacheError::Unavailable(format!(
-                    "memcached {}:{} is down (retrying shortly)",
-                    self.config.host, self.config.port
-                )));
+                return Err(CacheError::Unavailable(
+                    format!(
+                        "memcached {}:{} is down (retrying shortly)",
+                        self.config.host, self.config.port
+                    )
+                    .into(),
+                ));
             }
         }
         let attempt = async {
             // Never closed, so acquiring only waits.
-            let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
-            let pooled = lock(&self.idle).pop();
+            let _permit = self
+                .permits
+                .acquire()
+                .await
+                .map_err(|e| Reason::caused_by(e.to_string(), e))?;
+            let pooled = self.idle.lock().pop();
             if let Some(mut conn) = pooled {
                 match op(&mut conn).await {
                     Err(OpError::Io(e)) => {
@@ -355,20 +372,23 @@ impl MemcachedCache {
             }
             let mut conn = self.connect().await?;
             let result = op(&mut conn).await;
-            Ok::<_, String>((conn, result))
+            Ok::<_, Reason>((conn, result))
         };
         match tokio::time::timeout(self.config.timeout, attempt).await {
-            Err(_) => Err(self.mark_down(format!("no answer within {:?}", self.config.timeout))),
+            Err(elapsed) => Err(self.mark_down(Reason::caused_by(
+                format!("no answer within {:?}", self.config.timeout),
+                elapsed,
+            ))),
             Ok(Err(e)) | Ok(Ok((_, Err(OpError::Io(e))))) => Err(self.mark_down(e)),
             Ok(Ok((conn, Err(OpError::Server(e))))) => {
                 self.release(conn);
                 self.mark_up();
-                Err(CacheError::BadAnswer(e))
+                Err(CacheError::BadAnswer(e.into()))
             }
             Ok(Ok((_, Err(OpError::Protocol(e))))) => {
                 // The connection is out of step: drop it; memcached itself is there.
                 self.mark_up();
-                Err(CacheError::BadAnswer(e))
+                Err(CacheError::BadAnswer(e.into()))
             }
             Ok(Ok((conn, Ok(v)))) => {
                 self.release(conn);
@@ -379,14 +399,14 @@ impl MemcachedCache {
     }
 
     fn release(&self, conn: Conn) {
-        let mut idle = lock(&self.idle);
+        let mut idle = self.idle.lock();
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }
     }
 
     fn mark_up(&self) {
-        let mut health = lock(&self.health);
+        let mut health = self.health.lock();
         health.down_until = None;
         if health.down {
             health.down = false;
@@ -398,11 +418,11 @@ impl MemcachedCache {
         }
     }
 
-    fn mark_down(&self, reason: String) -> CacheError {
+    fn mark_down(&self, reason: Reason) -> CacheError {
         // Idle connections are likely dead too.
-        lock(&self.idle).clear();
+        self.idle.lock().clear();
         let now = Instant::now();
-        let mut health = lock(&self.health);
+        let mut health = self.health.lock();
         health.down = true;
         health.down_until = Some(now + self.config.retry_after);
         let warn = health
@@ -419,10 +439,10 @@ impl MemcachedCache {
         } else {
             tracing::debug!(error = %reason, "memcached unavailable");
         }
-        CacheError::Unavailable(format!(
-            "memcached {}:{}: {reason}",
+        CacheError::Unavailable(reason.context(format_args!(
+            "memcached {}:{}",
             self.config.host, self.config.port
-        ))
+        )))
     }
 }
 
@@ -490,11 +510,11 @@ mod tests {
         let c = MemcachedCache::from_host("127.0.0.1:1").expect("valid");
         let e = c.mark_down("first".into());
         assert!(matches!(e, CacheError::Unavailable(_)));
-        let first = lock(&c.health).last_warning.expect("warned");
+        let first = c.health.lock().last_warning.expect("warned");
         c.mark_down("second".into());
-        assert_eq!(lock(&c.health).last_warning, Some(first));
+        assert_eq!(c.health.lock().last_warning, Some(first));
         c.mark_up();
-        assert!(!lock(&c.health).down);
+        assert!(!c.health.lock().down);
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! In-process backends: the standalone server's defaults, and what embedders use in
 //! their tests. They are also the reference for what a backend must do.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use ipnet::IpNet;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -48,7 +49,7 @@ impl Default for LocalBus {
 impl MessageBus for LocalBus {
     async fn publish(&self, message: BusMessage) -> Result<(), BusError> {
         let subscribers: Vec<_> = {
-            let mut subs = lock(&self.subscribers);
+            let mut subs = self.subscribers.lock();
             subs.retain(|s| !s.is_closed());
             subs.clone()
         };
@@ -61,17 +62,11 @@ impl MessageBus for LocalBus {
 
     async fn subscribe(&self) -> Result<BusStream, BusError> {
         let (tx, rx) = mpsc::channel(self.capacity);
-        lock(&self.subscribers).push(tx);
+        self.subscribers.lock().push(tx);
         Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|m| (m, rx))
         })))
     }
-}
-
-/// Locks a mutex, recovering the data if a panicking thread poisoned it (the data in
-/// these backends stays consistent at every await-free step).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One station of a [`StaticDirectory`].
@@ -180,7 +175,9 @@ impl StaticDirectory {
             .map(|s| {
                 s.allowed_networks
                     .iter()
-                    .map(|n| IpNet::parse(n).ok_or_else(|| format!("invalid network {n:?}")))
+                    .map(|n| {
+                        parse_network(n).map_err(|why| format!("invalid network {n:?}: {why}"))
+                    })
                     .collect::<Result<Vec<_>, _>>()
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -227,7 +224,7 @@ impl DirectoryApi for StaticDirectory {
             .any(|(s, nets)| {
                 s.login == username
                     && s.passcode == password
-                    && (nets.is_empty() || nets.iter().any(|n| n.contains(ip)))
+                    && (nets.is_empty() || nets.iter().any(|n| network_contains(n, ip)))
             });
         Ok(ok)
     }
@@ -284,48 +281,33 @@ impl DirectoryApi for StaticDirectory {
     }
 }
 
-/// An IP network (`addr/prefix`), for IP-restricted logins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
+/// An entry of `allowed_networks`: `addr/prefix`, or a bare address (a /32 or /128).
+/// Blanks around the address and the prefix are ignored. The error says what is wrong.
+fn parse_network(s: &str) -> Result<IpNet, &'static str> {
+    let (addr, prefix) = s.split_once('/').unwrap_or((s, ""));
+    let addr: IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| "not an IP address or network (expected 10.0.0.0/8, 192.0.2.7, ::1)")?;
+    if !s.contains('/') {
+        return Ok(IpNet::from(addr));
+    }
+    let prefix: u8 = prefix
+        .trim()
+        .parse()
+        .map_err(|_| "the prefix length is not a number")?;
+    IpNet::new(addr, prefix)
+        .map_err(|_| "the prefix length is longer than the address (32 for IPv4, 128 for IPv6)")
 }
 
-impl IpNet {
-    fn parse(s: &str) -> Option<IpNet> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (
-                a.trim().parse::<IpAddr>().ok()?,
-                Some(p.trim().parse::<u8>().ok()?),
-            ),
-            None => (s.trim().parse::<IpAddr>().ok()?, None),
-        };
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(max);
-        (prefix <= max).then_some(IpNet { addr, prefix })
-    }
-
-    fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
+/// Whether `ip` is in `net`; an IPv4 client seen as an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`, a dual-stack listener) counts as its IPv4 address.
+fn network_contains(net: &IpNet, ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    net.contains(&ip)
 }
 
 /// A cache in process memory, with TTLs.
@@ -343,7 +325,7 @@ impl MemoryCache {
 #[async_trait]
 impl Cache for MemoryCache {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
-        let mut entries = lock(&self.entries);
+        let mut entries = self.entries.lock();
         match entries.get(key) {
             Some((v, expires)) if *expires > Instant::now() => Ok(Some(v.clone())),
             Some(_) => {
@@ -356,7 +338,7 @@ impl Cache for MemoryCache {
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
         let now = Instant::now();
-        let mut entries = lock(&self.entries);
+        let mut entries = self.entries.lock();
         // Keep the map from growing with dead entries.
         if entries.len() > 10_000 {
             entries.retain(|_, (_, expires)| *expires > now);
@@ -383,7 +365,7 @@ impl MemoryLogStore {
 
     /// A copy of the entries, oldest first.
     pub fn entries(&self) -> Vec<LogEntry> {
-        lock(&self.entries).iter().cloned().collect()
+        self.entries.lock().iter().cloned().collect()
     }
 }
 
@@ -396,7 +378,7 @@ impl Default for MemoryLogStore {
 #[async_trait]
 impl LogStore for MemoryLogStore {
     async fn add_log(&self, entry: LogEntry) -> Result<(), LogError> {
-        let mut entries = lock(&self.entries);
+        let mut entries = self.entries.lock();
         if entries.len() >= self.capacity {
             entries.pop_front();
         }
@@ -410,7 +392,7 @@ impl LogStore for MemoryLogStore {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let oldest = now.saturating_sub(max_age.as_secs());
-        lock(&self.entries).retain(|e| e.timestamp >= oldest);
+        self.entries.lock().retain(|e| e.timestamp >= oldest);
         Ok(())
     }
 }
@@ -467,6 +449,27 @@ mod tests {
     fn bad_network_is_an_error() {
         let bad = "[[station]]\nlogin='a'\npasscode='b'\nallowed_networks=['10.0.0.0/40']";
         assert!(StaticDirectory::from_toml(bad).is_err());
+        for bad in ["10.0.0.0/x", "10.0.0/8", "::1/129", "", "host"] {
+            assert!(parse_network(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn networks_match_as_before() {
+        let net = |s: &str| parse_network(s).expect("valid network");
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        // A bare address is a single host; host bits in a network are ignored.
+        assert!(network_contains(&net("192.0.2.7"), ip("192.0.2.7")));
+        assert!(!network_contains(&net("192.0.2.7"), ip("192.0.2.8")));
+        assert!(network_contains(&net(" 10.1.2.3 / 8 "), ip("10.200.0.1")));
+        assert!(network_contains(&net("0.0.0.0/0"), ip("203.0.113.1")));
+        assert!(!network_contains(&net("0.0.0.0/0"), ip("2001:db8::1")));
+        assert!(network_contains(&net("2001:db8::/32"), ip("2001:db8::1")));
+        // An IPv4 client on a dual-stack listener.
+        assert!(network_contains(
+            &net("127.0.0.0/8"),
+            ip("::ffff:127.0.0.1")
+        ));
     }
 
     #[tokio::test]

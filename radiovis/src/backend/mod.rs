@@ -25,6 +25,7 @@ pub mod plugit;
 pub mod rabbitmq;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -107,12 +108,116 @@ pub struct Delivery {
 /// Deliveries to acknowledge one by one (see [`MessageBus::subscribe_acked`]).
 pub type DeliveryStream = BoxStream<'static, Delivery>;
 
+/// The text of a backend error for people, and the error that caused it (when there
+/// is one) for programs: [`std::error::Error::source`] returns it, so the underlying
+/// `io::Error`, `lapin::Error`, `hyper_util` or `serde_json` error can be inspected
+/// or downcast.
+///
+/// The text is the whole message shown to users (it already includes the cause's text,
+/// as before the cause was kept), so `Display` is unchanged; equality compares the
+/// text only. It derefs to `str`, and `"text".into()` makes one without a cause (what
+/// mocks and tests use).
+#[derive(Clone)]
+pub struct Reason {
+    text: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Reason {
+    /// A reason without an underlying error.
+    pub fn new(text: impl Into<String>) -> Reason {
+        Reason {
+            text: text.into(),
+            source: None,
+        }
+    }
+
+    /// A reason caused by `source`. `text` should say what failed, with the cause's
+    /// text when people need it (it is all they see).
+    pub fn caused_by(
+        text: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Reason {
+        Reason {
+            text: text.into(),
+            source: Some(Arc::from(source.into())),
+        }
+    }
+
+    /// The same reason, its text prefixed with `context: ` (the cause is kept).
+    pub fn context(self, context: impl std::fmt::Display) -> Reason {
+        Reason {
+            text: format!("{context}: {}", self.text),
+            source: self.source,
+        }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::ops::Deref for Reason {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::fmt::Debug for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            Some(source) => f
+                .debug_struct("Reason")
+                .field("text", &self.text)
+                .field("source", source)
+                .finish(),
+            None => self.text.fmt(f),
+        }
+    }
+}
+
+impl PartialEq for Reason {
+    fn eq(&self, other: &Reason) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for Reason {}
+
+impl std::error::Error for Reason {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<String> for Reason {
+    fn from(text: String) -> Reason {
+        Reason::new(text)
+    }
+}
+
+impl From<&str> for Reason {
+    fn from(text: &str) -> Reason {
+        Reason::new(text)
+    }
+}
+
 /// Errors of the message bus layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BusError {
     /// The bus cannot take messages now (broker down, reconnecting).
     #[error("message bus unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Reason),
     /// The broker refused the message (negative publisher confirm).
     #[error("message bus rejected the message: {0}")]
     Rejected(String),
@@ -152,13 +257,13 @@ pub trait MessageBus: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DirectoryError {
     #[error("directory unreachable: {0}")]
-    Unreachable(String),
+    Unreachable(#[source] Reason),
     #[error("directory did not answer within {0:?}")]
     Timeout(Duration),
     #[error("directory answered HTTP {0}")]
     Status(u16),
     #[error("directory answer not understood: {0}")]
-    BadAnswer(String),
+    BadAnswer(#[source] Reason),
 }
 
 /// A channel known to the directory: its topic (ending with `/`) and its id (what
@@ -220,9 +325,9 @@ pub trait DirectoryApi: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CacheError {
     #[error("cache unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Reason),
     #[error("cache answer not understood: {0}")]
-    BadAnswer(String),
+    BadAnswer(#[source] Reason),
 }
 
 /// State shared between instances and the watchdog (behaviour.md §6). Values are
@@ -254,7 +359,7 @@ pub struct LogEntry {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LogError {
     #[error("log store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Reason),
 }
 
 /// Where the watchdog keeps the message log.

@@ -31,7 +31,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use super::{
-    ChannelDefault, ChannelRef, DirectoryApi, DirectoryError, LogEntry, LogError, LogStore,
+    ChannelDefault, ChannelRef, DirectoryApi, DirectoryError, LogEntry, LogError, LogStore, Reason,
 };
 
 /// Largest answer body accepted (the channel lists of a big directory fit easily).
@@ -91,7 +91,7 @@ pub enum PlugitSetupError {
     #[error("invalid PlugIt API URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
     #[error("cannot set up TLS for the PlugIt API: {0}")]
-    Tls(String),
+    Tls(#[source] Reason),
 }
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -159,7 +159,7 @@ impl PlugitDirectory {
         http.set_nodelay(true);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| PlugitSetupError::Tls(e.to_string()))?
+            .map_err(|e| PlugitSetupError::Tls(Reason::caused_by(e.to_string(), e)))?
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
@@ -186,7 +186,10 @@ impl PlugitDirectory {
         format!("{}{}", self.base, action)
             .parse()
             .map_err(|e: hyper::http::uri::InvalidUri| {
-                DirectoryError::BadAnswer(format!("{action}: invalid URL: {e}"))
+                DirectoryError::BadAnswer(Reason::caused_by(
+                    format!("{action}: invalid URL: {e}"),
+                    e,
+                ))
             })
     }
 
@@ -231,7 +234,7 @@ impl PlugitDirectory {
             .client
             .request(request)
             .await
-            .map_err(|e| self.transport_error(action, &e))?;
+            .map_err(|e| self.transport_error(action, e))?;
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
             .collect()
@@ -240,19 +243,24 @@ impl PlugitDirectory {
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
                     .is_some()
                 {
-                    DirectoryError::BadAnswer(format!(
-                        "{action}: answer larger than {MAX_ANSWER_BYTES} bytes"
+                    DirectoryError::BadAnswer(Reason::caused_by(
+                        format!("{action}: answer larger than {MAX_ANSWER_BYTES} bytes"),
+                        e,
                     ))
                 } else {
-                    DirectoryError::Unreachable(format!("{action}: reading answer: {e}"))
+                    DirectoryError::Unreachable(Reason::caused_by(
+                        format!("{action}: reading answer: {e}"),
+                        e,
+                    ))
                 }
             })?
             .to_bytes();
         if !status.is_success() {
             return Err(DirectoryError::Status(status.as_u16()));
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| DirectoryError::BadAnswer(format!("{action}: invalid JSON: {e}")))
+        serde_json::from_slice(&body).map_err(|e| {
+            DirectoryError::BadAnswer(Reason::caused_by(format!("{action}: invalid JSON: {e}"), e))
+        })
     }
 
     /// Maps a client error: a connect timeout is a [`DirectoryError::Timeout`], anything
@@ -261,7 +269,7 @@ impl PlugitDirectory {
     fn transport_error(
         &self,
         action: &str,
-        e: &hyper_util::client::legacy::Error,
+        e: hyper_util::client::legacy::Error,
     ) -> DirectoryError {
         let mut text = e.to_string();
         let mut source = e.source();
@@ -277,7 +285,7 @@ impl PlugitDirectory {
         if timed_out || text.contains("connect timeout") {
             DirectoryError::Timeout(self.connect_timeout)
         } else {
-            DirectoryError::Unreachable(format!("{action}: {text}"))
+            DirectoryError::Unreachable(Reason::caused_by(format!("{action}: {text}"), e))
         }
     }
 }
@@ -286,13 +294,15 @@ impl PlugitDirectory {
 fn field<'a>(answer: &'a Value, action: &str, name: &str) -> Result<&'a Value, DirectoryError> {
     answer
         .as_object()
-        .ok_or_else(|| DirectoryError::BadAnswer(format!("{action}: answer is not an object")))
+        .ok_or_else(|| {
+            DirectoryError::BadAnswer(format!("{action}: answer is not an object").into())
+        })
         .map(|o| o.get(name).unwrap_or(&Value::Null))
 }
 
 /// A `[[topic, id], ...]` list; ids may be numbers or strings.
 fn channel_list(answer: &Value, action: &str) -> Result<Vec<ChannelRef>, DirectoryError> {
-    let bad = |what: &str| DirectoryError::BadAnswer(format!("{action}: {what}"));
+    let bad = |what: &str| DirectoryError::BadAnswer(format!("{action}: {what}").into());
     let list = field(answer, action, "list")?
         .as_array()
         .ok_or_else(|| bad("\"list\" is not a list"))?;
@@ -363,7 +373,7 @@ impl DirectoryApi for PlugitDirectory {
         let answer = self
             .call("get_channels", &[("station_id", station_id)])
             .await?;
-        let bad = |what: &str| DirectoryError::BadAnswer(format!("get_channels: {what}"));
+        let bad = |what: &str| DirectoryError::BadAnswer(format!("get_channels: {what}").into());
         match field(&answer, "get_channels", "list")? {
             Value::Null => Ok(Vec::new()),
             Value::Array(items) => items
@@ -431,6 +441,11 @@ fn headers_json(headers: &[(String, String)]) -> String {
     Value::Object(map).to_string()
 }
 
+/// A failed log call: the directory error is the cause, its text the message.
+fn log_error(e: DirectoryError) -> LogError {
+    LogError::Unavailable(Reason::caused_by(e.to_string(), e))
+}
+
 #[async_trait]
 impl LogStore for PlugitDirectory {
     async fn add_log(&self, entry: LogEntry) -> Result<(), LogError> {
@@ -447,7 +462,7 @@ impl LogStore for PlugitDirectory {
         )
         .await
         .map(drop)
-        .map_err(|e| LogError::Unavailable(e.to_string()))
+        .map_err(log_error)
     }
 
     async fn cleanup_logs(&self, max_age: Duration) -> Result<(), LogError> {
@@ -455,7 +470,7 @@ impl LogStore for PlugitDirectory {
         self.call("cleanup_logs", &[("max_age", &max_age)])
             .await
             .map(drop)
-            .map_err(|e| LogError::Unavailable(e.to_string()))
+            .map_err(log_error)
     }
 }
 

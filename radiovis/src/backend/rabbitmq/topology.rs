@@ -1,0 +1,210 @@
+//! Declaring what the bus needs on the broker: the fanout exchange (checked, or
+//! declared durable when missing), the queue and its binding, and the channels.
+
+use lapin::options::{
+    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Connection, ExchangeKind};
+use tracing::{debug, info};
+
+use super::supervisor::{classify, reply_code, AttemptError, NOT_FOUND, PRECONDITION_FAILED};
+use super::{QueueKind, RabbitConfig};
+use crate::backend::Reason;
+
+pub(super) async fn declare(
+    config: &RabbitConfig,
+    connection: &Connection,
+) -> Result<(Channel, Channel, ShortString), AttemptError> {
+    let channel = || async {
+        connection
+            .create_channel()
+            .await
+            .map_err(|e| classify("open channel", &e))
+    };
+    declare_exchange(config, connection).await?;
+
+    let consumer_channel = open_consumer_channel(config, connection).await?;
+    let queue = match &config.queue {
+        QueueKind::Exclusive => consumer_channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| classify("declare the exclusive queue", &e))?,
+        QueueKind::Durable(name) => consumer_channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| match reply_code(&e) {
+                Some(PRECONDITION_FAILED) => AttemptError::Config(Reason::caused_by(
+                    format!(
+                        "queue {name:?} exists with other properties than a durable queue: {e}"
+                    ),
+                    e,
+                )),
+                _ => classify(&format!("declare the durable queue {name:?}"), &e),
+            })?,
+    };
+    let queue = queue.name().clone();
+    consumer_channel
+        .queue_bind(
+            queue.clone(),
+            config.exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| classify(&format!("bind queue {:?}", queue.as_str()), &e))?;
+
+    let publisher = channel().await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| classify("enable publisher confirms", &e))?;
+    Ok((publisher, consumer_channel, queue))
+}
+
+/// A channel to consume on, with the prefetch set.
+pub(super) async fn open_consumer_channel(
+    config: &RabbitConfig,
+    connection: &Connection,
+) -> Result<Channel, AttemptError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| classify("open channel", &e))?;
+    channel
+        .basic_qos(config.prefetch.max(1), BasicQosOptions::default())
+        .await
+        .map_err(|e| classify("set the prefetch", &e))?;
+    Ok(channel)
+}
+
+/// Makes sure the exchange exists and is a fanout. Each check runs on a throwaway
+/// channel since a failed declare closes its channel.
+async fn declare_exchange(
+    config: &RabbitConfig,
+    connection: &Connection,
+) -> Result<(), AttemptError> {
+    let name = config.exchange.as_str();
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let new_channel = || async {
+        connection
+            .create_channel()
+            .await
+            .map_err(|e| classify("open channel", &e))
+    };
+
+    if name.starts_with("amq.") {
+        // Predeclared: clients may only declare them passively, and their type is
+        // given by their name.
+        let kind = match name {
+            "amq.fanout" => "fanout",
+            "amq.direct" => "direct",
+            "amq.topic" => "topic",
+            "amq.headers" | "amq.match" => "headers",
+            _ => "unknown",
+        };
+        if kind != "fanout" {
+            return Err(AttemptError::Config(
+                format!("exchange {name:?} is a {kind} exchange, a fanout exchange is required")
+                    .into(),
+            ));
+        }
+        let ch = new_channel().await?;
+        ch.exchange_declare(
+            name.into(),
+            ExchangeKind::Fanout,
+            passive,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| classify(&format!("check exchange {name:?}"), &e))?;
+        let _ = ch.close(200, "ok".into()).await;
+        return Ok(());
+    }
+
+    let ch = new_channel().await?;
+    match ch
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Fanout,
+            passive,
+            FieldTable::default(),
+        )
+        .await
+    {
+        Ok(()) => {
+            let _ = ch.close(200, "ok".into()).await;
+            // It exists: an equivalent declare checks its type.
+            let ch = new_channel().await?;
+            match ch
+                .exchange_declare(
+                    name.into(),
+                    ExchangeKind::Fanout,
+                    durable,
+                    FieldTable::default(),
+                )
+                .await
+            {
+                Ok(()) => {
+                    let _ = ch.close(200, "ok".into()).await;
+                    Ok(())
+                }
+                Err(e) if reply_code(&e) == Some(PRECONDITION_FAILED) => {
+                    let text = e.to_string();
+                    if text.contains("'type'") {
+                        Err(AttemptError::Config(Reason::caused_by(
+                            format!(
+                                "exchange {name:?} exists with another type than fanout: {text}"
+                            ),
+                            e,
+                        )))
+                    } else {
+                        // A fanout with other flags (e.g. not durable): usable.
+                        debug!(exchange = name, error = %text, "existing fanout exchange has other flags, using it");
+                        Ok(())
+                    }
+                }
+                Err(e) => Err(classify(&format!("check exchange {name:?}"), &e)),
+            }
+        }
+        Err(e) if reply_code(&e) == Some(NOT_FOUND) => {
+            let ch = new_channel().await?;
+            ch.exchange_declare(
+                name.into(),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| classify(&format!("declare exchange {name:?}"), &e))?;
+            info!(exchange = name, "declared durable fanout exchange");
+            let _ = ch.close(200, "ok".into()).await;
+            Ok(())
+        }
+        Err(e) => Err(classify(&format!("check exchange {name:?}"), &e)),
+    }
+}
