@@ -49,7 +49,10 @@ async fn startup_log(env: &[(&str, &str)]) -> String {
 async fn the_plugit_api_secret_is_never_logged() {
     // PlugIt's API secret is a path segment of the URL; nothing answers on port 9.
     let log = startup_log(&[
-        ("RADIODNS_API_URL", "http://127.0.0.1:9/plugIt/Ap1-S3cret-XYZ/"),
+        (
+            "RADIODNS_API_URL",
+            "http://127.0.0.1:9/plugIt/Ap1-S3cret-XYZ/",
+        ),
         ("RADIOVIS_DIRECTORY_TIMEOUT", "0.2"),
     ])
     .await;

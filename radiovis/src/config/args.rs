@@ -549,7 +549,11 @@ impl FallbackArgs {
             )?,
             image_locations: self.fb_image_locations.clone(),
             // Sent to the log store as a number; a century is plenty.
-            logs_max_age: at_most_secs("FB_LOGS_MAX_AGE", self.fb_logs_max_age, 100 * 366 * 86_400)?,
+            logs_max_age: at_most_secs(
+                "FB_LOGS_MAX_AGE",
+                self.fb_logs_max_age,
+                100 * 366 * 86_400,
+            )?,
             logs_cleanup: period_secs("FB_LOGS_CLEANUP", self.fb_logs_cleanup)?,
             ..Default::default()
         })

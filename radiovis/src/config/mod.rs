@@ -23,6 +23,6 @@ pub use args::{
     parse_bool, secs, DirectoryArgs, FallbackArgs, HubArgs, MonitoringArgs, RabbitArgs, StompArgs,
 };
 pub use error::{BoxError, ConfigError, NotABool};
-pub use runtime::{error_chain, exit_code, init_logging, shutdown_signal};
+pub use runtime::{error_chain, exit_code, init_logging, raise_open_files_limit, shutdown_signal};
 #[cfg(all(feature = "plugit", feature = "memcached"))]
 pub use wiring::DirectoryBackends;

@@ -125,7 +125,11 @@ pub fn redacted_url(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host = authority.rsplit('@').next().unwrap_or(authority);
-    let hidden = if rest.len() > authority.len() + 1 { "/***" } else { "/" };
+    let hidden = if rest.len() > authority.len() + 1 {
+        "/***"
+    } else {
+        "/"
+    };
     if scheme.is_empty() {
         format!("{host}{hidden}")
     } else {
@@ -174,7 +178,10 @@ mod tests {
             redacted_url("http://user:pw@127.0.0.1:8000/x?k=S3cret"),
             "http://127.0.0.1:8000/***"
         );
-        assert_eq!(redacted_url("http://127.0.0.1:8000/"), "http://127.0.0.1:8000/");
+        assert_eq!(
+            redacted_url("http://127.0.0.1:8000/"),
+            "http://127.0.0.1:8000/"
+        );
         assert_eq!(redacted_url("http://h"), "http://h/");
     }
 }
