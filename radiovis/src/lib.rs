@@ -30,6 +30,7 @@ pub mod config;
 pub mod hub;
 pub mod monitoring;
 pub mod outbound;
+pub mod server;
 pub mod session;
 pub mod singleflight;
 pub mod stomp;
@@ -37,4 +38,5 @@ pub mod topic;
 pub mod watchdog;
 
 pub use backend::{BusMessage, Cache, DirectoryApi, LogStore, MessageBus};
-pub use hub::{HubConfig, StompHub};
+pub use hub::HubConfig;
+pub use server::StompHub;
