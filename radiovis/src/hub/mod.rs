@@ -1,9 +1,9 @@
 //! The hub: the state every session of an instance shares, and nothing about
-//! sessions themselves. Sessions reach it through [`Hub`]'s methods (subscribe,
+//! sessions themselves. Sessions reach it through the methods of `Hub` (subscribe,
 //! unsubscribe, last message, publish, station channels); the
 //! [`server`](crate::server) owns it and starts its background tasks.
 //!
-//! Data path of one message: session SEND -> [`Hub::publish`] -> [`MessageBus`] ->
+//! Data path of one message: session SEND -> `Hub::publish` -> [`MessageBus`] ->
 //! (every instance) bus stream -> `Hub::on_bus_message` (normalise topic, record as
 //! last message, encode once) -> subscription index lookup (exact topic, then `*`
 //! patterns) -> `try_push` into each subscriber's bounded queue -> that subscriber's

@@ -13,6 +13,14 @@
 //! follows success, and a failing frame gets an ERROR (carrying `receipt-id`) and the
 //! connection closes.
 
+//!
+//! | file | job |
+//! |---|---|
+//! | `mod.rs` | the connection loop: read, write, heart-beats, kill, close |
+//! | `connect.rs` | CONNECT negotiation: version, credentials, heart-beats |
+//! | `commands.rs` | SUBSCRIBE, UNSUBSCRIBE, SEND and their receipts and ERRORs |
+//! | `subscriptions.rs` | the session's own list of subscriptions |
+
 mod commands;
 mod connect;
 mod subscriptions;
@@ -42,24 +50,34 @@ use subscriptions::Subscriptions;
 /// Why a session ended (logged when it closes).
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
+    /// The client closed its side of the connection.
     #[error("client closed the connection")]
     PeerClosed,
+    /// The client sent DISCONNECT.
     #[error("client disconnected")]
     Disconnected,
+    /// Reading or writing the socket failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// The client broke the protocol or a limit.
     #[error("protocol error: {0}")]
     Codec(#[from] CodecError),
+    /// No CONNECT within `connect_timeout`.
     #[error("no CONNECT within {0:?}")]
     ConnectTimeout(Duration),
+    /// CONNECT was answered with an ERROR (version, credentials, directory).
     #[error("CONNECT refused: {0}")]
     ConnectRefused(String),
+    /// The client's heart-beats stopped.
     #[error("no heart-beat from client within {0:?}")]
     HeartbeatTimeout(Duration),
+    /// The outbound queue overflowed.
     #[error("slow consumer: outbound queue full")]
     SlowConsumer,
+    /// The server is stopping.
     #[error("server shutting down")]
     Shutdown,
+    /// A frame failed and the STOMP version (or a limit) closes the connection.
     #[error("closed after ERROR: {0}")]
     FrameFailed(String),
 }
@@ -164,46 +182,6 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
         }
     }
 
-    /// Tells a client that broke the protocol or a limit why it is closed (an ERROR
-    /// naming the limit), then closes gracefully: our side first, discarding what the
-    /// client still sends for a moment, so that its kernel does not answer our close
-    /// with a reset that would destroy the ERROR before the client reads it.
-    async fn close_after(&mut self, reason: &SessionError) {
-        if let SessionError::FrameFailed(_) = reason {
-            // Its ERROR is written already.
-            return self.linger().await;
-        }
-        let SessionError::Codec(e) = reason else {
-            return;
-        };
-        if !self.connected {
-            // The CONNECT phase already answered.
-            return self.linger().await;
-        }
-        let error = Frame::error(e.to_string());
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.write_frame(&error)).await;
-        self.linger().await;
-    }
-
-    async fn linger(&mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.shutdown()).await;
-        let mut sink = [0u8; 8192];
-        let deadline = Instant::now() + Duration::from_secs(1);
-        let mut discarded = 0usize;
-        while discarded < 16 * 1024 * 1024 {
-            match tokio::time::timeout_at(deadline, self.reader.readable()).await {
-                Ok(Ok(())) => {}
-                _ => return,
-            }
-            match self.reader.try_read(&mut sink) {
-                Ok(0) => return,
-                Ok(n) => discarded += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
-            }
-        }
-    }
-
     async fn main_loop(&mut self) -> Result<(), SessionError> {
         // `kill` is a child of the hub's shutdown token: one wait covers both.
         // `kill` is waited on by one future for the whole loop, not one per turn.
@@ -296,6 +274,47 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
             }
             self.reader.readable().await?;
             self.read_some()?;
+        }
+    }
+
+    /// Tells a client that broke the protocol or a limit why it is closed (an ERROR
+    /// naming the limit), then closes gracefully: our side first, discarding what the
+    /// client still sends for a moment, so that its kernel does not answer our close
+    /// with a reset that would destroy the ERROR before the client reads it.
+    async fn close_after(&mut self, reason: &SessionError) {
+        if let SessionError::FrameFailed(_) = reason {
+            // Its ERROR is written already.
+            return self.linger().await;
+        }
+        let SessionError::Codec(e) = reason else {
+            return;
+        };
+        if !self.connected {
+            // The CONNECT phase already answered.
+            return self.linger().await;
+        }
+        let error = Frame::error(e.to_string());
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.write_frame(&error)).await;
+        self.linger().await;
+    }
+
+    /// Closes our side, then discards what the client still sends (at most 1 s, 16 MiB).
+    async fn linger(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.shutdown()).await;
+        let mut sink = [0u8; 8192];
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut discarded = 0usize;
+        while discarded < 16 * 1024 * 1024 {
+            match tokio::time::timeout_at(deadline, self.reader.readable()).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+            match self.reader.try_read(&mut sink) {
+                Ok(0) => return,
+                Ok(n) => discarded += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
         }
     }
 
