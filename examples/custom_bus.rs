@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use radiovis::backend::memory::{LocalBus, MemoryCache, MemoryLogStore, StaticDirectory};
+use radiovis::backend::memory::{LocalBus, MemoryCache, StaticDirectory};
 use radiovis::backend::{BusError, BusMessage, BusStream, MessageBus};
 use radiovis::{HubConfig, StompHub};
+use tokio_util::sync::CancellationToken;
 
 /// A bus that counts what it carries and delegates the transport.
 struct CountingBus {
@@ -47,18 +48,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         published: AtomicU64::new(0),
     });
     let directory = StaticDirectory::from_file("examples/directory.toml".as_ref())?;
-    let hub = StompHub::new(
-        bus,
-        directory,
-        MemoryCache::new(),
-        MemoryLogStore::default(),
-        HubConfig::default(),
-    );
+    let hub = StompHub::new(bus, directory, MemoryCache::new(), HubConfig::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:61615").await?;
     println!("custom bus hub on 127.0.0.1:61615; publish with: cargo run --example publisher -- --server 127.0.0.1:61615");
-    hub.run(vec![listener], async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    // Ctrl-C cancels the token; `run` then closes the sessions and returns.
+    let stop = CancellationToken::new();
+    let run = hub.run(vec![listener], stop.clone());
+    tokio::pin!(run);
+    tokio::select! {
+        r = &mut run => r?,
+        _ = tokio::signal::ctrl_c() => {
+            stop.cancel();
+            run.await?
+        }
+    }
     Ok(())
 }

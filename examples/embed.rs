@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use radiovis::backend::memory::{LocalBus, MemoryCache, MemoryLogStore};
+use radiovis::backend::memory::{LocalBus, MemoryCache};
 use radiovis::backend::{
     BusMessage, ChannelDefault, ChannelRef, DirectoryApi, DirectoryError, MessageBus,
 };
 use radiovis::{HubConfig, StompHub};
+use tokio_util::sync::CancellationToken;
 
 /// The service's own directory: one station, one channel, no country codes.
 struct MyDirectory;
@@ -68,7 +69,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         bus.clone(),
         MyDirectory,
         MemoryCache::new(),
-        MemoryLogStore::default(),
         HubConfig::default(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:61614").await?;
@@ -92,10 +92,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
 
-    hub.run(vec![listener], async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    // Ctrl-C cancels the token; `run` then closes the sessions and returns.
+    let stop = CancellationToken::new();
+    let run = hub.run(vec![listener], stop.clone());
+    tokio::pin!(run);
+    tokio::select! {
+        r = &mut run => r?,
+        _ = tokio::signal::ctrl_c() => {
+            stop.cancel();
+            run.await?
+        }
+    }
     clock.abort();
     Ok(())
 }

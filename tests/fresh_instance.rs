@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use radiovis::backend::memory::{LocalBus, MemoryCache, MemoryLogStore, StaticDirectory};
+use radiovis::backend::memory::{LocalBus, MemoryCache, StaticDirectory};
 use radiovis::client::Client;
 use radiovis::stomp::Command;
 use radiovis::{HubConfig, StompHub};
@@ -28,12 +28,11 @@ async fn start_hub(bus: Arc<LocalBus>, cache: Arc<MemoryCache>, stop: Cancellati
         bus,
         StaticDirectory::from_toml(DIR).expect("directory"),
         cache,
-        MemoryLogStore::default(),
         HubConfig::default(),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
-    tokio::spawn(async move { hub.run(vec![listener], stop.cancelled_owned()).await });
+    tokio::spawn(async move { hub.run(vec![listener], stop).await });
     addr
 }
 

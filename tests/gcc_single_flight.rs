@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use radiovis::backend::memory::{LocalBus, MemoryCache, MemoryLogStore};
+use radiovis::backend::memory::{LocalBus, MemoryCache};
 use radiovis::backend::{ChannelDefault, ChannelRef, DirectoryApi, DirectoryError};
 use radiovis::client::Client;
 use radiovis::stomp::{Command, Frame};
@@ -59,7 +59,6 @@ async fn ten_thousand_cc_subscribes_make_one_get_gcc_per_country() {
         LocalBus::default(),
         directory.clone(),
         MemoryCache::new(),
-        MemoryLogStore::default(),
         HubConfig::default(),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -67,7 +66,7 @@ async fn ten_thousand_cc_subscribes_make_one_get_gcc_per_country() {
     let stop = CancellationToken::new();
     let run = tokio::spawn({
         let stop = stop.clone();
-        async move { hub.run(vec![listener], stop.cancelled_owned()).await }
+        async move { hub.run(vec![listener], stop).await }
     });
 
     // 1,000 connections x 10 subscriptions = 10,000 SUBSCRIBEs, half per country.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use radiovis::backend::memcached::MemcachedCache;
-use radiovis::backend::memory::{LocalBus, MemoryCache, MemoryLogStore};
+use radiovis::backend::memory::{LocalBus, MemoryCache};
 use radiovis::backend::plugit::{PlugitConfig, PlugitDirectory};
 use radiovis::backend::{BusMessage, Cache, MessageBus};
 use radiovis::client::{Client, ClientError};
@@ -35,7 +35,6 @@ async fn start<C: Cache>(
         bus.clone(),
         directory,
         cache,
-        MemoryLogStore::default(),
         HubConfig {
             directory_timeout: TIMEOUT * 2,
             ..HubConfig::default()
@@ -44,7 +43,7 @@ async fn start<C: Cache>(
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let stop = stop.clone();
-    tokio::spawn(async move { hub.run(vec![listener], stop.cancelled_owned()).await });
+    tokio::spawn(async move { hub.run(vec![listener], stop).await });
     (addr, bus)
 }
 

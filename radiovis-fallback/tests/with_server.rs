@@ -7,7 +7,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use radiovis::backend::memory::{MemoryCache, MemoryLogStore};
+use radiovis::backend::memory::MemoryCache;
 use radiovis::backend::plugit::{PlugitConfig, PlugitDirectory};
 use radiovis::backend::rabbitmq::{QueueKind, RabbitBus, RabbitConfig};
 use radiovis::client::Client;
@@ -44,7 +44,6 @@ async fn quiet_channel_default_live_messages_and_plugit_outage() {
         bus,
         PlugitDirectory::new(plugit_config).expect("plugit"),
         MemoryCache::new(),
-        MemoryLogStore::default(),
         HubConfig::default(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -54,7 +53,7 @@ async fn quiet_channel_default_live_messages_and_plugit_outage() {
     let stop = CancellationToken::new();
     tokio::spawn({
         let stop = stop.clone();
-        async move { hub.run(vec![listener], stop.cancelled_owned()).await }
+        async move { hub.run(vec![listener], stop).await }
     });
 
     // A radio on the quiet channel, then the watchdog starts.

@@ -57,6 +57,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cache,
     } = cli.directory.backends()?;
     let stop_monitoring = tokio_util::sync::CancellationToken::new();
+    let mut monitoring_task = None;
     let mut hub_config = hub_config;
     // Monitoring is on when enabled and there is a RabbitMQ to send to: an explicit
     // MONITORING_HOST, or the bus's RabbitMQ. A standalone first run stays quiet.
@@ -67,13 +68,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let sink = RabbitBus::connect(config)
             .await
             .context("monitoring (MONITORING_*)")?;
-        let (monitor, _task) = Monitor::start(
+        let (monitor, task) = Monitor::start(
             sink,
             cli.monitoring.monitoring_server_id.clone(),
             10_000,
             stop_monitoring.clone(),
         );
         hub_config.monitor = monitor;
+        monitoring_task = Some(task);
     } else {
         tracing::info!("monitoring events off");
     }
@@ -109,11 +111,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None
     };
 
-    let hub = StompHub::new(bus, directory, cache, log, hub_config);
-    hub.run(listeners, radiovis::config::shutdown_signal())
-        .await?;
+    let hub = StompHub::new(bus, directory, cache, hub_config);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let served = hub.run(listeners, stop.clone());
+    tokio::pin!(served);
+    let served = tokio::select! {
+        r = &mut served => r,
+        () = radiovis::config::shutdown_signal() => {
+            stop.cancel();
+            served.await
+        }
+    };
+    served?;
     stop_watchdog.cancel();
     stop_monitoring.cancel();
+    if let Some(task) = monitoring_task {
+        // The last sessions' events are still buffered: let them out, but never hang
+        // the exit on an unreachable monitoring RabbitMQ.
+        match tokio::time::timeout(std::time::Duration::from_secs(5), task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "monitoring task failed"),
+            Err(_) => tracing::warn!("monitoring events still unsent after 5 s: dropped"),
+        }
+    }
     if let Some(w) = watchdog {
         match w.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "watchdog stopped with an error"),

@@ -11,8 +11,9 @@
 //! | [`stomp::frame`] | `Frame`, `Command`, `Version`, header escaping per version |
 //! | [`stomp::codec`] | incremental decoder with limits, typed `CodecError` |
 //! | [`topic`] | topic shapes, CC -> GCC normalisation, `*` matching, FM fallback |
+//! | [`server`] | [`StompHub`]: accept, connection limit, one session task per connection, shutdown |
 //! | [`session`] | one connection's life: CONNECT -> frames -> close |
-//! | [`hub`] | [`StompHub`]: accept, subscription index, fan-out, last messages |
+//! | [`hub`] | shared state: subscription index, fan-out, last messages, channel rights |
 //! | [`outbound`] | per-message encoding shared by all subscribers, outbound queue items |
 //! | [`watchdog`] | the fallback watchdog: message log, defaults for quiet channels |
 //! | [`monitoring`] | monitoring events through a bounded, never-blocking buffer |
@@ -22,6 +23,9 @@
 //! Data path: socket -> codec -> session (SEND) -> [`MessageBus::publish`] -> every
 //! instance's bus stream -> hub (normalise, remember as last message, encode once) ->
 //! subscription index -> each subscriber's bounded queue -> its session -> socket.
+//!
+//! Dependencies go one way: `server` -> `session` -> `hub`, and `server` -> `hub`; the
+//! hub knows nothing of sessions.
 
 pub mod backend;
 pub mod client;
@@ -30,6 +34,7 @@ pub mod config;
 pub mod hub;
 pub mod monitoring;
 pub mod outbound;
+pub mod server;
 pub mod session;
 pub mod singleflight;
 pub mod stomp;
@@ -37,4 +42,5 @@ pub mod topic;
 pub mod watchdog;
 
 pub use backend::{BusMessage, Cache, DirectoryApi, LogStore, MessageBus};
-pub use hub::{HubConfig, StompHub};
+pub use hub::HubConfig;
+pub use server::StompHub;

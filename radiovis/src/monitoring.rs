@@ -20,7 +20,9 @@ use crate::backend::{BusMessage, MessageBus};
 /// Who an event is about.
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
+    /// The `session` header of its CONNECTED.
     pub session_id: Arc<str>,
+    /// The client's address.
     pub peer: SocketAddr,
 }
 
@@ -99,8 +101,9 @@ impl Monitor {
     }
 
     /// Starts a publisher task that sends events to `sink` as JSON bodies (bus topic
-    /// `monitoring`), buffering at most `capacity` events. It ends when `shutdown` is
-    /// cancelled.
+    /// `monitoring`), buffering at most `capacity` events. When `shutdown` is
+    /// cancelled it publishes the events already buffered (those of the last sessions
+    /// closing), then ends: await its handle, bounded in time, for them to go out.
     pub fn start<S: MessageBus>(
         sink: S,
         server_ids: Vec<String>,
@@ -113,32 +116,22 @@ impl Monitor {
             dropped: AtomicU64::new(0),
         });
         let task = tokio::spawn(async move {
-            let mut failures = 0u64;
+            let mut publisher = Publisher {
+                sink,
+                server_ids,
+                failures: 0,
+            };
             loop {
                 let event = tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    e = rx.recv() => match e { Some(e) => e, None => break },
+                    e = rx.recv() => match e { Some(e) => e, None => return },
                 };
-                let timestamp = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs_f64())
-                    .unwrap_or(0.0);
-                let json = event.to_json(&server_ids, timestamp);
-                let body = match serde_json::to_vec(&json) {
-                    Ok(b) => Bytes::from(b),
-                    Err(_) => continue,
-                };
-                let msg = BusMessage {
-                    topic: "monitoring".into(),
-                    body,
-                    headers: vec![],
-                };
-                if let Err(e) = sink.publish(msg).await {
-                    failures += 1;
-                    if failures == 1 || failures.is_multiple_of(1000) {
-                        tracing::warn!(error = %e, failures, "monitoring event not published");
-                    }
-                }
+                publisher.publish(event).await;
+            }
+            // Refuse new events (emit drops them, counted) and flush the buffered ones.
+            rx.close();
+            while let Some(event) = rx.recv().await {
+                publisher.publish(event).await;
             }
         });
         (monitor, task)
@@ -158,6 +151,40 @@ impl Monitor {
     /// Events dropped so far because the buffer was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The publishing half of the monitor task: turns events into JSON bus messages.
+struct Publisher<S> {
+    sink: S,
+    server_ids: Vec<String>,
+    /// Failed publications so far (logged sparsely: a sink that is down fails them all).
+    failures: u64,
+}
+
+impl<S: MessageBus> Publisher<S> {
+    async fn publish(&mut self, event: Event) {
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let json = event.to_json(&self.server_ids, timestamp);
+        let body = match serde_json::to_vec(&json) {
+            Ok(b) => Bytes::from(b),
+            Err(_) => return,
+        };
+        let msg = BusMessage {
+            topic: "monitoring".into(),
+            body,
+            headers: vec![],
+        };
+        if let Err(e) = self.sink.publish(msg).await {
+            self.failures += 1;
+            let failures = self.failures;
+            if failures == 1 || failures.is_multiple_of(1000) {
+                tracing::warn!(error = %e, failures, "monitoring event not published");
+            }
+        }
     }
 }
 
@@ -199,5 +226,28 @@ mod tests {
         full.emit(Event::Server);
         assert_eq!(full.dropped(), 1);
         stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn buffered_events_are_published_at_shutdown() {
+        let sink = Arc::new(LocalBus::new(64));
+        let mut seen = sink.subscribe().await.expect("subscribe");
+        let stop = CancellationToken::new();
+        let (monitor, task) = Monitor::start(sink.clone(), vec!["srv1".into()], 16, stop.clone());
+        // Buffered before the task runs, then shutdown: none may be lost.
+        for _ in 0..5 {
+            monitor.emit(Event::Server);
+        }
+        stop.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .expect("the task ends")
+            .expect("the task does not panic");
+        for _ in 0..5 {
+            let msg = seen.next().await.expect("event");
+            let v: serde_json::Value = serde_json::from_slice(&msg.body).expect("json");
+            assert_eq!(v["label"], "radiovis.global.servers");
+        }
+        assert_eq!(monitor.dropped(), 0);
     }
 }

@@ -10,9 +10,10 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::stomp::frame::{needs_content_length, put_header_part};
@@ -21,7 +22,9 @@ use crate::stomp::Version;
 /// One MESSAGE frame queued for a connection.
 #[derive(Debug, Clone)]
 pub struct Outbound {
+    /// Per-subscription part: `MESSAGE`, `destination`, `subscription`.
     pub head: Bytes,
+    /// Per-message part: forwarded headers, blank line, body, NUL.
     pub tail: Bytes,
 }
 
@@ -56,17 +59,13 @@ impl OutboundQueue {
         }
     }
 
-    fn items(&self) -> std::sync::MutexGuard<'_, VecDeque<Outbound>> {
-        self.items.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Queues a frame without waiting.
     pub fn try_push(&self, item: Outbound) -> Result<(), PushError> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(PushError::Closed);
         }
         {
-            let mut items = self.items();
+            let mut items = self.items.lock();
             if items.len() >= self.capacity {
                 return Err(PushError::Full);
             }
@@ -79,7 +78,7 @@ impl OutboundQueue {
     /// Completes when frames are waiting (cancel-safe).
     pub async fn ready(&self) {
         loop {
-            if !self.items().is_empty() {
+            if !self.items.lock().is_empty() {
                 return;
             }
             self.notify.notified().await;
@@ -89,7 +88,7 @@ impl OutboundQueue {
     /// Appends waiting frames to `out` until it holds `max_bytes` or the queue is
     /// empty; returns how many were taken.
     pub fn drain_into(&self, out: &mut BytesMut, max_bytes: usize) -> usize {
-        let mut items = self.items();
+        let mut items = self.items.lock();
         let mut n = 0;
         while out.len() < max_bytes {
             let Some(item) = items.pop_front() else { break };
@@ -107,12 +106,12 @@ impl OutboundQueue {
     /// Refuses further pushes and drops what is queued.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
-        self.items().clear();
+        self.items.lock().clear();
     }
 
     /// Frames waiting.
     pub fn len(&self) -> usize {
-        self.items().len()
+        self.items.lock().len()
     }
 
     /// True when no frame is waiting.
@@ -144,6 +143,7 @@ pub struct Published {
     pub seq: u64,
     /// Normalised topic.
     pub topic: String,
+    /// The message body as published.
     pub body: Bytes,
     /// Forwarded headers (`message-id` always among them).
     pub headers: Vec<(String, String)>,
@@ -151,6 +151,7 @@ pub struct Published {
 }
 
 impl Published {
+    /// A message whose tails are encoded on first use.
     pub fn new(seq: u64, topic: String, body: Bytes, headers: Vec<(String, String)>) -> Published {
         Published {
             seq,

@@ -8,15 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use radiovis::backend::memory::{LocalBus, MemoryCache, MemoryLogStore, StaticDirectory};
+use radiovis::backend::memory::{LocalBus, MemoryCache, StaticDirectory};
 use radiovis::backend::{ChannelRef, DirectoryApi, DirectoryError, MockDirectoryApi};
 use radiovis::hub::HubError;
 use radiovis::{HubConfig, StompHub};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Broadcaster login of station `1` in [`DIRECTORY`].
 pub const LOGIN: &str = "1.radio1";
@@ -74,7 +74,7 @@ topic = "/topic/fm/ch/4002/10110/"
 /// The directory the hub under test uses.
 pub type Dir = Arc<dyn DirectoryApi>;
 /// The hub under test.
-pub type Hub = StompHub<Arc<LocalBus>, Dir, MemoryCache, MemoryLogStore>;
+pub type Hub = StompHub<Arc<LocalBus>, Dir, MemoryCache>;
 
 /// [`DIRECTORY`] as a directory.
 pub fn static_directory() -> Dir {
@@ -113,7 +113,7 @@ pub fn test_config() -> HubConfig {
 pub struct TestHub {
     pub addr: String,
     pub hub: Hub,
-    stop: Option<oneshot::Sender<()>>,
+    stop: CancellationToken,
     handle: Option<JoinHandle<Result<(), HubError>>>,
 }
 
@@ -129,35 +129,29 @@ impl TestHub {
             Arc::new(LocalBus::default()),
             directory,
             MemoryCache::new(),
-            MemoryLogStore::default(),
             config,
         );
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr").to_string();
-        let (stop, rx) = oneshot::channel::<()>();
+        let stop = CancellationToken::new();
         let runner = hub.clone();
-        let handle = tokio::spawn(async move {
-            runner
-                .run(vec![listener], async move {
-                    let _ = rx.await;
-                })
-                .await
+        let handle = tokio::spawn({
+            let stop = stop.clone();
+            async move { runner.run(vec![listener], stop).await }
         });
         TestHub {
             addr,
             hub,
-            stop: Some(stop),
+            stop,
             handle: Some(handle),
         }
     }
 
     /// Triggers shutdown and waits (at most `within`) for `run` to return.
     pub async fn shutdown(&mut self, within: Duration) -> Result<(), HubError> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.stop.cancel();
         let handle = self.handle.take().expect("hub already shut down");
         tokio::time::timeout(within, handle)
             .await
@@ -220,9 +214,7 @@ impl TestHub {
 
 impl Drop for TestHub {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.stop.cancel();
     }
 }
 

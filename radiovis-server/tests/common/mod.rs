@@ -36,7 +36,7 @@ pub async fn start_server(exchange: &str, extra: &[(&str, &str)]) -> Server {
         .env("RADIOVIS_DIRECTORY", directory)
         .env("RADIOVIS_WATCHDOG", "off")
         .env("MONITORING_ENABLED", "False")
-        .env("RUST_LOG", "warn,radiovis::hub=info")
+        .env("RUST_LOG", "warn,radiovis::server=info")
         .env("RABBITMQ_DEBUG", "False")
         .env("NO_COLOR", "1")
         .envs(extra.iter().copied())

@@ -1,0 +1,118 @@
+//! Channels: the known channel topics (for the FM any-frequency fallback of
+//! subscriptions) and the channels each station may publish to (its SEND rights).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::index::IndexKey;
+use super::{Hub, CHANNELS_CACHE_KEY};
+use crate::backend::{Cache, DirectoryApi, DirectoryError, MessageBus};
+use crate::topic;
+
+/// A channel a station may publish to, as the directory wrote it and normalised.
+#[derive(Debug, Clone)]
+pub(crate) struct StationChannel {
+    /// As the directory wrote it (`/topic/*/...` SENDs are expanded on it).
+    pub raw: String,
+    /// Normalised, to check a SEND destination against.
+    pub normalised: String,
+}
+
+impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
+    /// Where a SUBSCRIBE destination goes in the index: its normalised form, or a `*`
+    /// pattern for wildcards and for FM channels the directory does not know (then the
+    /// radio gets that PI on any frequency).
+    pub(crate) async fn index_key_for(&self, destination: &str) -> IndexKey {
+        if topic::is_wildcard(destination) {
+            return IndexKey::Pattern(self.normaliser.normalise(destination).await);
+        }
+        let normalised = self.normaliser.normalise(destination).await;
+        if topic::is_fm(&normalised) {
+            let known = self.known_channels.read().clone();
+            if !known.contains(topic::channel_of(&normalised)) {
+                if let Some(any) = topic::fm_any_frequency(&normalised) {
+                    tracing::debug!(%destination, pattern = %any, "unknown FM channel: any-frequency fallback");
+                    return IndexKey::Pattern(any);
+                }
+            }
+        }
+        IndexKey::Exact(normalised)
+    }
+
+    /// The channels a station may publish to (cached for `channel_cache_ttl`).
+    pub(crate) async fn station_channels(
+        &self,
+        station: &str,
+    ) -> Result<Arc<Vec<StationChannel>>, DirectoryError> {
+        self.station_channels
+            .get_or_fetch(station, || async {
+                let raw = tokio::time::timeout(
+                    self.config.directory_timeout,
+                    self.directory.get_channels(station),
+                )
+                .await
+                .map_err(|_| DirectoryError::Timeout(self.config.directory_timeout))??;
+                let mut list = Vec::with_capacity(raw.len());
+                for r in raw {
+                    let normalised = self.normaliser.normalise(&r).await;
+                    list.push(StationChannel { raw: r, normalised });
+                }
+                Ok(Arc::new(list))
+            })
+            .await
+    }
+
+    /// The known channel topics (normalised) as last loaded.
+    pub(super) fn known_channels(&self) -> Arc<HashSet<String>> {
+        self.known_channels.read().clone()
+    }
+
+    /// Reloads the known channel topics: from the directory at start-up (and then
+    /// shares them through the cache), from the cache afterwards (the watchdog keeps it
+    /// fresh), falling back to the directory. On failure the previous list stays.
+    pub(super) async fn refresh_known_channels(&self, at_start: bool) {
+        let mut topics: Option<Vec<String>> = None;
+        if !at_start {
+            match self.cache.get(CHANNELS_CACHE_KEY).await {
+                Ok(Some(v)) => topics = serde_json::from_slice(&v).ok(),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read known channels from cache"),
+            }
+        }
+        if topics.is_none() {
+            match tokio::time::timeout(
+                self.config.directory_timeout,
+                self.directory.get_all_channels(),
+            )
+            .await
+            {
+                Ok(Ok(list)) => {
+                    let t: Vec<String> = list.into_iter().map(|c| c.topic).collect();
+                    if let Ok(json) = serde_json::to_vec(&t) {
+                        if let Err(e) = self
+                            .cache
+                            .set(CHANNELS_CACHE_KEY, Bytes::from(json), topic::GCC_TTL)
+                            .await
+                        {
+                            tracing::warn!(error = %e, "cannot share known channels through cache");
+                        }
+                    }
+                    topics = Some(t);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot load known channels from directory")
+                }
+                Err(_) => tracing::warn!("directory timed out loading known channels"),
+            }
+        }
+        let Some(topics) = topics else { return };
+        let mut set = HashSet::with_capacity(topics.len());
+        for t in topics {
+            set.insert(self.normaliser.normalise(&t).await);
+        }
+        tracing::debug!(count = set.len(), "known channels refreshed");
+        *self.known_channels.write() = Arc::new(set);
+    }
+}

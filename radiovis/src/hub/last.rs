@@ -1,0 +1,215 @@
+//! The last message of every topic, replayed to new subscriptions (unless they ask
+//! `x-ebu-nofastreply`), bounded in the number of topics, and shared through the cache
+//! (`radiovis_last_<topic>`) so that a freshly started instance replays the current
+//! slide too.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use parking_lot::RwLock;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::index::IndexKey;
+use crate::backend::Cache;
+use crate::outbound::Published;
+use crate::topic;
+
+/// Prefix of the cache keys holding the last message of a normalised topic, so that a
+/// newly started instance can replay the current slide.
+pub const LAST_MESSAGE_PREFIX: &str = "radiovis_last_";
+
+/// How long a last message stays in the shared cache.
+const LAST_MESSAGE_TTL: Duration = Duration::from_secs(86_400);
+
+/// Last-message cache writes waiting for the cache (excess ones are skipped: the next
+/// message of the topic writes again).
+const LAST_MESSAGE_QUEUE: usize = 1024;
+
+/// A last message as stored in the shared cache (JSON).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct CachedMessage {
+    topic: String,
+    body: String,
+    headers: Vec<(String, String)>,
+}
+
+/// Last messages by normalised topic.
+pub(super) struct LastMessages {
+    by_topic: RwLock<HashMap<String, Arc<Published>>>,
+    /// Most topics kept (at least one).
+    max: usize,
+    /// Order of arrival, to find the newest of several topics and to evict the oldest.
+    seq: AtomicU64,
+    /// Hands messages to the cache writer task (set when the hub starts).
+    writer: OnceLock<mpsc::Sender<Arc<Published>>>,
+}
+
+impl LastMessages {
+    /// An empty store keeping at most `max` topics.
+    pub fn new(max: usize) -> LastMessages {
+        LastMessages {
+            by_topic: RwLock::new(HashMap::new()),
+            max: max.max(1),
+            seq: AtomicU64::new(0),
+            writer: OnceLock::new(),
+        }
+    }
+
+    /// The next arrival number.
+    pub fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Remembers `published` as the last message of its topic. Beyond `max` topics the
+    /// oldest tenth is forgotten at once, so that eviction stays rare.
+    pub fn record(&self, published: Arc<Published>) {
+        let mut last = self.by_topic.write();
+        last.insert(published.topic.clone(), published);
+        let max = self.max;
+        if last.len() > max {
+            let mut seqs: Vec<u64> = last.values().map(|m| m.seq).collect();
+            let cut = (last.len() - max + max / 10).min(seqs.len() - 1);
+            let (_, &mut threshold, _) = seqs.select_nth_unstable(cut);
+            last.retain(|_, m| m.seq >= threshold);
+            tracing::warn!(
+                kept = last.len(),
+                max,
+                "too many topics: oldest last messages forgotten"
+            );
+        }
+    }
+
+    /// Queues `published` for the cache writer without waiting (skipped when busy).
+    pub fn share(&self, published: Arc<Published>) {
+        if let Some(tx) = self.writer.get() {
+            if tx.try_send(published).is_err() {
+                tracing::debug!("last-message cache writer busy; skipped");
+            }
+        }
+    }
+
+    /// The message to replay to a new subscription: the last of its topic, or for a
+    /// pattern the newest of the matching topics.
+    pub fn for_key(&self, key: &IndexKey) -> Option<Arc<Published>> {
+        let last = self.by_topic.read();
+        match key {
+            IndexKey::Exact(t) => last.get(t).cloned(),
+            IndexKey::Pattern(p) => last
+                .iter()
+                .filter(|(t, _)| topic::matches(p, t))
+                .max_by_key(|(_, m)| m.seq)
+                .map(|(_, m)| m.clone()),
+        }
+    }
+
+    /// The cache writer: the task the hub runs to store last messages in the cache
+    /// until `shutdown`. Writing from one task keeps cache latency off the fan-out.
+    pub fn writer<C: Cache>(
+        &self,
+        cache: Arc<C>,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (tx, mut rx) = mpsc::channel::<Arc<Published>>(LAST_MESSAGE_QUEUE);
+        // Set once: a hub runs once; a second run keeps the first sender, as before.
+        let _ = self.writer.set(tx);
+        async move {
+            loop {
+                let p = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    p = rx.recv() => match p { Some(p) => p, None => break },
+                };
+                store(&*cache, &p).await;
+            }
+        }
+    }
+
+    /// Reads back from the shared cache the last `text` and `image` messages of every
+    /// known channel, so that a fresh instance replays the current slide.
+    pub async fn restore<C: Cache>(&self, cache: &C, known: &HashSet<String>) {
+        let keys: Vec<String> = known
+            .iter()
+            .flat_map(|c| [format!("{c}text"), format!("{c}image")])
+            .collect();
+        let found: Vec<CachedMessage> = futures::stream::iter(keys)
+            .map(|topic| async move {
+                let key = format!("{LAST_MESSAGE_PREFIX}{topic}");
+                match cache.get(&key).await {
+                    Ok(Some(v)) => serde_json::from_slice::<CachedMessage>(&v).ok(),
+                    _ => None,
+                }
+            })
+            .buffer_unordered(32)
+            .filter_map(|m| async move { m })
+            .collect()
+            .await;
+        let restored = found.len();
+        let mut last = self.by_topic.write();
+        for m in found {
+            let seq = self.next_seq();
+            last.entry(m.topic.clone()).or_insert_with(|| {
+                Arc::new(Published::new(seq, m.topic, Bytes::from(m.body), m.headers))
+            });
+        }
+        if restored > 0 {
+            tracing::info!(restored, "last messages restored from the shared cache");
+        }
+    }
+
+    /// Topics currently remembered.
+    #[cfg(test)]
+    pub fn topics(&self) -> HashSet<String> {
+        self.by_topic.read().keys().cloned().collect()
+    }
+}
+
+/// Stores one last message in the shared cache (failures only cost a replay on a
+/// fresh instance, so they are logged at debug level).
+async fn store<C: Cache>(cache: &C, p: &Published) {
+    let cached = CachedMessage {
+        topic: p.topic.clone(),
+        body: String::from_utf8_lossy(&p.body).into_owned(),
+        headers: p.headers.clone(),
+    };
+    let Ok(json) = serde_json::to_vec(&cached) else {
+        return;
+    };
+    let key = format!("{LAST_MESSAGE_PREFIX}{}", p.topic);
+    if let Err(e) = cache.set(&key, Bytes::from(json), LAST_MESSAGE_TTL).await {
+        tracing::debug!(error = %e, "cannot store last message in cache");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_messages_are_bounded_and_the_newest_kept() {
+        let last = LastMessages::new(100);
+        for i in 0..1000 {
+            let seq = last.next_seq();
+            last.record(Arc::new(Published::new(
+                seq,
+                format!("/topic/id/x/{i}/text"),
+                Bytes::from(format!("TEXT {i}")),
+                vec![],
+            )));
+        }
+        let topics = last.topics();
+        assert!(topics.len() <= 100, "{}", topics.len());
+        assert!(topics.len() >= 80, "{}", topics.len());
+        assert!(
+            topics.contains("/topic/id/x/999/text"),
+            "the newest is kept"
+        );
+        assert!(
+            !topics.contains("/topic/id/x/0/text"),
+            "the oldest is forgotten"
+        );
+    }
+}

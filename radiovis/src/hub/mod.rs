@@ -1,0 +1,423 @@
+//! The hub: the state every session of an instance shares, and nothing about
+//! sessions themselves. Sessions reach it through the methods of `Hub` (subscribe,
+//! unsubscribe, last message, publish, station channels); the
+//! [`server`](crate::server) owns it and starts its background tasks.
+//!
+//! Data path of one message: session SEND -> `Hub::publish` -> [`MessageBus`] ->
+//! (every instance) bus stream -> `Hub::on_bus_message` (normalise topic, record as
+//! last message, encode once) -> subscription index lookup (exact topic, then `*`
+//! patterns) -> `try_push` into each subscriber's bounded queue -> that subscriber's
+//! session writes it to its socket. A full queue disconnects that subscriber; the
+//! fan-out never waits.
+//!
+//! | module | job |
+//! |---|---|
+//! | `index` | subscription index: exact topics and `*` patterns |
+//! | `last` | last message per topic: bounded, replayed, shared through the cache |
+//! | `channels` | known channels (FM fallback) and stations' channel rights |
+
+mod channels;
+mod index;
+mod last;
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use parking_lot::RwLock;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backend::{BusError, BusMessage, Cache, DirectoryApi, DirectoryError, MessageBus};
+use crate::monitoring::{Event, Monitor};
+use crate::outbound::{Outbound, Published, PushError};
+use crate::singleflight::SingleFlight;
+use crate::stomp::Limits;
+use crate::topic::Normaliser;
+
+pub(crate) use channels::StationChannel;
+pub(crate) use index::{IndexKey, SubEntry, SubKey};
+pub use last::LAST_MESSAGE_PREFIX;
+
+use index::SubIndex;
+use last::LastMessages;
+
+/// Cache key of the known channel topics (written by the watchdog and at server start).
+pub const CHANNELS_CACHE_KEY: &str = "radiovis_channels_topics";
+
+/// Tunables of a hub. `Default` gives production values.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Frame size, header count and header line limits.
+    pub limits: Limits,
+    /// MESSAGE frames a connection may have queued before it counts as a slow consumer
+    /// and is disconnected (the original: 250).
+    pub outbound_queue: usize,
+    /// Time a new connection has to send CONNECT.
+    pub connect_timeout: Duration,
+    /// Most simultaneous connections; one more gets an ERROR and is closed.
+    pub max_connections: usize,
+    /// Most subscriptions per session.
+    pub max_subscriptions: usize,
+    /// Heart-beats the server offers to 1.1/1.2 clients: (can send every, wants to
+    /// receive every). Zero disables that direction.
+    pub heartbeat: (Duration, Duration),
+    /// How long the directory may take on behalf of one frame before the session gives
+    /// up (on top of the directory's own timeouts).
+    pub directory_timeout: Duration,
+    /// How long a station's channel list is cached.
+    pub channel_cache_ttl: Duration,
+    /// How often the known channel list (FM any-frequency fallback) is refreshed.
+    pub known_channels_refresh: Duration,
+    /// How long shutdown waits for sessions to flush and close.
+    pub shutdown_grace: Duration,
+    /// The `server` header of CONNECTED (1.1/1.2).
+    pub server_name: String,
+    /// Where monitoring events go (disabled by default).
+    pub monitor: Arc<Monitor>,
+    /// Most topics whose last message is kept for replay; beyond it the oldest tenth
+    /// is forgotten (broadcasters may invent sub-topics without end).
+    pub max_last_messages: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            limits: Limits::default(),
+            outbound_queue: 250,
+            connect_timeout: Duration::from_secs(10),
+            max_connections: 100_000,
+            max_subscriptions: 128,
+            heartbeat: (Duration::from_secs(10), Duration::from_secs(10)),
+            directory_timeout: Duration::from_secs(10),
+            channel_cache_ttl: Duration::from_secs(60),
+            known_channels_refresh: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(5),
+            server_name: format!("radiovis/{}", env!("CARGO_PKG_VERSION")),
+            monitor: Arc::new(Monitor::disabled()),
+            max_last_messages: 100_000,
+        }
+    }
+}
+
+/// Why the hub could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The bus refused the subscription the fan-out consumes.
+    #[error("cannot consume from the message bus: {0}")]
+    Bus(#[from] BusError),
+}
+
+/// Counters of a running hub.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Open sessions.
+    pub connections: AtomicUsize,
+    /// Subscriptions in the index.
+    pub subscriptions: AtomicUsize,
+    /// Messages received from the bus.
+    pub bus_messages: AtomicU64,
+    /// MESSAGE frames queued to subscribers.
+    pub deliveries: AtomicU64,
+    /// Subscribers disconnected because their queue was full.
+    pub slow_consumers: AtomicU64,
+    /// Connections refused over `max_connections`.
+    pub refused_connections: AtomicU64,
+}
+
+impl Stats {
+    /// The counters now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            connections: self.connections.load(Ordering::Relaxed),
+            subscriptions: self.subscriptions.load(Ordering::Relaxed),
+            bus_messages: self.bus_messages.load(Ordering::Relaxed),
+            deliveries: self.deliveries.load(Ordering::Relaxed),
+            slow_consumers: self.slow_consumers.load(Ordering::Relaxed),
+            refused_connections: self.refused_connections.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A snapshot of [`Stats`] (same fields, plain numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Open sessions.
+    pub connections: usize,
+    /// Subscriptions in the index.
+    pub subscriptions: usize,
+    /// Messages received from the bus.
+    pub bus_messages: u64,
+    /// MESSAGE frames queued to subscribers.
+    pub deliveries: u64,
+    /// Subscribers disconnected because their queue was full.
+    pub slow_consumers: u64,
+    /// Connections refused over `max_connections`.
+    pub refused_connections: u64,
+}
+
+/// The state shared by the hub's tasks and every session, behind one `Arc`.
+pub(crate) struct Hub<B, D, C> {
+    bus: B,
+    directory: Arc<D>,
+    cache: Arc<C>,
+    normaliser: Normaliser<D, C>,
+    config: HubConfig,
+    stats: Stats,
+    /// Cancelled when the server stops; every session's `kill` is a child of it.
+    shutdown: CancellationToken,
+    index: RwLock<SubIndex>,
+    last: LastMessages,
+    known_channels: RwLock<Arc<HashSet<String>>>,
+    station_channels: SingleFlight<Arc<Vec<StationChannel>>>,
+    next_id: AtomicU64,
+}
+
+impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
+    /// A hub on these backends; nothing runs until [`Hub::start`].
+    pub fn new(bus: B, directory: D, cache: C, config: HubConfig) -> Hub<B, D, C> {
+        let directory = Arc::new(directory);
+        let cache = Arc::new(cache);
+        Hub {
+            bus,
+            normaliser: Normaliser::new(directory.clone(), cache.clone()),
+            directory,
+            cache,
+            index: RwLock::new(SubIndex::default()),
+            last: LastMessages::new(config.max_last_messages),
+            known_channels: RwLock::new(Arc::new(HashSet::new())),
+            station_channels: SingleFlight::new(config.channel_cache_ttl),
+            next_id: AtomicU64::new(1),
+            stats: Stats::default(),
+            shutdown: CancellationToken::new(),
+            config,
+        }
+    }
+
+    /// Subscribes to the bus, loads the known channels and the cached last messages,
+    /// and spawns on `tracker` the tasks that run until [`Hub::stop`]: the bus
+    /// consumer (fan-out), the last-message cache writer and the known-channel
+    /// refresher.
+    pub async fn start(self: &Arc<Self>, tracker: &TaskTracker) -> Result<(), HubError> {
+        let stream = self.bus.subscribe().await?;
+        self.refresh_known_channels(true).await;
+        self.last
+            .restore(&*self.cache, &self.known_channels())
+            .await;
+        tracker.spawn(self.last.writer(self.cache.clone(), self.shutdown.clone()));
+        self.config.monitor.emit(Event::Server);
+
+        let consumer = self.clone();
+        tracker.spawn(async move {
+            let mut stream = stream;
+            loop {
+                tokio::select! {
+                    _ = consumer.shutdown.cancelled() => break,
+                    msg = stream.next() => match msg {
+                        Some(msg) => consumer.on_bus_message(msg).await,
+                        None => {
+                            tracing::error!("message bus stream ended: no more messages will be delivered");
+                            break;
+                        }
+                    },
+                }
+            }
+        });
+
+        let refresher = self.clone();
+        tracker.spawn(async move {
+            let period = refresher.config.known_channels_refresh;
+            loop {
+                tokio::select! {
+                    _ = refresher.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(period) => refresher.refresh_known_channels(false).await,
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Stops the background tasks and tells every session to flush and close.
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Completes when [`Hub::stop`] is called.
+    pub async fn stopped(&self) {
+        self.shutdown.cancelled().await
+    }
+
+    /// Whether [`Hub::stop`] was called (a killed session then closes as shut down,
+    /// not as a slow consumer).
+    pub fn is_stopping(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// A token for one session: cancelled when the hub stops, or by the fan-out when
+    /// the session's queue overflows.
+    pub fn session_token(&self) -> CancellationToken {
+        self.shutdown.child_token()
+    }
+
+    /// The hub's settings.
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// Where monitoring events go.
+    pub fn monitor(&self) -> &Monitor {
+        &self.config.monitor
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// A fresh id for a connection or a subscription.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Checks a station's credentials with the directory, bounded by
+    /// `directory_timeout` (`None` when it took longer).
+    pub async fn check_auth(
+        &self,
+        login: &str,
+        passcode: &str,
+        ip: IpAddr,
+    ) -> Option<Result<bool, DirectoryError>> {
+        tokio::time::timeout(
+            self.config.directory_timeout,
+            self.directory.check_auth(login, passcode, ip),
+        )
+        .await
+        .ok()
+    }
+
+    /// The normalised form of a topic (CC -> GCC).
+    pub async fn normalise(&self, topic: &str) -> String {
+        self.normaliser.normalise(topic).await
+    }
+
+    /// Publishes a message on the bus (every instance, this one included, fans it out).
+    pub async fn publish(&self, message: BusMessage) -> Result<(), BusError> {
+        self.bus.publish(message).await
+    }
+
+    /// Adds a subscription to the fan-out.
+    pub fn subscribe(&self, key: &IndexKey, sub: SubKey, entry: SubEntry) {
+        if self.index.write().insert(key, sub, entry) {
+            self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Removes a subscription from the fan-out.
+    pub fn unsubscribe(&self, key: &IndexKey, sub: SubKey) {
+        if self.index.write().remove(key, sub) {
+            self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The message to replay to a new subscription: the last of its topic, or for a
+    /// pattern the newest of the matching topics.
+    pub fn last_for(&self, key: &IndexKey) -> Option<Arc<Published>> {
+        self.last.for_key(key)
+    }
+
+    /// Records a bus message as the last of its topic and hands it to every matching
+    /// local subscriber.
+    pub async fn on_bus_message(&self, msg: BusMessage) {
+        self.stats.bus_messages.fetch_add(1, Ordering::Relaxed);
+        let normalised = self.normaliser.normalise(&msg.topic).await;
+        let mut headers = msg.headers;
+        if !headers.iter().any(|(k, _)| k == "message-id") {
+            headers.push(("message-id".into(), uuid::Uuid::new_v4().to_string()));
+        }
+        let seq = self.last.next_seq();
+        tracing::debug!(topic = %msg.topic, %normalised, seq, "bus message");
+        let published = Arc::new(Published::new(seq, normalised, msg.body, headers));
+        self.last.record(published.clone());
+        self.fan_out(&published);
+        self.last.share(published);
+    }
+
+    /// Queues `published` to every matching subscriber: two `Bytes` clones and a
+    /// queue push each, never a wait. A full queue kills its session.
+    fn fan_out(&self, published: &Published) {
+        let index = self.index.read();
+        let mut delivered = 0u64;
+        index.for_each_match(&published.topic, |entry| {
+            let item = Outbound {
+                head: entry.head.clone(),
+                tail: published.tail(entry.version),
+            };
+            match entry.queue.try_push(item) {
+                Ok(()) => {
+                    delivered += 1;
+                    if let Some((info, destination)) = &entry.monitor {
+                        self.config.monitor.emit(Event::Message(
+                            info.clone(),
+                            destination.clone(),
+                            published.body.clone(),
+                        ));
+                    }
+                }
+                Err(PushError::Full) => {
+                    if !entry.kill.is_cancelled() {
+                        self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                        entry.kill.cancel();
+                    }
+                }
+                Err(PushError::Closed) => {}
+            }
+        });
+        self.stats
+            .deliveries
+            .fetch_add(delivered, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory::{LocalBus, MemoryCache, StaticDirectory};
+
+    #[tokio::test]
+    async fn bus_messages_are_remembered_per_normalised_topic_and_bounded() {
+        let hub = Hub::new(
+            LocalBus::default(),
+            StaticDirectory::default(),
+            MemoryCache::new(),
+            HubConfig {
+                max_last_messages: 100,
+                ..HubConfig::default()
+            },
+        );
+        for i in 0..1000 {
+            hub.on_bus_message(BusMessage {
+                topic: format!("/topic/id/x/{i}/text"),
+                body: bytes::Bytes::from(format!("TEXT {i}")),
+                headers: vec![],
+            })
+            .await;
+        }
+        let topics = hub.last.topics();
+        assert!(topics.len() <= 100, "{}", topics.len());
+        assert!(
+            topics.contains("/topic/id/x/999/text"),
+            "the newest is kept"
+        );
+        let newest = hub
+            .last_for(&IndexKey::Exact("/topic/id/x/999/text".into()))
+            .expect("replayed");
+        assert!(
+            newest.headers.iter().any(|(k, _)| k == "message-id"),
+            "a message-id is added"
+        );
+        assert_eq!(hub.stats().snapshot().bus_messages, 1000);
+    }
+}

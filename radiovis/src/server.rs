@@ -1,0 +1,145 @@
+//! [`StompHub`]: the STOMP server. Accepts connections (within `max_connections`),
+//! runs one [`session`](crate::session) per connection on the [`hub`](crate::hub)
+//! they share, and on shutdown stops accepting and waits (bounded) for every task it
+//! spawned.
+//!
+//! Dependencies go one way: server -> session -> hub, and server -> hub.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backend::{Cache, DirectoryApi, MessageBus};
+use crate::hub::{Hub, HubConfig, HubError, StatsSnapshot};
+use crate::stomp::{Frame, Version};
+
+/// The STOMP server, generic over its backends. Cheap to clone (one shared state).
+pub struct StompHub<B, D, C> {
+    hub: Arc<Hub<B, D, C>>,
+    /// One permit per open connection.
+    connections: Arc<Semaphore>,
+    /// Every task the server spawns (hub tasks, accept loops, sessions), so that
+    /// shutdown can wait for them.
+    tracker: TaskTracker,
+}
+
+impl<B, D, C> Clone for StompHub<B, D, C> {
+    fn clone(&self) -> Self {
+        StompHub {
+            hub: self.hub.clone(),
+            connections: self.connections.clone(),
+            tracker: self.tracker.clone(),
+        }
+    }
+}
+
+impl<B: MessageBus, D: DirectoryApi, C: Cache> StompHub<B, D, C> {
+    /// A server on these backends. Nothing runs until [`StompHub::run`].
+    pub fn new(bus: B, directory: D, cache: C, config: HubConfig) -> Self {
+        StompHub {
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            hub: Arc::new(Hub::new(bus, directory, cache, config)),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.hub.stats().snapshot()
+    }
+
+    /// Serves STOMP on `listeners` until `shutdown` is cancelled, then stops accepting,
+    /// lets sessions flush their queues and close (within `shutdown_grace`) and returns.
+    pub async fn run(
+        &self,
+        listeners: Vec<TcpListener>,
+        shutdown: CancellationToken,
+    ) -> Result<(), HubError> {
+        self.hub.start(&self.tracker).await?;
+        for listener in listeners {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "listening for STOMP connections");
+            }
+            let server = self.clone();
+            self.tracker
+                .spawn(async move { server.accept_loop(listener).await });
+        }
+
+        shutdown.cancelled().await;
+        tracing::info!("shutting down: no new connections, closing sessions");
+        self.hub.stop();
+        self.tracker.close();
+        if tokio::time::timeout(self.hub.config().shutdown_grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.hub.stats().snapshot().connections,
+                "shutdown grace elapsed with sessions still open"
+            );
+        }
+        Ok(())
+    }
+
+    async fn accept_loop(&self, listener: TcpListener) {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            // The hub's token (not the caller's) so that accept loops and sessions
+            // stop together, after `run` has logged the shutdown.
+            let accepted = tokio::select! {
+                _ = self.hub.stopped() => return,
+                r = listener.accept() => r,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(10);
+                    self.handle_connection(stream, peer);
+                }
+                Err(e) => {
+                    // Typically out of file descriptors: wait, then try again.
+                    tracing::warn!(error = %e, "accept failed; retrying in {:?}", backoff);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Runs a session on an already accepted connection (for embedders that accept
+    /// connections themselves). Counts against `max_connections`.
+    pub fn handle_connection(&self, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        match self.connections.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let hub = self.hub.clone();
+                self.tracker.spawn(async move {
+                    crate::session::run(hub, stream, peer).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                self.hub
+                    .stats()
+                    .refused_connections
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let limit = self.hub.config().max_connections;
+                tracing::warn!(%peer, limit, "connection refused: too many connections");
+                self.tracker.spawn(async move {
+                    let mut stream = stream;
+                    let frame = Frame::error(format!("too many connections: limit is {limit}"));
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        stream.write_all(&frame.to_bytes(Version::V1_0)),
+                    )
+                    .await;
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! The frames of a connected session: SUBSCRIBE, UNSUBSCRIBE, SEND (and DISCONNECT),
+//! with the receipt and ERROR rules of each STOMP version.
+
+use std::sync::Arc;
+
+use crate::backend::{BusError, BusMessage, Cache, DirectoryApi, MessageBus};
+use crate::hub::SubEntry;
+use crate::monitoring::Event;
+use crate::outbound::{encode_head, Outbound};
+use crate::stomp::{Command, Frame, Version};
+use crate::topic::{self, TopicError};
+
+use super::subscriptions::SubRecord;
+use super::{Session, SessionError};
+
+/// Why one frame was refused; the Display text is the ERROR's `message` header.
+#[derive(Debug, thiserror::Error)]
+enum FrameError {
+    #[error("I need a destination")]
+    NoDestination,
+    #[error("{0}")]
+    BadDestination(#[from] TopicError),
+    #[error("too many subscriptions: limit is {0} per session")]
+    TooManySubscriptions(usize),
+    #[error("UNSUBSCRIBE needs an id or a destination")]
+    NoIdOrDestination,
+    #[error("unknown subscription id {0:?}")]
+    UnknownId(String),
+    #[error("not subscribed to {0:?}")]
+    NotSubscribed(String),
+    #[error("You cannot do that.")]
+    NotAuthenticated,
+    #[error("You cannot do that. (no rights on {0:?})")]
+    NotAllowed(String),
+    #[error("cannot check channel rights: directory unavailable")]
+    DirectoryUnavailable,
+    #[error("message not sent: {0}")]
+    Bus(#[from] BusError),
+}
+
+/// What to do after a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Flow {
+    Continue,
+    Close,
+}
+
+impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
+    /// Handles one frame of a connected client.
+    pub(super) async fn handle(&mut self, frame: Frame) -> Result<Flow, SessionError> {
+        tracing::debug!(
+            command = frame.command.as_str(),
+            headers = frame.headers.len(),
+            "frame"
+        );
+        let receipt = frame
+            .get("receipt")
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned);
+        let v10 = self.version == Version::V1_0;
+        if v10 {
+            if let Some(r) = &receipt {
+                self.write_frame(&Frame::new(Command::Receipt).header("receipt-id", r.clone()))
+                    .await?;
+            }
+        }
+        let result = match frame.command {
+            Command::Disconnect => Ok(Flow::Close),
+            Command::Subscribe => self.subscribe(&frame).await,
+            Command::Unsubscribe => self.unsubscribe(&frame),
+            Command::Send => self.send(frame).await,
+            _ => {
+                tracing::debug!("frame ignored");
+                Ok(Flow::Continue)
+            }
+        };
+        match result {
+            Ok(flow) => {
+                if !v10 {
+                    if let Some(r) = receipt {
+                        self.write_frame(&Frame::new(Command::Receipt).header("receipt-id", r))
+                            .await?;
+                    }
+                }
+                Ok(flow)
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tracing::warn!(error = %message, "frame refused");
+                let mut err = Frame::error(message.clone());
+                if !v10 {
+                    if let Some(r) = receipt {
+                        err = err.header("receipt-id", r);
+                    }
+                }
+                self.write_frame(&err).await?;
+                // A 1.0 session survives a refused frame, as with the original; a
+                // client over a limit does not (behaviour.md §10).
+                let over_limit = matches!(e, FrameError::TooManySubscriptions(_));
+                if v10 && !over_limit {
+                    Ok(Flow::Continue)
+                } else {
+                    Err(SessionError::FrameFailed(message))
+                }
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, frame: &Frame) -> Result<Flow, FrameError> {
+        let destination = frame
+            .get("destination")
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .ok_or(FrameError::NoDestination)?
+            .to_owned();
+        if topic::is_fm(&destination) {
+            topic::check_shape(&destination)?;
+        }
+        let id = frame.get("id").filter(|i| !i.is_empty()).map(str::to_owned);
+        let key = id.clone().unwrap_or_else(|| destination.clone());
+        let max = self.hub.config().max_subscriptions;
+        if !self.subs.contains_key(&key) && self.subs.len() >= max {
+            return Err(FrameError::TooManySubscriptions(max));
+        }
+        if let Some(old) = self.subs.remove(&key) {
+            self.hub.unsubscribe(&old.key, (self.conn, old.sub));
+        }
+        let index_key = self.hub.index_key_for(&destination).await;
+        // 1.1/1.2 MESSAGE frames must name their subscription; use the destination when
+        // the client gave no id.
+        let sub_header = match (self.version, &id) {
+            (Version::V1_0, id) => id.as_deref(),
+            (_, Some(id)) => Some(id.as_str()),
+            (_, None) => Some(destination.as_str()),
+        };
+        let head = encode_head(&destination, sub_header, self.version);
+        let sub = self.hub.next_id();
+        self.hub.subscribe(
+            &index_key,
+            (self.conn, sub),
+            SubEntry {
+                head: head.clone(),
+                version: self.version,
+                queue: self.queue.clone(),
+                kill: self.kill.clone(),
+                monitor: self
+                    .info
+                    .as_ref()
+                    .map(|i| (i.clone(), Arc::from(destination.as_str()))),
+            },
+        );
+        if let Some(info) = &self.info {
+            self.hub.monitor().emit(Event::Subscription(
+                info.clone(),
+                destination.as_str().into(),
+            ));
+        }
+        tracing::debug!(%destination, id = ?id, key = ?index_key, "subscribed");
+        let replay = frame.get("x-ebu-nofastreply") != Some("yes");
+        let last = replay.then(|| self.hub.last_for(&index_key)).flatten();
+        self.subs.insert(
+            key,
+            SubRecord {
+                sub,
+                key: index_key,
+                destination,
+            },
+        );
+        if let Some(last) = last {
+            let item = Outbound {
+                head,
+                tail: last.tail(self.version),
+            };
+            // A failed write surfaces on the next read or write of the main loop.
+            if let Err(e) = self.write_message(item).await {
+                tracing::debug!(error = %e, "replay not written");
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn unsubscribe(&mut self, frame: &Frame) -> Result<Flow, FrameError> {
+        let id = frame.get("id").filter(|i| !i.is_empty());
+        let destination = frame
+            .get("destination")
+            .map(str::trim)
+            .filter(|d| !d.is_empty());
+        let key = match (id, destination) {
+            (Some(id), _) => {
+                if !self.subs.contains_key(id) {
+                    return Err(FrameError::UnknownId(id.to_owned()));
+                }
+                id.to_owned()
+            }
+            (None, Some(d)) => self
+                .subs
+                .iter()
+                .find(|(_, r)| r.destination == d)
+                .map(|(k, _)| k.clone())
+                .ok_or_else(|| FrameError::NotSubscribed(d.to_owned()))?,
+            (None, None) => return Err(FrameError::NoIdOrDestination),
+        };
+        if let Some(record) = self.subs.remove(&key) {
+            self.hub.unsubscribe(&record.key, (self.conn, record.sub));
+            tracing::debug!(destination = %record.destination, "unsubscribed");
+            self.emit_unsubscription(&record);
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn send(&mut self, frame: Frame) -> Result<Flow, FrameError> {
+        let Some(station) = self.station.clone() else {
+            return Err(FrameError::NotAuthenticated);
+        };
+        let destination = frame
+            .get("destination")
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .ok_or(FrameError::NoDestination)?;
+        let channels = self.hub.station_channels(&station).await.map_err(|e| {
+            tracing::warn!(error = %e, "cannot load station channels");
+            FrameError::DirectoryUnavailable
+        })?;
+        let targets: Vec<String> = match destination.strip_prefix("/topic/*/") {
+            Some(rest) => channels
+                .iter()
+                .map(|c| {
+                    let sep = if c.raw.ends_with('/') { "" } else { "/" };
+                    format!("{}{sep}{rest}", c.raw)
+                })
+                .collect(),
+            None => {
+                let normalised = self.hub.normalise(destination).await;
+                if !channels
+                    .iter()
+                    .any(|c| normalised.starts_with(&c.normalised))
+                {
+                    return Err(FrameError::NotAllowed(destination.to_owned()));
+                }
+                vec![destination.to_owned()]
+            }
+        };
+        let mut headers = Vec::with_capacity(4);
+        for name in ["trigger-time", "link"] {
+            if let Some(v) = frame.get(name).filter(|v| !v.is_empty()) {
+                headers.push((name.to_owned(), v.to_owned()));
+            }
+        }
+        let message_id = frame
+            .get("message-id")
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        headers.push(("message-id".to_owned(), message_id));
+        headers.push(("when".to_owned(), unix_now().to_string()));
+        for topic in targets {
+            tracing::debug!(%topic, bytes = frame.body.len(), "publishing");
+            self.hub
+                .publish(BusMessage {
+                    topic,
+                    body: frame.body.clone(),
+                    headers: headers.clone(),
+                })
+                .await?;
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Removes every subscription of the closing session (and says so to monitoring,
+    /// as the original did).
+    pub(super) fn unsubscribe_all(&mut self) {
+        let records: Vec<SubRecord> = self.subs.drain().map(|(_, r)| r).collect();
+        for record in records {
+            self.hub.unsubscribe(&record.key, (self.conn, record.sub));
+            self.emit_unsubscription(&record);
+        }
+    }
+
+    fn emit_unsubscription(&self, record: &SubRecord) {
+        if let Some(info) = &self.info {
+            self.hub.monitor().emit(Event::Unsubscription(
+                info.clone(),
+                record.destination.as_str().into(),
+            ));
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
