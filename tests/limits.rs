@@ -1,4 +1,4 @@
-//! Bad input and faults (behaviour.md §10, slow consumer of §3): every limit gets an
+//! Bad input and faults (docs/protocol.md#limits, the slow consumer included): every limit gets an
 //! ERROR that names it and a close, and every other client carries on.
 
 use std::net::IpAddr;
@@ -256,7 +256,7 @@ async fn max_subscriptions_per_session() {
     b.publish("/topic/dab/4e1/4001/4001/0/text", b"TEXT dab", &[])
         .await;
     assert_eq!(radio.expect("MESSAGE").await.body, b"TEXT dab");
-    // One more is over the limit (behaviour.md §10): an ERROR naming it, then the
+    // One more is over the limit (docs/protocol.md#limits): an ERROR naming it, then the
     // close, whatever the version.
     radio
         .send_frame(

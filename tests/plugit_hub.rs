@@ -1,5 +1,5 @@
 //! The hub on the PlugIt directory (real HTTP, the test PlugIt server) and memcached
-//! (real, skipped when absent unless RADIOVIS_REQUIRE_SERVICES=1): behaviour.md §3 with
+//! (real, skipped when absent unless RADIOVIS_REQUIRE_SERVICES=1): docs/protocol.md#session with
 //! the directory's answers, and degraded service when PlugIt fails.
 
 use std::sync::Arc;

@@ -1,5 +1,5 @@
-//! Delivery, topic matching and last-message replay over real sockets (behaviour.md §2
-//! and the SUBSCRIBE/SEND/MESSAGE rules of §3).
+//! Delivery, topic matching and last-message replay over real sockets (docs/protocol.md#topics,
+//! #subscribe, #send and #message-frame).
 
 use std::time::Duration;
 

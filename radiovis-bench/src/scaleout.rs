@@ -8,6 +8,10 @@
 //! `{"type":"ready",…}` once its subscribers are set up, `{"type":"complete"}` once each
 //! has all its messages, `{"type":"result",…}` (counts and the latency histogram as
 //! `[value, count]` pairs) after the parent writes `stop` on its stdin (or closes it).
+//!
+//! Long file: one benchmark mode end to end (start the instances, spawn the
+//! sub-loaders, publish, merge their results); split, its steps would only be read
+//! together.
 
 use std::net::SocketAddr;
 use std::process::Stdio;

@@ -1,4 +1,4 @@
-//! Start-up as an operator sees it (behaviour.md §9): the log says which backends are
+//! Start-up as an operator sees it (docs/protocol.md#configuration): the log says which backends are
 //! in use; a bad value stops start-up with a message naming the variable.
 
 use std::process::Stdio;

@@ -1,4 +1,4 @@
-//! Monitoring events (behaviour.md §8): servers, connections, disconnections,
+//! Monitoring events (docs/protocol.md#monitoring): servers, connections, disconnections,
 //! subscriptions, unsubscriptions and messages, published as JSON
 //! (`{"type":"log","label":...,"timestamp":...,"server":[...],"metadata":{...}}`) to a
 //! sink, normally a RabbitMQ fanout exchange of its own.

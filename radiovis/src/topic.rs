@@ -1,5 +1,5 @@
 //! Topics: shape checks, CC -> GCC normalisation, channel prefixes, `*` matching and the
-//! FM any-frequency fallback (behaviour.md §2).
+//! FM any-frequency fallback (docs/protocol.md#topics).
 //!
 //! A topic is a `/`-separated path such as `/topic/fm/4e1/4001/09580/image`. The FM
 //! country segment may be an ISO code (`ch`) or a GCC (`4e1`); both name the same
@@ -14,7 +14,7 @@ use bytes::Bytes;
 use crate::backend::{Cache, DirectoryApi};
 use crate::singleflight::SingleFlight;
 
-/// TTL of CC -> GCC conversions, in process and in the shared cache (behaviour.md §6).
+/// TTL of CC -> GCC conversions, in process and in the shared cache (docs/protocol.md#topic-normalisation).
 pub const GCC_TTL: Duration = Duration::from_secs(600);
 
 /// Why a destination is refused.

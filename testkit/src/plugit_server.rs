@@ -1,4 +1,4 @@
-//! A small PlugIt API for tests: the actions of behaviour.md §5 over HTTP/1.1 on
+//! A small PlugIt API for tests: the actions of docs/protocol.md#directory over HTTP/1.1 on
 //! 127.0.0.1, fixed data, calls counted per action, requests recorded, switchable faults.
 //!
 //! Parameters are read from the form body (any method, as PlugIt reads form fields) and

@@ -1,4 +1,4 @@
-//! memcached as the shared cache (behaviour.md §6), with a minimal client of the text
+//! memcached as the shared cache (docs/protocol.md#cache), with a minimal client of the text
 //! protocol (`get`, `set`) over tokio.
 //!
 //! Why hand-written: the shared cache is an optimisation that must never slow a login or

@@ -10,7 +10,7 @@
 //!   [`memory::MemoryLogStore`]).
 //!
 //! Every method may fail with its layer's typed error; callers treat a failure as
-//! "no answer" and degrade as behaviour.md says (auth refused, empty list, topic not
+//! "no answer" and degrade as docs/protocol.md#faults says (auth refused, empty list, topic not
 //! converted, cache skipped), never panic. Implementations must bound every call in
 //! time (their own timeouts), so that no caller hangs on a dead service.
 //!
@@ -291,7 +291,7 @@ pub struct ChannelDefault {
     pub public_url: Option<String>,
 }
 
-/// The station directory (behaviour.md §5).
+/// The station directory (docs/protocol.md#directory).
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
 pub trait DirectoryApi: Send + Sync + 'static {
@@ -330,7 +330,7 @@ pub enum CacheError {
     BadAnswer(#[source] Reason),
 }
 
-/// State shared between instances and the watchdog (behaviour.md §6). Values are
+/// State shared between instances and the watchdog (docs/protocol.md#cache). Values are
 /// opaque bytes; callers store JSON.
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]

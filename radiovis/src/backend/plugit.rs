@@ -1,4 +1,4 @@
-//! The PlugIt HTTP API as directory and message log (behaviour.md §5).
+//! The PlugIt HTTP API as directory and message log (docs/protocol.md#directory).
 //!
 //! Every action is `<RADIODNS_API_URL><action>` with its parameters form-urlencoded in
 //! the request body (`content-type: application/x-www-form-urlencoded`) and a JSON

@@ -90,6 +90,35 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Raises this process's soft limit of open files to its hard limit (every connection
+/// is a file descriptor; the usual soft limit, 1,024, would cap a server far below
+/// `RADIOVIS_MAX_CONNECTIONS`) and warns when `max_connections` is still above it:
+/// accepts would then fail with "too many open files" before the limit answers with an
+/// ERROR. Returns the soft limit in force.
+pub fn raise_open_files_limit(max_connections: usize) -> Option<u64> {
+    // Descriptors besides client connections: listeners, bus, cache, directory, logs.
+    const SPARE: u64 = 256;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            let wanted = (max_connections as u64).saturating_add(SPARE);
+            if wanted > limit {
+                tracing::warn!(
+                    open_files = limit,
+                    max_connections,
+                    "RADIOVIS_MAX_CONNECTIONS is above what the open files limit allows: raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower it"
+                );
+            } else {
+                tracing::info!(open_files = limit, "open files limit");
+            }
+            Some(limit)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open files limit");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,34 +155,5 @@ mod tests {
             error_chain(&e),
             "cannot listen on 127.0.0.1:1 (STOMP_IP/STOMP_PORT): in use"
         );
-    }
-}
-
-/// Raises this process's soft limit of open files to its hard limit (every connection
-/// is a file descriptor; the usual soft limit, 1,024, would cap a server far below
-/// `RADIOVIS_MAX_CONNECTIONS`) and warns when `max_connections` is still above it:
-/// accepts would then fail with "too many open files" before the limit answers with an
-/// ERROR. Returns the soft limit in force.
-pub fn raise_open_files_limit(max_connections: usize) -> Option<u64> {
-    // Descriptors besides client connections: listeners, bus, cache, directory, logs.
-    const SPARE: u64 = 256;
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => {
-            let wanted = (max_connections as u64).saturating_add(SPARE);
-            if wanted > limit {
-                tracing::warn!(
-                    open_files = limit,
-                    max_connections,
-                    "RADIOVIS_MAX_CONNECTIONS is above what the open files limit allows: raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower it"
-                );
-            } else {
-                tracing::info!(open_files = limit, "open files limit");
-            }
-            Some(limit)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read or raise the open files limit");
-            None
-        }
     }
 }

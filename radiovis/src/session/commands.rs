@@ -95,7 +95,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
                 }
                 self.write_frame(&err).await?;
                 // A 1.0 session survives a refused frame, as with the original; a
-                // client over a limit does not (behaviour.md §10).
+                // client over a limit does not (docs/protocol.md#limits).
                 let over_limit = matches!(e, FrameError::TooManySubscriptions(_));
                 if v10 && !over_limit {
                     Ok(Flow::Continue)

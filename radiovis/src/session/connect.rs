@@ -1,5 +1,5 @@
 //! CONNECT negotiation: protocol version, station credentials, heart-beats, then
-//! CONNECTED (behaviour.md §3).
+//! CONNECTED (docs/protocol.md#connect).
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -8,7 +8,7 @@
 //! cancels `kill` when the queue overflows: the session then closes at once, even in
 //! the middle of a blocked write.
 //!
-//! Version rules (behaviour.md §3): in a 1.0 session a `receipt` is answered before the
+//! Version rules (docs/protocol.md#receipts-and-errors): in a 1.0 session a `receipt` is answered before the
 //! frame takes effect and an ERROR leaves the connection open; in 1.1/1.2 the RECEIPT
 //! follows success, and a failing frame gets an ERROR (carrying `receipt-id`) and the
 //! connection closes.

@@ -1,5 +1,5 @@
 //! The RabbitMQ message bus ([`RabbitBus`]), wire-compatible with the original Python
-//! RadioVisServer so that mixed fleets work during a migration (behaviour.md §4).
+//! RadioVisServer so that mixed fleets work during a migration (docs/protocol.md#rabbitmq).
 //!
 //! Wire format: every message is published to the configured exchange (default
 //! `amq.fanout`) with an empty routing key; the AMQP body is the STOMP body and the AMQP
@@ -24,6 +24,7 @@
 //! task: connect, reconnect, consume), `topology` (declaring and checking the exchange
 //! and the queue) and [`leader`] ([`LeaderLock`], used only by the watchdog binary).
 
+mod attempt;
 mod config;
 mod leader;
 mod supervisor;
@@ -49,7 +50,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{BusError, BusMessage, BusStream, Delivery, DeliveryStream, MessageBus, Reason};
-use supervisor::{supervise, AttemptError, CLOSE_TIMEOUT};
+use attempt::AttemptError;
+use supervisor::{supervise, CLOSE_TIMEOUT};
 use wire::encode_headers;
 
 /// Default exchange, as the original (`RABBITMQ_EXCHANGE`).

@@ -2,7 +2,6 @@
 //! and dispatch, and on connection loss start over with jittered, capped exponential
 //! backoff, until shutdown.
 
-use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,16 +14,11 @@ use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
+use super::attempt::{classify, AttemptError};
 use super::topology::{declare, open_consumer_channel};
 use super::wire::decode;
 use super::{QueueKind, RabbitConfig, Shared};
 use crate::backend::{Ack, AckHandle, Delivery, Reason};
-
-/// AMQP reply codes that mean "fix the configuration", not "try again later".
-const ACCESS_REFUSED: u16 = 403;
-pub(super) const NOT_FOUND: u16 = 404;
-pub(super) const PRECONDITION_FAILED: u16 = 406;
-const NOT_ALLOWED: u16 = 530;
 
 /// A connection that lived this long resets the reconnection backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(30);
@@ -32,39 +26,6 @@ const STABLE_SESSION: Duration = Duration::from_secs(30);
 /// Bound on a polite close (connection or channel).
 pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One failed attempt of the background task.
-#[derive(Debug)]
-pub(super) enum AttemptError {
-    /// Will not get better by itself.
-    Config(Reason),
-    /// Broker down, network, timeout: retry.
-    Transient(Reason),
-}
-
-impl fmt::Display for AttemptError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AttemptError::Config(m) | AttemptError::Transient(m) => f.write_str(m),
-        }
-    }
-}
-
-/// The AMQP reply code of a protocol error.
-pub(super) fn reply_code(e: &lapin::Error) -> Option<u16> {
-    match e.kind() {
-        lapin::ErrorKind::ProtocolError(p) => Some(p.get_id()),
-        _ => None,
-    }
-}
-
-/// Classifies an error of the connection or of a declaration.
-pub(super) fn classify(context: &str, e: &lapin::Error) -> AttemptError {
-    let reason = Reason::caused_by(format!("{context}: {e}"), e.clone());
-    match reply_code(e) {
-        Some(ACCESS_REFUSED | NOT_ALLOWED | PRECONDITION_FAILED) => AttemptError::Config(reason),
-        _ => AttemptError::Transient(reason),
-    }
-}
 /// Acknowledges a RabbitMQ delivery once every acked stream that got it acknowledged
 /// it; dropped unacknowledged, the delivery is rejected with requeue, so the broker
 /// redelivers it (to this consumer after a reconnection, or to another).

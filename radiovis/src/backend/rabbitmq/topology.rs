@@ -9,7 +9,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
 use tracing::{debug, info};
 
-use super::supervisor::{classify, reply_code, AttemptError, NOT_FOUND, PRECONDITION_FAILED};
+use super::attempt::{classify, reply_code, AttemptError, NOT_FOUND, PRECONDITION_FAILED};
 use super::{QueueKind, RabbitConfig};
 use crate::backend::Reason;
 

@@ -1,4 +1,4 @@
-//! The original server's AMQP message shape (behaviour.md §4): the AMQP body is the
+//! The original server's AMQP message shape (docs/protocol.md#rabbitmq): the AMQP body is the
 //! STOMP body and the `application_headers` are the forwarded headers plus `topic`.
 
 use bytes::Bytes;

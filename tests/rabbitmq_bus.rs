@@ -3,7 +3,6 @@
 //! Skipped, with a message, when the broker is not reachable, unless
 //! `RADIOVIS_REQUIRE_SERVICES=1` (then they fail). Every test uses its own exchange and
 //! queue names and deletes them at the end.
-#![cfg(feature = "rabbitmq")]
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,7 @@ use radiovis::backend::rabbitmq::{QueueKind, RabbitBus, RabbitConfig, RabbitErro
 use radiovis::backend::{BusError, BusMessage, BusStream, MessageBus};
 use tokio::sync::RwLock;
 
-const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+use testkit::services::BROKER_URL as URL;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// The reconnection test closes every connection of the broker
@@ -27,7 +26,8 @@ const WAIT: Duration = Duration::from_secs(10);
 /// processes connected to the same broker at that moment are disconnected too.
 static EXCLUSIVE: RwLock<()> = RwLock::const_new(());
 
-/// Whether the broker is reachable; prints why a test is skipped.
+/// Whether the broker is reachable (see `testkit::services::broker_up`), with the
+/// library's debug log in the test output.
 async fn broker_up(test: &str) -> bool {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -36,23 +36,7 @@ async fn broker_up(test: &str) -> bool {
         )
         .with_test_writer()
         .try_init();
-    let up = matches!(
-        tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect("127.0.0.1:5672")
-        )
-        .await,
-        Ok(Ok(_))
-    );
-    if !up {
-        if std::env::var("RADIOVIS_REQUIRE_SERVICES").as_deref() == Ok("1") {
-            panic!(
-                "{test}: RabbitMQ not reachable at 127.0.0.1:5672 and RADIOVIS_REQUIRE_SERVICES=1"
-            );
-        }
-        eprintln!("{test}: SKIPPED, RabbitMQ not reachable at 127.0.0.1:5672");
-    }
-    up
+    testkit::services::broker_up(test).await
 }
 
 fn unique(what: &str) -> String {
