@@ -49,6 +49,7 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let hub_config = cli.hub.hub_config(cli.directory.directory_timeout)?;
+    radiovis::config::raise_open_files_limit(hub_config.max_connections);
 
     let bus = cli.rabbit.server_bus().await?;
     let DirectoryBackends {

@@ -125,3 +125,60 @@ async fn out_of_range_numbers_stop_startup_naming_the_variable() {
         assert!(text.contains(var), "{var}={value}: {text}");
     }
 }
+
+/// Each connection is a file descriptor: the usual soft limit (1,024, here lowered to
+/// 256) would cap the server far below RADIOVIS_MAX_CONNECTIONS. The server raises it
+/// to the hard limit and says so; above the hard limit it warns.
+#[tokio::test]
+async fn the_open_files_limit_is_raised_to_the_hard_limit() {
+    let run = |max: &'static str| async move {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -Sn 256 && exec {}",
+                env!("CARGO_BIN_EXE_radiovis-server")
+            ))
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .env("STOMP_IP", "127.0.0.1")
+            .env("STOMP_PORT", "0")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env("RADIOVIS_MAX_CONNECTIONS", max)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start radiovis-server");
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("open_files=") {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        let _ = child.start_kill();
+        line.ok()
+            .flatten()
+            .expect("a log line with the open files limit")
+    };
+    let hard: u64 = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -Hn")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(u64::MAX);
+    let line = run("100").await;
+    assert!(line.contains("INFO"), "{line}");
+    if hard != u64::MAX {
+        assert!(line.contains(&format!("open_files={hard}")), "{line}");
+    }
+    let line = run("10000000").await;
+    assert!(
+        line.contains("WARN") && line.contains("RADIOVIS_MAX_CONNECTIONS"),
+        "{line}"
+    );
+}

@@ -18,7 +18,12 @@
 //! | [`watchdog`] | the fallback watchdog: message log, defaults for quiet channels |
 //! | [`monitoring`] | monitoring events through a bounded, never-blocking buffer |
 //! | [`backend`] | the four traits (bus, directory, cache, log store) and in-process backends |
-//! | [`config`] | environment variables and flags of the binaries (feature `cli`) |
+//! | [`singleflight`] | bounded TTL cache where concurrent misses make one call (CC -> GCC, channel rights) |
+//! | [`client`] | a small STOMP client (examples, tests, benchmarks) |
+//! | `config` | environment variables and flags -> typed configuration and backends (feature `cli`, for the binaries) |
+//!
+//! The protocol these modules implement is specified in `docs/protocol.md` in the
+//! repository; comments cite its sections as `docs/protocol.md#<anchor>`.
 //!
 //! Data path: socket -> codec -> session (SEND) -> [`MessageBus::publish`] -> every
 //! instance's bus stream -> hub (normalise, remember as last message, encode once) ->
