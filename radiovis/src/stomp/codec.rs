@@ -66,6 +66,9 @@ pub struct Decoder {
     /// Offset in the buffer up to which the current frame's body is known to hold no
     /// NUL; valid until a frame is taken off the buffer.
     body_scanned: usize,
+    /// Bytes examined so far, counted once per pass over a byte (see
+    /// [`Decoder::bytes_examined`]).
+    examined: u64,
 }
 
 impl Decoder {
@@ -75,7 +78,16 @@ impl Decoder {
             version: Version::V1_0,
             limits,
             body_scanned: 0,
+            examined: 0,
         }
+    }
+
+    /// How many bytes this decoder has examined since it was created, counting a byte
+    /// once per pass over it (searching for a terminator, checking escapes, building
+    /// the frame). Deterministic, unlike time: tests use it to check that decoding
+    /// costs work linear in the bytes received, however they are split.
+    pub fn bytes_examined(&self) -> u64 {
+        self.examined
     }
 
     /// Switches header unescaping to the negotiated version.
@@ -95,6 +107,7 @@ impl Decoder {
             .iter()
             .position(|&b| b != b'\n' && b != b'\r')
             .unwrap_or(buf.len());
+        self.examined += (skip + 1).min(buf.len()) as u64;
         if skip > 0 {
             buf.advance(skip);
             self.body_scanned = 0;
@@ -105,7 +118,9 @@ impl Decoder {
         let limits = self.limits;
 
         // Command line.
-        let Some((cmd_end, cmd_term)) = find_line_end(buf, 0) else {
+        let found = find_line_end(buf, 0);
+        self.examined += found.map_or(buf.len(), |(e, _)| e + 1) as u64;
+        let Some((cmd_end, cmd_term)) = found else {
             return self.incomplete(buf, 0);
         };
         if cmd_end > limits.max_header_line {
@@ -125,7 +140,9 @@ impl Decoder {
         let mut headers = Vec::new();
         let mut pos = cmd_end + 1;
         let body_start = loop {
-            let Some((end, term)) = find_line_end(buf, pos) else {
+            let found = find_line_end(buf, pos);
+            self.examined += found.map_or(buf.len(), |(e, _)| e + 1).saturating_sub(pos) as u64;
+            let Some((end, term)) = found else {
                 return self.incomplete(buf, pos);
             };
             if end - pos > limits.max_header_line {
@@ -140,6 +157,7 @@ impl Decoder {
                         limit: limits.max_headers,
                     });
                 }
+                self.examined += line.len() as u64;
                 headers.push(parse_header(line, escape, self.version)?);
             }
             pos = end + 1;
@@ -183,7 +201,9 @@ impl Decoder {
             }
             None => {
                 let from = self.body_scanned.max(body_start);
-                match memchr::memchr(0, &buf[from..]) {
+                let found = memchr::memchr(0, &buf[from..]);
+                self.examined += found.map_or(buf.len() - from, |i| i + 1) as u64;
+                match found {
                     Some(i) => from + i,
                     None => {
                         self.body_scanned = buf.len();
