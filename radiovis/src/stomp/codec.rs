@@ -339,14 +339,17 @@ impl Decoder {
     /// scanning, so this is the one place that allocates for a frame.
     fn parse_head(&mut self, head: &[u8]) -> Result<(Command, Vec<(String, String)>), CodecError> {
         self.count(head.len());
-        let mut lines = head.split(|&b| b == b'\n');
-        let command = parse_command(lines.next().unwrap_or_default());
+        let mut ends = memchr::memchr_iter(b'\n', head).chain(std::iter::once(head.len()));
+        let cmd_end = ends.next().unwrap_or(head.len());
+        let command = parse_command(&head[..cmd_end]);
         let mut headers = Vec::with_capacity(self.headers as usize);
-        for line in lines {
-            let line = trim_cr_bytes(line);
+        let mut start = cmd_end + 1;
+        for end in ends {
+            let line = trim_cr_bytes(&head[start..end]);
             if !line.is_empty() {
                 headers.push(parse_header(line, self.escape, self.version)?);
             }
+            start = end + 1;
         }
         Ok((command, headers))
     }
