@@ -43,7 +43,10 @@ fn decode(data: &[u8], cuts: &[usize], version: Version, limits: Limits) -> Outc
                     frames.push(f);
                 }
                 Ok(None) => {
-                    assert!(buf.len() <= limits.max_frame_size, "buffered past the limit");
+                    assert!(
+                        buf.len() <= limits.max_frame_size,
+                        "buffered past the limit"
+                    );
                     break;
                 }
                 Err(error) => {
