@@ -46,16 +46,22 @@ impl Default for Limits {
 /// the client gets an ERROR with [`CodecError`]'s message, then the connection closes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
+    /// The frame (or what is buffered of it) is over `max_frame_size`.
     #[error("frame too large: limit is {limit} bytes")]
     FrameTooLarge { limit: usize },
+    /// The frame has more than `max_headers` headers.
     #[error("too many headers: limit is {limit} headers per frame")]
     TooManyHeaders { limit: usize },
+    /// A command or header line (complete or not) is over `max_header_line`.
     #[error("header line too long: limit is {limit} bytes")]
     HeaderLineTooLong { limit: usize },
+    /// A 1.1/1.2 header holds an escape sequence its version does not define.
     #[error("invalid escape sequence in header {header:?}")]
     InvalidEscape { header: String },
+    /// The first `content-length` header is not a number.
     #[error("invalid content-length {value:?}")]
     InvalidContentLength { value: String },
+    /// The byte after `content-length` body bytes is not NUL.
     #[error("frame body not terminated by NUL after content-length bytes")]
     BodyNotTerminated,
 }
