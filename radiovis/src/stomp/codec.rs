@@ -2,10 +2,12 @@
 //!
 //! Bytes arrive in arbitrary pieces: several frames in one read, one frame over many
 //! reads. [`Decoder::decode`] looks at the buffered bytes and either takes one whole
-//! frame off the front, or leaves the buffer alone and asks for more. Nothing is
-//! allocated for a partial frame, and the search for the end of a body resumes where
-//! the previous call stopped, so a large frame arriving in small pieces costs linear
-//! time.
+//! frame off the front, or leaves the buffer alone and asks for more. The decoder
+//! remembers how far it got in a partial frame (next line, headers counted, where each
+//! search stopped) and resumes there, so each byte is examined a bounded number of
+//! times however the frame is split: a frame dripped one byte at a time costs linear
+//! work, not quadratic. Nothing is allocated for a partial frame; the command and
+//! headers are built once, when the frame is complete.
 //!
 //! Framing rules (behaviour.md §3): EOLs before a frame are skipped (heart-beats); a
 //! command line ended by NUL is a frame with no headers (`TEST\x00`); a header line
@@ -44,151 +46,235 @@ impl Default for Limits {
 /// the client gets an ERROR with [`CodecError`]'s message, then the connection closes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
+    /// The frame (or what is buffered of it) is over `max_frame_size`.
     #[error("frame too large: limit is {limit} bytes")]
     FrameTooLarge { limit: usize },
+    /// The frame has more than `max_headers` headers.
     #[error("too many headers: limit is {limit} headers per frame")]
     TooManyHeaders { limit: usize },
+    /// A command or header line (complete or not) is over `max_header_line`.
     #[error("header line too long: limit is {limit} bytes")]
     HeaderLineTooLong { limit: usize },
+    /// A 1.1/1.2 header holds an escape sequence its version does not define.
     #[error("invalid escape sequence in header {header:?}")]
     InvalidEscape { header: String },
+    /// The first `content-length` header is not a number.
     #[error("invalid content-length {value:?}")]
     InvalidContentLength { value: String },
+    /// The byte after `content-length` body bytes is not NUL.
     #[error("frame body not terminated by NUL after content-length bytes")]
     BodyNotTerminated,
 }
 
 /// Incremental decoder for one connection.
+///
+/// It remembers how far it got in the frame at the front of the buffer (the next line
+/// to parse, how many headers it has seen, where the search for the body's end
+/// stopped), so each call only looks at bytes that arrived since the previous one.
+/// Between calls the caller may only append to the buffer; the decoder alone takes
+/// bytes off its front.
 #[derive(Debug, Clone)]
 pub struct Decoder {
-    version: Version,
     limits: Limits,
-    /// Offset in the buffer up to which the current frame's body is known to hold no
-    /// NUL; valid until a frame is taken off the buffer.
-    body_scanned: usize,
+    /// Start of the next line to parse; in the body phases, start of the body.
+    line: usize,
+    /// Offset up to which the buffer is known to hold no terminator of what is being
+    /// looked for (line end, or the body's NUL), so that a search resumes there.
+    scanned: usize,
+    /// Headers phase: start of the first `content-length` header line (0 when none
+    /// yet: no header line starts at 0). `BodyLen` phase: the body's length.
+    content_length: usize,
+    /// Bytes examined so far (see [`Decoder::bytes_examined`]).
+    examined: u64,
+    /// Non-empty header lines seen in this frame. `u32` keeps the idle decoder, which
+    /// every connection holds, at 64 bytes; a frame cannot carry 2^32 header lines.
+    headers: u32,
+    version: Version,
+    phase: Phase,
+    /// Whether this frame's headers are escaped (by version and command).
+    escape: bool,
+}
+
+/// Where the decoder is in the frame at the front of the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Looking for the end of the command line.
+    Command,
+    /// Looking for header lines, up to a blank line.
+    Headers,
+    /// Waiting for a `content-length` body and its NUL.
+    BodyLen,
+    /// Looking for the NUL that ends a body without `content-length`.
+    BodyNul,
 }
 
 impl Decoder {
     /// A decoder for a session that has not negotiated yet (1.0 rules).
     pub fn new(limits: Limits) -> Decoder {
         Decoder {
-            version: Version::V1_0,
             limits,
-            body_scanned: 0,
+            line: 0,
+            scanned: 0,
+            content_length: 0,
+            examined: 0,
+            headers: 0,
+            version: Version::V1_0,
+            phase: Phase::Command,
+            escape: false,
         }
     }
 
     /// Switches header unescaping to the negotiated version.
     pub fn set_version(&mut self, version: Version) {
         self.version = version;
+        // A partly buffered frame is parsed again under the new rules, as if it had
+        // arrived after the switch.
+        self.restart();
     }
 
-    /// The limits in force.
-    pub fn limits(&self) -> Limits {
-        self.limits
+    /// How many bytes this decoder has examined since it was created, counting a byte
+    /// once per pass over it (searching for a terminator, checking escapes, building
+    /// the frame). Deterministic, unlike time: tests use it to check that decoding
+    /// costs work linear in the bytes received, however they are split.
+    pub fn bytes_examined(&self) -> u64 {
+        self.examined
     }
 
     /// Takes one complete frame off the front of `buf`, or returns `Ok(None)` when more
     /// bytes are needed. Leading EOLs (heart-beats) are consumed either way.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
-        let skip = buf
-            .iter()
-            .position(|&b| b != b'\n' && b != b'\r')
-            .unwrap_or(buf.len());
-        if skip > 0 {
-            buf.advance(skip);
-            self.body_scanned = 0;
+        if buf.len() < self.scanned {
+            // The caller swapped the buffer: what we remembered is about other bytes.
+            self.restart();
         }
-        if buf.is_empty() {
-            return Ok(None);
+        if self.phase == Phase::Command && self.scanned == 0 {
+            // Nothing of a frame seen yet: skip heart-beats. Once the command line has
+            // started, the buffer begins with a non-EOL byte, so this runs once per frame.
+            let skip = buf
+                .iter()
+                .position(|&b| b != b'\n' && b != b'\r')
+                .unwrap_or(buf.len());
+            self.count((skip + 1).min(buf.len()));
+            buf.advance(skip);
+            if buf.is_empty() {
+                return Ok(None);
+            }
         }
         let limits = self.limits;
 
-        // Command line.
-        let Some((cmd_end, cmd_term)) = find_line_end(buf, 0) else {
-            return self.incomplete(buf, 0);
-        };
-        if cmd_end > limits.max_header_line {
-            return Err(CodecError::HeaderLineTooLong {
-                limit: limits.max_header_line,
-            });
-        }
-        let command = Command::parse(trim_cr(&String::from_utf8_lossy(&buf[..cmd_end])).trim());
-        if cmd_term == 0 {
-            buf.advance(cmd_end + 1);
-            self.body_scanned = 0;
-            return Ok(Some(Frame::new(command)));
-        }
-
-        // Headers, up to an empty line (or a NUL that ends a body-less frame).
-        let escape = self.version.escapes() && command.escapes_headers();
-        let mut headers = Vec::new();
-        let mut pos = cmd_end + 1;
-        let body_start = loop {
-            let Some((end, term)) = find_line_end(buf, pos) else {
-                return self.incomplete(buf, pos);
+        if self.phase == Phase::Command {
+            let Some((cmd_end, cmd_term)) = self.find_line_end(buf, 0) else {
+                return self.incomplete(buf, 0);
             };
-            if end - pos > limits.max_header_line {
+            if cmd_end > limits.max_header_line {
                 return Err(CodecError::HeaderLineTooLong {
                     limit: limits.max_header_line,
                 });
             }
-            let line = trim_cr_bytes(&buf[pos..end]);
-            if !line.is_empty() {
-                if headers.len() >= limits.max_headers {
-                    return Err(CodecError::TooManyHeaders {
-                        limit: limits.max_headers,
+            if cmd_term == 0 {
+                let command = parse_command(&buf[..cmd_end]);
+                self.count(cmd_end);
+                buf.advance(cmd_end + 1);
+                self.restart();
+                return Ok(Some(Frame::new(command)));
+            }
+            // Classified without allocating: the Command itself is built once the
+            // frame is complete.
+            let known = std::str::from_utf8(&buf[..cmd_end])
+                .ok()
+                .and_then(|s| Command::known(trim_cr(s).trim()));
+            self.count(cmd_end);
+            self.escape = self.version.escapes() && known.is_none_or(|c| c.escapes_headers());
+            self.phase = Phase::Headers;
+            self.line = cmd_end + 1;
+        }
+
+        if self.phase == Phase::Headers {
+            // Headers, up to an empty line (or a NUL that ends a body-less frame).
+            loop {
+                let pos = self.line;
+                let Some((end, term)) = self.find_line_end(buf, pos) else {
+                    return self.incomplete(buf, pos);
+                };
+                if end - pos > limits.max_header_line {
+                    return Err(CodecError::HeaderLineTooLong {
+                        limit: limits.max_header_line,
                     });
                 }
-                headers.push(parse_header(line, escape, self.version)?);
+                let line = trim_cr_bytes(&buf[pos..end]);
+                if !line.is_empty() {
+                    if self.headers as usize >= limits.max_headers {
+                        return Err(CodecError::TooManyHeaders {
+                            limit: limits.max_headers,
+                        });
+                    }
+                    // Checked now, not when the frame completes, so that a bad escape
+                    // fails the session as soon as its line is in.
+                    if self.escape {
+                        self.count(line.len());
+                        check_escapes(line, self.version)?;
+                    }
+                    if self.content_length == 0 {
+                        self.count(line.len().min(CONTENT_LENGTH.len() + 1));
+                        if is_content_length(line) {
+                            self.content_length = pos;
+                        }
+                    }
+                    self.headers = self.headers.saturating_add(1);
+                }
+                self.line = end + 1;
+                if term == 0 {
+                    // A NUL before the blank line: the frame has no body.
+                    let (command, headers) = self.parse_head(&buf[..end])?;
+                    buf.advance(end + 1);
+                    self.restart();
+                    return Ok(Some(Frame {
+                        command,
+                        headers,
+                        body: Bytes::new(),
+                    }));
+                }
+                if line.is_empty() {
+                    break;
+                }
             }
-            pos = end + 1;
-            if term == 0 {
-                // A NUL before the blank line: the frame has no body.
-                buf.advance(pos);
-                self.body_scanned = 0;
-                return Ok(Some(Frame {
-                    command,
-                    headers,
-                    body: Bytes::new(),
-                }));
-            }
-            if line.is_empty() {
-                break pos;
-            }
-        };
-
-        // Body.
-        let content_length = headers
-            .iter()
-            .find(|(k, _)| k == "content-length")
-            .map(|(_, v)| v.trim());
-        let body_end = match content_length {
-            Some(v) => {
-                let len: usize = v.parse().map_err(|_| CodecError::InvalidContentLength {
-                    value: v.to_owned(),
-                })?;
+            let body_start = self.line;
+            if self.content_length != 0 {
+                let len = self.parse_content_length(buf, self.content_length)?;
                 if body_start.saturating_add(len) >= limits.max_frame_size {
                     return Err(CodecError::FrameTooLarge {
                         limit: limits.max_frame_size,
                     });
                 }
-                if buf.len() <= body_start + len {
-                    return Ok(None);
-                }
-                if buf[body_start + len] != 0 {
-                    return Err(CodecError::BodyNotTerminated);
-                }
-                body_start + len
+                self.content_length = len;
+                self.phase = Phase::BodyLen;
+            } else {
+                self.phase = Phase::BodyNul;
+                self.scanned = body_start;
             }
-            None => {
-                let from = self.body_scanned.max(body_start);
-                match memchr::memchr(0, &buf[from..]) {
-                    Some(i) => from + i,
-                    None => {
-                        self.body_scanned = buf.len();
-                        return self.incomplete(buf, buf.len());
-                    }
+        }
+
+        // Body.
+        let body_start = self.line;
+        let body_end = if self.phase == Phase::BodyLen {
+            let end = body_start + self.content_length;
+            if buf.len() <= end {
+                return Ok(None);
+            }
+            self.count(1);
+            if buf[end] != 0 {
+                return Err(CodecError::BodyNotTerminated);
+            }
+            end
+        } else {
+            let from = self.scanned.max(body_start);
+            let found = memchr::memchr(0, &buf[from..]);
+            self.count(found.map_or(buf.len() - from, |i| i + 1));
+            match found {
+                Some(i) => from + i,
+                None => {
+                    self.scanned = buf.len();
+                    return self.incomplete(buf, buf.len());
                 }
             }
         };
@@ -197,15 +283,81 @@ impl Decoder {
                 limit: limits.max_frame_size,
             });
         }
+        // The head ends before the blank line's `\n`.
+        let (command, headers) = self.parse_head(&buf[..body_start - 1])?;
         let mut frame_bytes = buf.split_to(body_end + 1);
         frame_bytes.truncate(body_end);
         let body = frame_bytes.split_off(body_start).freeze();
-        self.body_scanned = 0;
+        self.restart();
         Ok(Some(Frame {
             command,
             headers,
             body,
         }))
+    }
+
+    /// Forgets the progress on the front frame (taken off, or to be parsed again).
+    fn restart(&mut self) {
+        self.line = 0;
+        self.scanned = 0;
+        self.content_length = 0;
+        self.headers = 0;
+        self.phase = Phase::Command;
+        self.escape = false;
+    }
+
+    fn count(&mut self, bytes: usize) {
+        self.examined = self.examined.saturating_add(bytes as u64);
+    }
+
+    /// Position and byte (`\n` or NUL) of the end of the line starting at `line_start`,
+    /// resuming the search where the previous call stopped.
+    fn find_line_end(&mut self, buf: &[u8], line_start: usize) -> Option<(usize, u8)> {
+        let from = self.scanned.max(line_start);
+        match memchr::memchr2(b'\n', 0, &buf[from..]) {
+            Some(i) => {
+                self.count(i + 1);
+                self.scanned = from + i + 1;
+                Some((from + i, buf[from + i]))
+            }
+            None => {
+                self.count(buf.len() - from);
+                self.scanned = buf.len();
+                None
+            }
+        }
+    }
+
+    /// The value of the `content-length` header whose line starts at `pos`.
+    fn parse_content_length(&mut self, buf: &[u8], pos: usize) -> Result<usize, CodecError> {
+        // That line was ended by `\n` (a NUL would have ended the frame).
+        let end = memchr::memchr(b'\n', &buf[pos..]).map_or(buf.len(), |i| pos + i);
+        self.count(end - pos);
+        let (_, value) = parse_header(trim_cr_bytes(&buf[pos..end]), self.escape, self.version)?;
+        let value = value.trim();
+        value.parse().map_err(|_| CodecError::InvalidContentLength {
+            value: value.to_owned(),
+        })
+    }
+
+    /// Builds the command and headers from the frame's head: the command line and the
+    /// header lines, without the terminator of the last line. Lines were checked while
+    /// scanning, so this is the one place that allocates for a frame.
+    fn parse_head(&mut self, head: &[u8]) -> Result<(Command, Vec<(String, String)>), CodecError> {
+        self.count(head.len());
+        let mut ends = memchr::memchr_iter(b'\n', head).chain(std::iter::once(head.len()));
+        let cmd_end = ends.next().unwrap_or(head.len());
+        let command = parse_command(&head[..cmd_end]);
+        let mut headers = Vec::with_capacity(self.headers as usize);
+        let mut start = cmd_end + 1;
+        for end in ends {
+            let line = trim_cr_bytes(&head[start..end]);
+            if !line.is_empty() {
+                headers.push(parse_header(line, self.escape, self.version)?);
+            }
+            start = end + 1;
+        }
+        Ok((command, headers))
     }
 
     /// More bytes are needed; fail instead when the buffered part of the frame is
@@ -227,9 +379,40 @@ impl Decoder {
     }
 }
 
-/// Position and byte (`\n` or NUL) of the first line terminator at or after `from`.
-fn find_line_end(buf: &[u8], from: usize) -> Option<(usize, u8)> {
-    memchr::memchr2(b'\n', 0, &buf[from..]).map(|i| (from + i, buf[from + i]))
+const CONTENT_LENGTH: &[u8] = b"content-length";
+
+/// Whether a header line's name is `content-length`. No escape sequence unescapes to
+/// any of its characters, so comparing the raw bytes is the same as comparing the
+/// unescaped name.
+fn is_content_length(line: &[u8]) -> bool {
+    line.strip_prefix(CONTENT_LENGTH)
+        .is_some_and(|rest| rest.first().is_none_or(|&b| b == b':'))
+}
+
+/// Fails with [`CodecError::InvalidEscape`] when a header line holds an escape sequence
+/// that `version` does not define; allocates only for the error. Equivalent to
+/// unescaping name and value: a `\` right before the first `:` is invalid either way.
+fn check_escapes(line: &[u8], version: Version) -> Result<(), CodecError> {
+    let mut from = 0;
+    while let Some(at) = memchr::memchr(b'\\', &line[from..]) {
+        let i = from + at;
+        match line.get(i + 1) {
+            Some(b'n' | b'c' | b'\\') => {}
+            Some(b'r') if version == Version::V1_2 => {}
+            _ => {
+                let name = memchr::memchr(b':', line).map_or(line, |c| &line[..c]);
+                return Err(CodecError::InvalidEscape {
+                    header: String::from_utf8_lossy(name).into_owned(),
+                });
+            }
+        }
+        from = i + 2;
+    }
+    Ok(())
+}
+
+fn parse_command(line: &[u8]) -> Command {
+    Command::parse(trim_cr(&String::from_utf8_lossy(line)).trim())
 }
 
 fn trim_cr(s: &str) -> &str {
@@ -317,6 +500,60 @@ mod tests {
     }
 
     const SAMPLE: &[u8] = b"\n\r\nCONNECT\r\nlogin:a\npasscode:b\n\n\0\nSEND\ndestination:/topic/x/text\nnovalue\ndestination:/second\ncontent-length:5\n\nTE\0XT\0SUBSCRIBE\ndestination:/topic/a\\cb\nid:0\n\n\0TEST\0\0\n\n\0";
+
+    #[test]
+    fn idle_decoder_stays_small() {
+        // Every connection holds one; it was 40 bytes before it became incremental.
+        assert!(std::mem::size_of::<Decoder>() <= 64);
+    }
+
+    #[test]
+    fn set_version_mid_frame_parses_the_frame_again_under_the_new_rules() {
+        let mut dec = Decoder::new(Limits::default());
+        let mut buf = BytesMut::from(&b"SEND\nk:a\\cb\n"[..]);
+        assert_eq!(dec.decode(&mut buf), Ok(None));
+        dec.set_version(Version::V1_1);
+        buf.extend_from_slice(b"\n\0");
+        let f = dec.decode(&mut buf).expect("valid").expect("complete");
+        assert_eq!(f.get("k"), Some("a:b"));
+    }
+
+    #[test]
+    fn bad_escape_fails_as_soon_as_its_line_is_in() {
+        let mut dec = Decoder::new(Limits::default());
+        dec.set_version(Version::V1_2);
+        let mut buf = BytesMut::from(&b"SEND\nok:\\\\\nbad\\:x\n"[..]);
+        assert_eq!(
+            dec.decode(&mut buf),
+            Err(CodecError::InvalidEscape {
+                header: "bad\\".into()
+            })
+        );
+    }
+
+    #[test]
+    fn first_content_length_counts_even_when_escaped_or_without_colon() {
+        let mut dec = Decoder::new(Limits::default());
+        dec.set_version(Version::V1_1);
+        // `\n` unescapes to a newline, which trimming removes, as before.
+        let f = decode_all(
+            &mut dec,
+            b"SEND\ncontent-length:2\\n\ncontent-length:9\n\na\0\0",
+        )
+        .expect("valid");
+        assert_eq!(&f[0].body[..], b"a\0");
+        let mut dec = Decoder::new(Limits::default());
+        assert_eq!(
+            decode_all(&mut dec, b"SEND\ncontent-length\n\nab\0"),
+            Err(CodecError::InvalidContentLength {
+                value: String::new()
+            })
+        );
+        // `content-lengthx` is another header.
+        let mut dec = Decoder::new(Limits::default());
+        let f = decode_all(&mut dec, b"SEND\ncontent-lengthx:1\n\nab\0").expect("valid");
+        assert_eq!(&f[0].body[..], b"ab");
+    }
 
     #[test]
     fn every_split_decodes_the_same() {

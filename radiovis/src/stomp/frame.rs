@@ -76,7 +76,13 @@ pub enum Command {
 impl Command {
     /// Parses a command line (already stripped of its EOL).
     pub fn parse(line: &str) -> Command {
-        match line {
+        Command::known(line).unwrap_or_else(|| Command::Other(line.to_owned()))
+    }
+
+    /// The standard command spelled `line`, or `None` for anything else. Never
+    /// allocates, so the decoder can classify a partial frame's command for free.
+    pub(crate) fn known(line: &str) -> Option<Command> {
+        Some(match line {
             "CONNECT" => Command::Connect,
             "STOMP" => Command::Stomp,
             "CONNECTED" => Command::Connected,
@@ -92,8 +98,8 @@ impl Command {
             "MESSAGE" => Command::Message,
             "RECEIPT" => Command::Receipt,
             "ERROR" => Command::Error,
-            other => Command::Other(other.to_owned()),
-        }
+            _ => return None,
+        })
     }
 
     /// The command as it appears on the wire.
@@ -202,6 +208,16 @@ impl Frame {
     }
 }
 
+/// Whether a header value can be written to a STOMP 1.0 peer as it is.
+///
+/// 1.0 has no header escaping, so a value holding `\n`, `\r` or NUL (which a 1.1/1.2
+/// client can send escaped, e.g. in `link`) would end the header line early on a 1.0
+/// radio and let the sender inject headers or end the frame. Callers refuse such values
+/// before they reach 1.0 sessions.
+pub fn v10_safe(value: &str) -> bool {
+    !value.bytes().any(|b| matches!(b, b'\n' | b'\r' | 0))
+}
+
 /// Whether a body of this version needs an explicit `content-length` header.
 pub(crate) fn needs_content_length(version: Version, body: &[u8]) -> bool {
     !body.is_empty() && (version.escapes() || memchr::memchr(0, body).is_some())
@@ -234,6 +250,25 @@ mod tests {
         assert_eq!(Version::negotiate(Some("1.0,1.1,1.2")), Some(Version::V1_2));
         assert_eq!(Version::negotiate(Some("1.1, 1.0")), Some(Version::V1_1));
         assert_eq!(Version::negotiate(Some("2.0")), None);
+    }
+
+    #[test]
+    fn v10_safe_refuses_line_breaks_and_nul() {
+        assert!(v10_safe(""));
+        assert!(v10_safe("http://example.org/a:b\\c?d=e f"));
+        assert!(v10_safe("caf\u{e9} \t tab"));
+        assert!(!v10_safe("a\nlink:evil"));
+        assert!(!v10_safe("a\rb"));
+        assert!(!v10_safe("a\0b"));
+        assert!(!v10_safe("\n"));
+    }
+
+    #[test]
+    fn parse_keeps_unknown_commands_verbatim() {
+        assert_eq!(Command::parse("SEND"), Command::Send);
+        assert_eq!(Command::known("send"), None);
+        assert_eq!(Command::parse("send"), Command::Other("send".into()));
+        assert_eq!(Command::parse(""), Command::Other(String::new()));
     }
 
     #[test]

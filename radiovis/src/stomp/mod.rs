@@ -4,4 +4,4 @@ pub mod codec;
 pub mod frame;
 
 pub use codec::{CodecError, Decoder, Limits};
-pub use frame::{Command, Frame, Version};
+pub use frame::{v10_safe, Command, Frame, Version};
