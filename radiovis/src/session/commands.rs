@@ -7,7 +7,7 @@ use crate::backend::{BusError, BusMessage, Cache, DirectoryApi, MessageBus};
 use crate::hub::SubEntry;
 use crate::monitoring::Event;
 use crate::outbound::{encode_head, Outbound};
-use crate::stomp::{Command, Frame, Version};
+use crate::stomp::{v10_safe, Command, Frame, Version};
 use crate::topic::{self, TopicError};
 
 use super::subscriptions::SubRecord;
@@ -36,7 +36,12 @@ enum FrameError {
     DirectoryUnavailable,
     #[error("message not sent: {0}")]
     Bus(#[from] BusError),
+    #[error("header {0} not forwarded: a line break or NUL cannot reach STOMP 1.0 radios")]
+    UnsafeHeader(&'static str),
 }
+
+/// The SEND headers forwarded to radios (besides the generated `when`).
+const FORWARDED: [&str; 3] = ["trigger-time", "link", "message-id"];
 
 /// What to do after a frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -217,6 +222,14 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
             .map(str::trim)
             .filter(|d| !d.is_empty())
             .ok_or(FrameError::NoDestination)?;
+        // STOMP 1.0 has no header escaping: a value a 1.1/1.2 broadcaster escaped a line
+        // break into would reach 1.0 radios as header lines of the broadcaster's choosing,
+        // and stay in the replay store (docs/protocol.md#send).
+        for name in FORWARDED.iter().chain(&["destination"]) {
+            if frame.get(name).is_some_and(|v| !v10_safe(v)) {
+                return Err(FrameError::UnsafeHeader(name));
+            }
+        }
         let channels = self.hub.station_channels(&station).await.map_err(|e| {
             tracing::warn!(error = %e, "cannot load station channels");
             FrameError::DirectoryUnavailable

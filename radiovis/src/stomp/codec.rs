@@ -9,7 +9,7 @@
 //! work, not quadratic. Nothing is allocated for a partial frame; the command and
 //! headers are built once, when the frame is complete.
 //!
-//! Framing rules (behaviour.md §3): EOLs before a frame are skipped (heart-beats); a
+//! Framing rules (docs/protocol.md#framing): EOLs before a frame are skipped (heart-beats); a
 //! command line ended by NUL is a frame with no headers (`TEST\x00`); a header line
 //! without `:` is a header with an empty value; `content-length`, when present, delimits
 //! the body, which may then contain NUL; header escaping applies to 1.1/1.2 sessions,
