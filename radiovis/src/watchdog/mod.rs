@@ -356,3 +356,5 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Watchdog<B, D, C, L>
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod reliability_tests;
