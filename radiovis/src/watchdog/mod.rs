@@ -1,32 +1,35 @@
 //! The fallback [`Watchdog`] (behaviour.md §7): logs every bus message and sends a
 //! channel's default text and image when its broadcaster goes quiet.
 //!
-//! One task, four clocks: bus messages (log + liveness), the channel list refresh
-//! (`FB_CHANNEL_CACHE`), the check for quiet channels (`FB_FALLBACK_CHECK`, which also
-//! shares the channel list through the cache) and the log cleanup (`FB_LOGS_CLEANUP`).
-//! Log entries go through a bounded buffer to a writer task that retries until the
-//! log store takes them; when the buffer is full the watchdog stops taking messages
-//! from the bus (they wait in the durable queue), so no entry is lost and memory stays
-//! bounded.
+//! The consuming loop only takes bus messages, marks their channel alive (at once,
+//! whatever becomes of the log entry) and hands the entry to the log writer
+//! ([`log`]); it never waits for the directory's channel defaults. The channel list
+//! refresh (`FB_CHANNEL_CACHE`) and the check for quiet channels (`FB_FALLBACK_CHECK`,
+//! which also shares the channel list through the cache) run as tasks of their own
+//! ([`check`]), a round bounded by the next check; the log cleanup (`FB_LOGS_CLEANUP`)
+//! too. Log entries go through a bounded buffer to the writer, which acknowledges each
+//! bus message once its entry is written (or refused for good); when the buffer is
+//! full the watchdog stops taking messages from the bus (they wait in the durable
+//! queue), so no entry is lost and memory stays bounded.
+//!
+//! Module map: `mod.rs` (configuration, errors, the consuming loop), `check.rs`
+//! (liveness, channel list, check rounds, defaults), `log.rs` (the log writer).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{
-    BusError, BusMessage, Cache, ChannelDefault, ChannelRef, Delivery, DirectoryApi, LogEntry,
-    LogStore, MessageBus,
-};
-use crate::hub::CHANNELS_CACHE_KEY;
-use crate::topic::{self, Normaliser};
+use crate::backend::{BusError, Cache, Delivery, DirectoryApi, LogError, LogStore, MessageBus};
 
+mod check;
 mod log;
-use log::log_writer;
+
+use check::Checker;
+use log::LogWriter;
 
 /// TTL of cached channel defaults and of the shared channel list.
 const CACHE_TTL: Duration = Duration::from_secs(600);
@@ -36,7 +39,8 @@ const CACHE_TTL: Duration = Duration::from_secs(600);
 pub struct WatchdogConfig {
     /// How often the channel list is reloaded (`FB_CHANNEL_CACHE`).
     pub channel_cache: Duration,
-    /// How often quiet channels are looked for (`FB_FALLBACK_CHECK`).
+    /// How often quiet channels are looked for (`FB_FALLBACK_CHECK`); also the
+    /// deadline of a check round.
     pub fallback_check: Duration,
     /// Silence after which a channel gets its default (`FB_FALLBACK_TIME`).
     pub fallback_time: Duration,
@@ -46,8 +50,14 @@ pub struct WatchdogConfig {
     pub logs_max_age: Duration,
     /// How often logs are cleaned up (`FB_LOGS_CLEANUP`).
     pub logs_cleanup: Duration,
-    /// Log entries buffered while the log store is slow or down.
+    /// Log entries buffered while the log store is slow or down (and as many more
+    /// waiting for a retry).
     pub log_buffer: usize,
+    /// When the log store has taken no entry for this long while failing (down, or
+    /// refusing every entry), [`Watchdog::run`] ends with
+    /// [`WatchdogError::LogStoreFailing`], so that a leader that cannot do its job
+    /// hands its lock over. `None` (the default): keep trying.
+    pub log_give_up: Option<Duration>,
 }
 
 impl Default for WatchdogConfig {
@@ -60,6 +70,7 @@ impl Default for WatchdogConfig {
             logs_max_age: Duration::from_secs(86_400),
             logs_cleanup: Duration::from_secs(3_600),
             log_buffer: 10_000,
+            log_give_up: None,
         }
     }
 }
@@ -71,22 +82,23 @@ pub enum WatchdogError {
     Bus(#[from] BusError),
     #[error("the message bus stream ended")]
     BusEnded,
+    /// The log store took no entry for `failing_for` (see
+    /// [`WatchdogConfig::log_give_up`]); `source` is its last error.
+    #[error("the log store has taken no entry for {failing_for:?}: {source}")]
+    LogStoreFailing {
+        failing_for: Duration,
+        #[source]
+        source: LogError,
+    },
+    /// The log writer task panicked or was cancelled.
+    #[error("the log writer failed: {0}")]
+    LogWriter(#[source] tokio::task::JoinError),
 }
 
 /// The fallback watchdog, generic over the four backends.
 pub struct Watchdog<B, D, C, L> {
-    bus: Arc<B>,
-    directory: Arc<D>,
-    cache: Arc<C>,
     log: Arc<L>,
-    normaliser: Normaliser<D, C>,
-    config: WatchdogConfig,
-    /// Known channels with a default picture: normalised channel topic -> id.
-    channels: Vec<ChannelRef>,
-    /// Normalised channel topic -> Unix second of its last message.
-    alive: HashMap<String, u64>,
-    defaults: HashMap<String, (tokio::time::Instant, Option<ChannelDefault>)>,
-    clock: Clock,
+    state: Arc<Checker<B, D, C>>,
 }
 
 /// Wall-clock Unix time that advances with tokio's clock, so that tests with paused
@@ -117,36 +129,40 @@ impl Clock {
 }
 
 impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Watchdog<B, D, C, L> {
+    /// A watchdog over these backends; it starts listening (for liveness) with
+    /// [`Watchdog::run`].
     pub fn new(bus: B, directory: D, cache: C, log: L, config: WatchdogConfig) -> Self {
-        let directory = Arc::new(directory);
-        let cache = Arc::new(cache);
         Watchdog {
-            bus: Arc::new(bus),
-            normaliser: Normaliser::new(directory.clone(), cache.clone()),
-            directory,
-            cache,
             log: Arc::new(log),
-            config,
-            channels: Vec::new(),
-            alive: HashMap::new(),
-            defaults: HashMap::new(),
-            clock: Clock::new(),
+            state: Arc::new(Checker::new(
+                Arc::new(bus),
+                Arc::new(directory),
+                Arc::new(cache),
+                config,
+            )),
         }
     }
 
     /// Runs until `shutdown` is cancelled (then flushes buffered log entries, bounded
-    /// in time) or the bus stream ends.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), WatchdogError> {
+    /// in time), the bus stream ends, or the log store has failed for
+    /// [`WatchdogConfig::log_give_up`].
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WatchdogError> {
+        let state = self.state;
+        let config = state.config.clone();
         // Acknowledged deliveries: a message leaves a durable queue only once its log
         // entry is written, so a watchdog killed mid-way loses nothing.
-        let mut stream = self.bus.subscribe_acked().await?;
-        let (log_tx, log_rx) = mpsc::channel(self.config.log_buffer.max(1));
+        let mut stream = state.bus.subscribe_acked().await?;
+        let (log_tx, log_rx) = mpsc::channel(config.log_buffer.max(1));
         let writer_stop = CancellationToken::new();
-        let writer = tokio::spawn(log_writer(self.log.clone(), log_rx, writer_stop.clone()));
+        let mut writer = tokio::spawn(
+            LogWriter::new(self.log.clone(), config.log_buffer, config.log_give_up)
+                .run(log_rx, writer_stop.clone()),
+        );
+        let mut writer_done = false;
 
-        let mut refresh = tokio::time::interval(self.config.channel_cache);
-        let mut check = tokio::time::interval(self.config.fallback_check);
-        let mut cleanup = tokio::time::interval(self.config.logs_cleanup);
+        let mut refresh = tokio::time::interval(config.channel_cache);
+        let mut check = tokio::time::interval(config.fallback_check);
+        let mut cleanup = tokio::time::interval(config.logs_cleanup);
         for t in [&mut refresh, &mut check, &mut cleanup] {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
@@ -155,30 +171,56 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Watchdog<B, D, C, L>
         check.reset();
         cleanup.reset();
         tracing::info!(
-            check = ?self.config.fallback_check,
-            quiet_after = ?self.config.fallback_time,
+            check = ?config.fallback_check,
+            quiet_after = ?config.fallback_time,
             "watchdog running"
         );
 
+        let mut refreshing: Option<JoinHandle<()>> = None;
+        let mut round: Option<JoinHandle<()>> = None;
+        // Room in the log buffer for the next message: taken before the message, so
+        // that a full buffer leaves messages on the bus without blocking this loop.
+        let mut room = None;
         let result = loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Ok(()),
-                delivery = stream.next() => match delivery {
+                done = &mut writer, if !writer_done => {
+                    writer_done = true;
+                    break match done {
+                        Ok(r) => r,
+                        Err(e) => Err(WatchdogError::LogWriter(e)),
+                    };
+                }
+                permit = log_tx.clone().reserve_owned(), if room.is_none() => match permit {
+                    Ok(p) => room = Some(p),
+                    Err(_) => break Ok(()),
+                },
+                delivery = stream.next(), if room.is_some() => match delivery {
                     Some(Delivery { message, ack }) => {
-                        let entry = self.on_message(message).await;
-                        // Waits when the buffer is full: messages stay on the bus.
-                        if log_tx.send((entry, ack)).await.is_err() {
-                            break Ok(());
+                        let entry = state.on_message(message).await;
+                        if let Some(p) = room.take() {
+                            p.send((entry, ack));
                         }
                     }
                     None => break Err(WatchdogError::BusEnded),
                 },
-                _ = refresh.tick() => self.refresh_channels().await,
-                _ = check.tick() => self.check().await,
+                _ = refresh.tick() => {
+                    // A refresh still waiting for the directory is not doubled.
+                    if refreshing.as_ref().is_none_or(|t| t.is_finished()) {
+                        refreshing = Some(tokio::spawn(state.clone().refresh_channels()));
+                    }
+                }
+                _ = check.tick() => {
+                    if let Some(previous) = round.take() {
+                        // It ends at its own deadline, which is now; make sure.
+                        previous.abort();
+                    }
+                    round = Some(tokio::spawn(state.clone().check_round(config.fallback_check)));
+                }
                 _ = cleanup.tick() => {
                     let log = self.log.clone();
-                    let max_age = self.config.logs_max_age;
+                    let max_age = config.logs_max_age;
                     tokio::spawn(async move {
                         match log.cleanup_logs(max_age).await {
                             Ok(()) => tracing::debug!(?max_age, "old logs cleaned up"),
@@ -188,173 +230,27 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Watchdog<B, D, C, L>
                 }
             }
         };
+        for task in [refreshing, round].into_iter().flatten() {
+            task.abort();
+        }
+        drop(room);
         drop(log_tx);
-        // The writer ends once it has written what is buffered; bound that in time.
-        let mut writer = writer;
-        if tokio::time::timeout(Duration::from_secs(5), &mut writer)
-            .await
-            .is_err()
-        {
-            tracing::warn!("log store did not take the buffered entries before shutdown");
-            writer_stop.cancel();
-            let _ = writer.await;
+        if !writer_done {
+            // The writer ends once it has written what is buffered; bound that in time.
+            if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+                .await
+                .is_err()
+            {
+                tracing::warn!("log store did not take the buffered entries before shutdown");
+                writer_stop.cancel();
+                let _ = writer.await;
+            }
         }
         result
-    }
-
-    /// Records liveness and prepares the log entry of one bus message.
-    async fn on_message(&mut self, msg: BusMessage) -> LogEntry {
-        let normalised = self.normaliser.normalise(&msg.topic).await;
-        let now = self.clock.secs();
-        let when = msg
-            .header("when")
-            .and_then(|w| w.trim().parse::<u64>().ok())
-            .unwrap_or(now);
-        let channel = topic::channel_of(&normalised).to_owned();
-        let seen = self.alive.entry(channel).or_insert(0);
-        *seen = (*seen).max(when);
-        tracing::debug!(topic = %normalised, when, "message logged");
-        LogEntry {
-            topic: normalised,
-            message: String::from_utf8_lossy(&msg.body).into_owned(),
-            headers: msg.headers,
-            timestamp: now,
-        }
-    }
-
-    /// Reloads the channels that have a default picture (normalised).
-    async fn refresh_channels(&mut self) {
-        match self.directory.get_all_vis_channels().await {
-            Ok(list) => {
-                let mut channels = Vec::with_capacity(list.len());
-                for c in list {
-                    let topic = self.normaliser.normalise(&c.topic).await;
-                    channels.push(ChannelRef { topic, id: c.id });
-                }
-                tracing::debug!(count = channels.len(), "channel list refreshed");
-                self.channels = channels;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot refresh channel list; keeping the previous one")
-            }
-        }
-    }
-
-    /// Shares the channel list and sends defaults to quiet channels.
-    async fn check(&mut self) {
-        let topics: Vec<&str> = self.channels.iter().map(|c| c.topic.as_str()).collect();
-        if let Ok(json) = serde_json::to_vec(&topics) {
-            if let Err(e) = self
-                .cache
-                .set(CHANNELS_CACHE_KEY, Bytes::from(json), CACHE_TTL)
-                .await
-            {
-                tracing::warn!(error = %e, "cannot share the channel list through the cache");
-            }
-        }
-        let now = self.clock.secs();
-        let quiet_after = self.config.fallback_time.as_secs();
-        let quiet: Vec<ChannelRef> = self
-            .channels
-            .iter()
-            .filter(|c| {
-                self.alive
-                    .get(&c.topic)
-                    .is_none_or(|&at| at + quiet_after <= now)
-            })
-            .cloned()
-            .collect();
-        for channel in quiet {
-            let Some(default) = self.channel_default(&channel.id).await else {
-                continue;
-            };
-            self.send_default(&channel.topic, &default, now).await;
-        }
-    }
-
-    async fn channel_default(&mut self, id: &str) -> Option<ChannelDefault> {
-        if let Some((at, d)) = self.defaults.get(id) {
-            if at.elapsed() < CACHE_TTL {
-                return d.clone();
-            }
-        }
-        let key = format!("get_channel_default_{id}");
-        if let Ok(Some(v)) = self.cache.get(&key).await {
-            if let Ok(d) = serde_json::from_slice::<Option<ChannelDefault>>(&v) {
-                self.defaults
-                    .insert(id.to_owned(), (tokio::time::Instant::now(), d.clone()));
-                return d;
-            }
-        }
-        match self.directory.get_channel_default(id).await {
-            Ok(d) => {
-                if let Ok(json) = serde_json::to_vec(&d) {
-                    if let Err(e) = self.cache.set(&key, Bytes::from(json), CACHE_TTL).await {
-                        tracing::debug!(error = %e, "cannot cache channel default");
-                    }
-                }
-                self.defaults
-                    .insert(id.to_owned(), (tokio::time::Instant::now(), d.clone()));
-                d
-            }
-            Err(e) => {
-                tracing::warn!(channel = id, error = %e, "cannot load channel default");
-                None
-            }
-        }
-    }
-
-    async fn send_default(&self, channel: &str, default: &ChannelDefault, now: u64) {
-        let image = if !self.config.image_locations.is_empty() {
-            default
-                .filename
-                .as_ref()
-                .map(|f| format!("{}{}", self.config.image_locations, f))
-        } else {
-            None
-        }
-        .or_else(|| default.public_url.clone());
-        let mut messages = Vec::with_capacity(2);
-        if let Some(text) = &default.radiotext {
-            messages.push((format!("{channel}text"), format!("TEXT {text}")));
-        }
-        match image {
-            Some(url) => messages.push((format!("{channel}image"), format!("SHOW {url}"))),
-            None => tracing::warn!(
-                %channel,
-                "channel default has no image (no FB_IMAGE_LOCATIONS + filename, no public_url): SHOW skipped"
-            ),
-        }
-        let millis = self.clock.now().as_millis();
-        for (topic, body) in messages {
-            let mut headers = vec![("trigger-time".to_owned(), "NOW".to_owned())];
-            if let Some(link) = &default.radiolink {
-                headers.push(("link".to_owned(), link.clone()));
-            }
-            headers.extend([
-                ("message-id".to_owned(), uuid::Uuid::new_v4().to_string()),
-                ("expires".to_owned(), "0".to_owned()),
-                ("priority".to_owned(), "0".to_owned()),
-                ("timestamp".to_owned(), millis.to_string()),
-                ("when".to_owned(), now.to_string()),
-            ]);
-            tracing::info!(%topic, %body, "channel quiet: sending default");
-            if let Err(e) = self
-                .bus
-                .publish(BusMessage {
-                    topic,
-                    body: Bytes::from(body),
-                    headers,
-                })
-                .await
-            {
-                tracing::warn!(error = %e, "cannot publish channel default");
-            }
-        }
     }
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod reliability_tests;
+#[cfg(test)]
+mod tests;

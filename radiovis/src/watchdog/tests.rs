@@ -2,7 +2,10 @@
 
 use super::*;
 use crate::backend::memory::{LocalBus, MemoryCache, MemoryLogStore, StaticDirectory};
+use crate::backend::BusMessage;
 use crate::backend::{BusStream, LogError, MockLogStore};
+use crate::hub::CHANNELS_CACHE_KEY;
+use bytes::Bytes;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 const DIR: &str = r#"
@@ -34,6 +37,7 @@ fn config() -> WatchdogConfig {
         logs_max_age: Duration::from_secs(100),
         logs_cleanup: Duration::from_secs(5),
         log_buffer: 100,
+        log_give_up: None,
     }
 }
 
