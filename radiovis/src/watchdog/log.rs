@@ -12,9 +12,9 @@
 //!   answer);
 //! * a transient failure puts the entry in a bounded retry set, with its own
 //!   exponential backoff (0.5 s to 30 s), while the others go on. When the store looks
-//!   down (a transient failure), the writer pauses (same backoff) and then sends one
-//!   entry at a time until the store takes one, so a dead store gets one call per
-//!   pause, not one per entry;
+//!   down (several transient failures in a row), the writer pauses (same backoff) and
+//!   then sends one entry at a time until the store answers, so a dead store gets one
+//!   call per pause, not one per entry;
 //! * when the store has taken nothing for `give_up` while failing, the writer ends
 //!   with an error, so that the watchdog stops and its leader lock goes to a watchdog
 //!   that may do better; entries not written are not acknowledged and are redelivered.
@@ -37,6 +37,9 @@ use crate::backend::{Ack, LogEntry, LogError, LogStore};
 
 /// `add_log` calls in flight at once while the store is healthy.
 const WRITERS: usize = 4;
+/// Transient failures in a row (no entry taken or refused in between) after which
+/// the store counts as down: as many as the calls that may be in flight at once.
+const DOWN_AFTER: usize = WRITERS;
 /// Shortest and longest wait before retrying an entry (docs/protocol.md#watchdog-log).
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -95,6 +98,8 @@ pub(super) struct LogWriter<L> {
     failing: Option<(Instant, LogError)>,
     /// Transient failures since the store last took an entry.
     failures: u64,
+    /// Transient failures with no answer in between.
+    in_a_row: usize,
     /// Entries refused and dropped since the start.
     refused: u64,
 }
@@ -112,6 +117,7 @@ impl<L: LogStore> LogWriter<L> {
             paused_until: None,
             failing: None,
             failures: 0,
+            in_a_row: 0,
             refused: 0,
         }
     }
@@ -164,11 +170,12 @@ impl<L: LogStore> LogWriter<L> {
         }
     }
 
-    /// The retry to send now, if any: a due one, or (after a pause, when the store
-    /// looked down) the first one, as the probe.
+    /// The retry to send now, if any: the first one due. (After a pause nothing may
+    /// be due: the probe is then a new entry, so that an entry the store keeps
+    /// failing on never stands in for the store being down.)
     fn next_retry(&mut self, now: Instant) -> Option<Pending> {
         let (&(due, _), _) = self.retries.first_key_value()?;
-        if due <= now || self.degraded.is_some() {
+        if due <= now {
             self.retries.pop_first().map(|(_, p)| p)
         } else {
             None
@@ -219,6 +226,7 @@ impl<L: LogStore> LogWriter<L> {
             }
             Err(e @ LogError::Unavailable(_)) => {
                 self.failures += 1;
+                self.in_a_row += 1;
                 if self.failures == 1 || self.failures.is_multiple_of(20) {
                     tracing::warn!(
                         error = %e,
@@ -227,9 +235,11 @@ impl<L: LogStore> LogWriter<L> {
                     );
                 }
                 let now = Instant::now();
-                // A failure of a call that was already in flight when the store went
-                // down does not lengthen the pause; the first failure and probes do.
-                if self.degraded.is_none() || probe {
+                // One entry failing among others taken is that entry's problem: only
+                // its own backoff applies. Several failures in a row mean the store is
+                // down: pause. A failure of a call that was already in flight then
+                // does not lengthen the pause; probes do.
+                if (self.degraded.is_none() && self.in_a_row >= DOWN_AFTER) || probe {
                     let pauses = self.degraded.get_or_insert_with(backoff);
                     let pause = pauses.next().unwrap_or(RETRY_MAX);
                     self.paused_until = Some(now + pause);
@@ -244,6 +254,7 @@ impl<L: LogStore> LogWriter<L> {
 
     /// The store answered (took or refused an entry): back to full speed.
     fn store_answers(&mut self) {
+        self.in_a_row = 0;
         self.degraded = None;
         self.paused_until = None;
     }

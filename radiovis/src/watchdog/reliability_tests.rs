@@ -434,3 +434,145 @@ async fn after_a_takeover_with_the_cache_down_defaults_wait_a_full_fallback_time
     );
     stop.cancel();
 }
+
+/// Finding 10, growth: a broadcaster inventing sub-topics made the liveness table grow
+/// for ever. Now a round forgets channels that are not in the list once they are quiet.
+#[tokio::test(start_paused = true)]
+async fn invented_sub_topics_are_forgotten_once_quiet() {
+    let bus = Arc::new(LocalBus::new(4096));
+    let dir = StaticDirectory::from_toml(DIR).expect("directory");
+    let log = Arc::new(RefusingLog::default());
+    let wd = Watchdog::new(bus.clone(), dir, MemoryCache::new(), log, config());
+    let state = wd.state.clone();
+    let stop = CancellationToken::new();
+    tokio::spawn(wd.run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let clock = Clock::new();
+    for i in 0..500 {
+        bus.publish(message(&format!("{DAB}x{i}/text"), "TEXT x", clock.secs()))
+            .await
+            .expect("publish");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let grown = state.alive.lock().len();
+    // Quiet for FB_FALLBACK_TIME, then a round.
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    let after = state.alive.lock().len();
+    eprintln!("invented sub-topics: liveness table {grown} entries, {after} after they went quiet");
+    assert!(grown >= 500);
+    // At most the two known channels (their defaults mark them alive).
+    assert!(after <= 2, "{after} entries left");
+    stop.cancel();
+}
+
+/// A log store that fails (transiently) on entries containing `flaky` a few times, and
+/// takes the rest.
+#[derive(Default)]
+struct FlakyLog {
+    written: Mutex<Vec<(String, Instant)>>,
+    flaky_failures: AtomicUsize,
+}
+
+#[async_trait]
+impl LogStore for FlakyLog {
+    async fn add_log(&self, entry: LogEntry) -> Result<(), LogError> {
+        if entry.message.contains("flaky") && self.flaky_failures.fetch_add(1, Ordering::SeqCst) < 3
+        {
+            return Err(LogError::Unavailable("HTTP 503".into()));
+        }
+        self.written
+            .lock()
+            .expect("lock")
+            .push((entry.message, Instant::now()));
+        Ok(())
+    }
+    async fn cleanup_logs(&self, _max_age: Duration) -> Result<(), LogError> {
+        Ok(())
+    }
+}
+
+/// An entry the store fails on (5xx) is retried with backoff without holding up the
+/// entries behind it, and is written in the end, once.
+#[tokio::test(start_paused = true)]
+async fn a_transient_failure_is_retried_without_holding_up_the_others() {
+    let bus = Arc::new(PrefetchBus::new(5));
+    let log = Arc::new(FlakyLog::default());
+    let dir = StaticDirectory::from_toml("").expect("directory");
+    let wd = Watchdog::new(bus.clone(), dir, MemoryCache::new(), log.clone(), config());
+    let stop = CancellationToken::new();
+    tokio::spawn(wd.run(stop.clone()));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let topic = "/topic/id/a/b/text";
+    bus.publish(message(topic, "TEXT flaky", 1))
+        .await
+        .expect("publish");
+    let mut worst = Duration::ZERO;
+    for i in 0..20 {
+        let body = format!("TEXT {i}");
+        let sent = Instant::now();
+        bus.publish(message(topic, &body, 1))
+            .await
+            .expect("publish");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let delay = log
+            .written
+            .lock()
+            .expect("lock")
+            .iter()
+            .find(|(m, _)| *m == body)
+            .map_or(Duration::MAX, |(_, at)| *at - sent);
+        worst = worst.max(delay);
+    }
+    let written = log.written.lock().expect("lock").clone();
+    let flaky = written.iter().filter(|(m, _)| m == "TEXT flaky").count();
+    eprintln!(
+        "transient failure: worst delay of the others {worst:?}, flaky written {flaky} time(s)"
+    );
+    assert!(worst <= Duration::from_millis(10), "{worst:?}");
+    assert_eq!(flaky, 1, "{written:?}");
+    assert_eq!(written.len(), 21);
+    assert_eq!(bus.acked.load(Ordering::SeqCst), 21);
+    stop.cancel();
+}
+
+/// A leader whose log store takes nothing for `log_give_up` stops with an error (so
+/// that radiovis-fallback releases its lock); its unwritten entries are not acked.
+#[tokio::test(start_paused = true)]
+async fn a_leader_whose_log_store_is_down_gives_up() {
+    let bus = Arc::new(PrefetchBus::new(5));
+    let mut log = crate::backend::MockLogStore::new();
+    log.expect_add_log()
+        .returning(|_| Err(LogError::Unavailable("down".into())));
+    log.expect_cleanup_logs().returning(|_| Ok(()));
+    let dir = StaticDirectory::from_toml("").expect("directory");
+    let wd = Watchdog::new(
+        bus.clone(),
+        dir,
+        MemoryCache::new(),
+        log,
+        WatchdogConfig {
+            log_give_up: Some(Duration::from_secs(60)),
+            ..config()
+        },
+    );
+    let run = tokio::spawn(wd.run(CancellationToken::new()));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let started = Instant::now();
+    bus.publish(message("/topic/id/a/b/text", "TEXT x", 1))
+        .await
+        .expect("publish");
+    let result = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("gave up in time")
+        .expect("task");
+    let after = started.elapsed();
+    assert!(
+        matches!(result, Err(WatchdogError::LogStoreFailing { .. })),
+        "{result:?}"
+    );
+    assert!(
+        after >= Duration::from_secs(60) && after < Duration::from_secs(95),
+        "{after:?}"
+    );
+    assert_eq!(bus.acked.load(Ordering::SeqCst), 0);
+}
