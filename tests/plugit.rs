@@ -246,7 +246,9 @@ async fn assert_fault(
         .await
         .expect_err("a fault must be an error");
     assert!(start.elapsed() < TIMEOUT + MARGIN);
-    let LogError::Unavailable(text) = err;
+    let LogError::Unavailable(text) = err else {
+        panic!("a fault must be transient: {err:?}");
+    };
     assert!(!text.contains("secret-message"), "parameters in {text}");
 }
 

@@ -45,6 +45,10 @@ struct Cli {
     takeover: f64,
 }
 
+/// How long the log store may fail (down, or refusing every entry) before the active
+/// watchdog hands its lock over.
+const LOG_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(300);
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -53,7 +57,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let watchdog_config = cli.fallback.watchdog_config()?;
+    let mut watchdog_config = cli.fallback.watchdog_config()?;
+    // A leader whose log store has taken nothing for this long stops, releases its lock
+    // and stands for election again, so that a watchdog that can log takes over (the
+    // entries it could not write are redelivered to it).
+    watchdog_config.log_give_up = Some(LOG_GIVE_UP);
     let takeover = radiovis::config::secs("RADIOVIS_FALLBACK_TAKEOVER", cli.takeover)?;
     let queue = cli.fallback.fb_queue.clone();
     let mut rabbit = cli

@@ -43,6 +43,9 @@ pub enum Fault {
     Status500,
     /// Answers 200 with a body that is not JSON.
     InvalidJson,
+    /// Answers HTTP 400 to `add_log` when the entry's message contains this text;
+    /// everything else is answered normally (one entry PlugIt will never take).
+    RefuseLogContaining(&'static str),
 }
 
 /// One request as the server saw it.
@@ -243,6 +246,11 @@ async fn handle(
         Fault::Slow(d) => tokio::time::sleep(d).await,
         Fault::Status500 => return Ok(reply(StatusCode::INTERNAL_SERVER_ERROR, "oops")),
         Fault::InvalidJson => return Ok(reply(StatusCode::OK, "<html>not json")),
+        Fault::RefuseLogContaining(text) => {
+            if action == "add_log" && param(&params, "message").is_some_and(|m| m.contains(text)) {
+                return Ok(reply(StatusCode::BAD_REQUEST, "refused"));
+            }
+        }
     }
 
     let p = |name: &str| param(&params, name);

@@ -355,11 +355,25 @@ pub struct LogEntry {
     pub timestamp: u64,
 }
 
-/// Errors of the log store layer.
+/// Errors of the log store layer. The kind says what a writer should do with the entry:
+/// retry it later ([`LogError::Unavailable`]) or drop it ([`LogError::Refused`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LogError {
+    /// The store could not answer now (down, timeout, HTTP 5xx, 408, 429): the same
+    /// entry may be taken later.
     #[error("log store unavailable: {0}")]
     Unavailable(#[source] Reason),
+    /// The store refused this entry (HTTP 4xx): sending it again gets the same answer.
+    /// `reason` is the status's reason phrase, never the entry or the answer's body.
+    #[error("log store refused the entry: HTTP {status} {reason}")]
+    Refused { status: u16, reason: String },
+}
+
+impl LogError {
+    /// Whether retrying the same entry cannot succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, LogError::Refused { .. })
+    }
 }
 
 /// Where the watchdog keeps the message log.

@@ -441,9 +441,23 @@ fn headers_json(headers: &[(String, String)]) -> String {
     Value::Object(map).to_string()
 }
 
-/// A failed log call: the directory error is the cause, its text the message.
+/// A failed log call. A 4xx answer is PlugIt refusing this entry: sending it again gets
+/// the same answer, so it is [`LogError::Refused`] (the writer drops it instead of
+/// holding up the entries behind it), except 408 and 429, which say "later". Anything
+/// else (5xx, timeouts, connection errors, an answer not understood) is
+/// [`LogError::Unavailable`], with the directory error as the cause.
 fn log_error(e: DirectoryError) -> LogError {
-    LogError::Unavailable(Reason::caused_by(e.to_string(), e))
+    match e {
+        DirectoryError::Status(status @ 400..=499) if status != 408 && status != 429 => {
+            let reason = hyper::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("client error")
+                .to_owned();
+            LogError::Refused { status, reason }
+        }
+        e => LogError::Unavailable(Reason::caused_by(e.to_string(), e)),
+    }
 }
 
 #[async_trait]
@@ -517,6 +531,34 @@ mod tests {
         assert_eq!(l[1].id, "x");
         let v: Value = serde_json::from_str(r#"{"list": [["/topic/a/"]]}"#).expect("json");
         assert!(channel_list(&v, "t").is_err());
+    }
+
+    #[test]
+    fn client_errors_are_refusals_the_rest_retried() {
+        assert_eq!(
+            log_error(DirectoryError::Status(400)),
+            LogError::Refused {
+                status: 400,
+                reason: "Bad Request".into()
+            }
+        );
+        assert!(log_error(DirectoryError::Status(403)).is_permanent());
+        assert!(log_error(DirectoryError::Status(499)).is_permanent());
+        for transient in [
+            DirectoryError::Status(408),
+            DirectoryError::Status(429),
+            DirectoryError::Status(500),
+            DirectoryError::Status(503),
+            DirectoryError::Timeout(Duration::from_secs(5)),
+            DirectoryError::Unreachable("connection refused".into()),
+            DirectoryError::BadAnswer("invalid JSON".into()),
+        ] {
+            let e = log_error(transient.clone());
+            assert!(
+                matches!(e, LogError::Unavailable(_)),
+                "{transient:?} -> {e:?}"
+            );
+        }
     }
 
     #[test]
