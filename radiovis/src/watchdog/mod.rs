@@ -1,4 +1,4 @@
-//! The fallback [`Watchdog`] (behaviour.md §7): logs every bus message and sends a
+//! The fallback [`Watchdog`] (docs/protocol.md#watchdog): logs every bus message and sends a
 //! channel's default text and image when its broadcaster goes quiet.
 //!
 //! The consuming loop only takes bus messages, marks their channel alive (at once,
