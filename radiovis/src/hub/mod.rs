@@ -68,6 +68,11 @@ pub struct HubConfig {
     /// How long the directory may take on behalf of one frame before the session gives
     /// up (on top of the directory's own timeouts).
     pub directory_timeout: Duration,
+    /// How long a failed CC -> GCC look-up is remembered before the directory is asked
+    /// again for that country code; doubles with each consecutive failure, up to
+    /// [`crate::topic::MAX_RETRY`] (or this value when larger). Meanwhile the CC form
+    /// stays as it is (docs/protocol.md#topic-normalisation).
+    pub directory_retry: Duration,
     /// How long a station's channel list is cached.
     pub channel_cache_ttl: Duration,
     /// How often the known channel list (FM any-frequency fallback) is refreshed.
@@ -93,6 +98,7 @@ impl Default for HubConfig {
             max_subscriptions: 128,
             heartbeat: (Duration::from_secs(10), Duration::from_secs(10)),
             directory_timeout: Duration::from_secs(10),
+            directory_retry: Duration::from_secs(5),
             channel_cache_ttl: Duration::from_secs(60),
             known_channels_refresh: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
