@@ -174,7 +174,6 @@ async fn publish(bus: &LocalBus, topic: &str, body: &str) {
 /// fix: the first CC-form message held the single bus consumer (here for ever; with
 /// PlugIt, the directory timeout per message), so no GCC-form message arrived.
 #[tokio::test]
-#[ignore = "fails until the directory-outage fix (consumer and sessions wait on get_gcc)"]
 async fn gcc_form_messages_flow_while_get_gcc_hangs() {
     let s = start(config(), false).await;
     let mut gcc_radio = radio(&s.addr, TEXT).await;
@@ -193,7 +192,6 @@ async fn gcc_form_messages_flow_while_get_gcc_hangs() {
 /// reaches the GCC-form radio again. Failed before the fix: the consumer hung on the
 /// first `get_gcc`, nothing was delivered.
 #[tokio::test]
-#[ignore = "fails until the directory-outage fix (consumer and sessions wait on get_gcc)"]
 async fn failures_are_cached_and_equivalence_comes_back() {
     let s = start(config(), false).await;
     let mut gcc_radio = radio(&s.addr, TEXT).await;
@@ -254,7 +252,6 @@ async fn failures_are_cached_and_equivalence_comes_back() {
 /// Failed before the fix: no answer at all (the SUBSCRIBE awaited the directory
 /// without a deadline).
 #[tokio::test]
-#[ignore = "fails until the directory-outage fix (consumer and sessions wait on get_gcc)"]
 async fn cc_subscribe_gets_an_answer_while_get_gcc_hangs() {
     let s = start(config(), false).await;
     let mut c = Conn::open(&s.addr).await;
@@ -296,7 +293,6 @@ async fn cc_subscribe_gets_an_answer_while_get_gcc_hangs() {
 /// 1.0 session stays open. Failed before the fix: no answer (the rights check awaited
 /// the directory without a deadline).
 #[tokio::test]
-#[ignore = "fails until the directory-outage fix (consumer and sessions wait on get_gcc)"]
 async fn send_rights_check_answers_while_get_gcc_hangs() {
     let s = start(config(), false).await;
     let mut c = Conn::open(&s.addr).await;
@@ -329,7 +325,6 @@ async fn send_rights_check_answers_while_get_gcc_hangs() {
 /// known channels, one of them CC-form) still comes up and serves within the directory
 /// timeout. Failed before the fix: start-up awaited `get_gcc` for ever.
 #[tokio::test]
-#[ignore = "fails until the directory-outage fix (consumer and sessions wait on get_gcc)"]
 async fn hub_serves_when_get_gcc_hangs_from_the_start() {
     let s = start(config(), true).await;
     let mut r = radio(&s.addr, TEXT).await;
