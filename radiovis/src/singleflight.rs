@@ -39,6 +39,16 @@ impl<V: Clone + Send + Sync + 'static> SingleFlight<V> {
         }
     }
 
+    /// The cached value of `key`, if any; never fetches (an in-memory look-up).
+    pub async fn get(&self, key: &str) -> Option<V> {
+        self.cache.get(key).await
+    }
+
+    /// Forgets the value of `key`: the next caller fetches again.
+    pub async fn invalidate(&self, key: &str) {
+        self.cache.invalidate(key).await
+    }
+
     /// The cached value of `key`, or the result of `fetch` (shared with every caller
     /// waiting for the same key meanwhile). `fetch` is called only when this caller's
     /// fetch is the one elected; a failure is handed to every caller that waited for

@@ -6,12 +6,15 @@
 //! channel, so all equality and matching is done on the *normalised* (GCC, lower-case)
 //! form, which [`Normaliser`] computes with the directory's `get_gcc` and caches.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::time::Instant;
 
-use crate::backend::{Cache, DirectoryApi};
+use crate::backend::{Cache, DirectoryApi, DirectoryError};
 use crate::singleflight::SingleFlight;
 
 /// TTL of CC -> GCC conversions, in process and in the shared cache (docs/protocol.md#topic-normalisation).
@@ -105,7 +108,7 @@ pub fn fm_any_frequency(topic: &str) -> Option<String> {
 }
 
 /// If the FM country segment is an ISO code, returns it (lower-case).
-fn fm_cc(topic: &str) -> Option<String> {
+pub fn fm_cc(topic: &str) -> Option<String> {
     if !is_fm(topic) {
         return None;
     }
@@ -115,8 +118,8 @@ fn fm_cc(topic: &str) -> Option<String> {
 }
 
 /// Lower-cases the hex segments of an FM topic (country, PI), leaving other bearers
-/// untouched.
-fn lowercase_fm(topic: &str) -> String {
+/// untouched: the normalised form when the country code cannot be converted.
+pub fn lowercase_fm(topic: &str) -> String {
     if !is_fm(topic) || !topic.bytes().any(|b| b.is_ascii_uppercase()) {
         return topic.to_owned();
     }
@@ -141,72 +144,207 @@ fn with_country(topic: &str, gcc: &str) -> String {
     format!("/topic/fm/{}{}", gcc.to_ascii_lowercase(), after)
 }
 
-/// Computes the normalised form of topics, asking the directory for CC -> GCC
-/// conversions. Conversions are cached in process and in the shared cache
-/// (`radiovis_isoecc_<topic>`, 600 s); concurrent misses for one country code make a
-/// single directory call. When the directory cannot answer, the topic stays as it is
-/// (with a warning) and the next call asks again.
-pub struct Normaliser<D, C> {
+/// Why a topic could not be normalised: its country code needs the directory, which
+/// failed (or is in backoff after failing). `topic` is the fallback: the topic as
+/// written, FM hex segments lower-cased, the CC form kept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("country code of {topic:?} not converted: directory unavailable")]
+pub struct Unconverted {
+    /// The fallback form (CC kept).
+    pub topic: String,
+}
+
+/// How long a CC -> GCC look-up may take when the caller gives no timeout.
+pub const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a failed look-up is remembered at first when the caller gives no value.
+pub const DEFAULT_RETRY: Duration = Duration::from_secs(5);
+/// Longest wait before asking the directory again after consecutive failures (unless
+/// the configured first wait is longer) (docs/protocol.md#topic-normalisation).
+pub const MAX_RETRY: Duration = Duration::from_secs(60);
+
+/// A country code whose last look-up failed: when to ask again, and how many times in
+/// a row it failed (the wait doubles with each).
+struct Backoff {
+    failures: u32,
+    until: Instant,
+}
+
+/// What a look-up needs, shared with the detached task that runs it.
+struct Lookup<D, C> {
     directory: Arc<D>,
     cache: Arc<C>,
+    timeout: Duration,
+    retry: Duration,
+    /// Country codes whose last look-up failed. Bounded: `fm_cc` yields two ASCII
+    /// letters only, so at most 26 x 26 keys.
+    failed: Mutex<HashMap<String, Backoff>>,
+}
+
+/// Computes the normalised form of topics, asking the directory for CC -> GCC
+/// conversions (docs/protocol.md#topic-normalisation). Conversions are cached in process
+/// and in the shared cache (`radiovis_isoecc_<topic>`, 600 s); concurrent misses for
+/// one country code make a single directory call, bounded by a timeout. A failed
+/// look-up is remembered with backoff (5 s, doubling to 60 s by default): meanwhile the
+/// topic stays in its CC form at once, without asking.
+pub struct Normaliser<D, C> {
+    lookup: Arc<Lookup<D, C>>,
     gcc: SingleFlight<Option<String>>,
 }
 
 impl<D: DirectoryApi, C: Cache> Normaliser<D, C> {
+    /// A normaliser with [`DEFAULT_LOOKUP_TIMEOUT`] and [`DEFAULT_RETRY`].
     pub fn new(directory: Arc<D>, cache: Arc<C>) -> Normaliser<D, C> {
+        Normaliser::with_timeouts(directory, cache, DEFAULT_LOOKUP_TIMEOUT, DEFAULT_RETRY)
+    }
+
+    /// A normaliser whose look-ups (shared cache and directory together) take at most
+    /// `timeout`, and whose failed look-ups are not retried for `retry` (doubling per
+    /// consecutive failure, up to [`MAX_RETRY`] or `retry` if larger).
+    pub fn with_timeouts(
+        directory: Arc<D>,
+        cache: Arc<C>,
+        timeout: Duration,
+        retry: Duration,
+    ) -> Normaliser<D, C> {
         Normaliser {
-            directory,
-            cache,
+            lookup: Arc::new(Lookup {
+                directory,
+                cache,
+                timeout,
+                retry,
+                failed: Mutex::new(HashMap::new()),
+            }),
             gcc: SingleFlight::new(GCC_TTL),
         }
     }
 
     /// The normalised form of `topic`: FM country as GCC, FM hex segments lower-case.
-    /// Other bearers are returned as they are.
+    /// Other bearers are returned as they are. When the directory cannot convert the
+    /// country code, the CC form stays (see [`Normaliser::try_normalise`]). Takes at
+    /// most the look-up timeout.
     pub async fn normalise(&self, topic: &str) -> String {
+        self.try_normalise(topic).await.unwrap_or_else(|u| u.topic)
+    }
+
+    /// Like [`Normaliser::normalise`], but says when the CC form was kept because the
+    /// directory failed (or is in backoff), rather than because it knows no GCC.
+    pub async fn try_normalise(&self, topic: &str) -> Result<String, Unconverted> {
         let topic = lowercase_fm(topic);
         let Some(cc) = fm_cc(&topic) else {
-            return topic;
+            return Ok(topic);
         };
         match self.gcc_of(&cc, &topic).await {
-            Some(gcc) => with_country(&topic, &gcc),
-            None => topic,
+            Ok(Some(gcc)) => Ok(with_country(&topic, &gcc)),
+            Ok(None) => Ok(topic),
+            Err(()) => Err(Unconverted { topic }),
         }
     }
 
-    async fn gcc_of(&self, cc: &str, topic: &str) -> Option<String> {
+    /// The normalised form of `topic` if it is known without asking anyone: not a
+    /// CC-form FM topic, a conversion held in process, or a country code in backoff
+    /// (then the CC form). `None` when the directory must be asked: the bus consumer
+    /// then resolves it off its path (docs/protocol.md#delivery).
+    pub async fn normalise_cached(&self, topic: &str) -> Option<String> {
+        let topic = lowercase_fm(topic);
+        let Some(cc) = fm_cc(&topic) else {
+            return Some(topic);
+        };
+        match self.gcc.get(&cc).await {
+            Some(Some(gcc)) => Some(with_country(&topic, &gcc)),
+            Some(None) => Some(topic),
+            None => self.lookup.backing_off(&cc).then_some(topic),
+        }
+    }
+
+    /// `Err` when the directory failed now or recently (backoff).
+    async fn gcc_of(&self, cc: &str, topic: &str) -> Result<Option<String>, ()> {
+        if self.lookup.backing_off(cc) {
+            return Err(());
+        }
+        let lookup = self.lookup.clone();
+        let (cc_owned, key) = (
+            cc.to_owned(),
+            format!("radiovis_isoecc_{}", channel_of(topic)),
+        );
         self.gcc
-            .get_or_fetch(cc, || async {
-                let key = format!("radiovis_isoecc_{}", channel_of(topic));
-                if let Ok(Some(v)) = self.cache.get(&key).await {
-                    let cached = std::str::from_utf8(&v)
-                        .ok()
-                        .and_then(|t| t.strip_prefix("/topic/fm/"))
-                        .and_then(|r| r.split('/').next())
-                        .filter(|g| g.len() == 3);
-                    if let Some(gcc) = cached {
-                        return Ok(Some(gcc.to_owned()));
-                    }
-                }
-                match self.directory.get_gcc(cc).await {
-                    Ok(gcc) => {
-                        if let Some(g) = &gcc {
-                            let value = with_country(channel_of(topic), g);
-                            if let Err(e) = self.cache.set(&key, Bytes::from(value), GCC_TTL).await {
-                                tracing::warn!(error = %e, "cannot store CC -> GCC conversion in cache");
-                            }
-                        }
-                        Ok(gcc)
-                    }
-                    Err(e) => {
-                        tracing::warn!(cc, error = %e, "directory cannot convert country code; topic left as is");
-                        Err(e)
-                    }
-                }
+            .get_or_fetch(cc, move || async move {
+                // Detached: a caller that gives up (its own deadline, its connection
+                // closing) must not cancel the look-up, whose outcome the other waiters
+                // and the backoff need; another caller would start it again.
+                let timeout = lookup.timeout;
+                tokio::spawn(async move { lookup.fetch(&cc_owned, &key).await })
+                    .await
+                    .unwrap_or(Err(DirectoryError::Timeout(timeout)))
             })
             .await
-            .ok()
-            .flatten()
+            .map_err(|_| ())
+    }
+}
+
+impl<D: DirectoryApi, C: Cache> Lookup<D, C> {
+    fn backing_off(&self, cc: &str) -> bool {
+        self.failed
+            .lock()
+            .get(cc)
+            .is_some_and(|b| Instant::now() < b.until)
+    }
+
+    /// One look-up, bounded by `timeout`; records its outcome for the backoff.
+    async fn fetch(&self, cc: &str, key: &str) -> Result<Option<String>, DirectoryError> {
+        let result = tokio::time::timeout(self.timeout, self.ask(cc, key))
+            .await
+            .unwrap_or(Err(DirectoryError::Timeout(self.timeout)));
+        match &result {
+            Ok(_) => {
+                if self.failed.lock().remove(cc).is_some() {
+                    tracing::info!(cc, "directory converts the country code again");
+                }
+            }
+            Err(e) => {
+                let mut failed = self.failed.lock();
+                let b = failed.entry(cc.to_owned()).or_insert(Backoff {
+                    failures: 0,
+                    until: Instant::now(),
+                });
+                b.failures = b.failures.saturating_add(1);
+                let wait = self
+                    .retry
+                    .saturating_mul(1 << (b.failures - 1).min(16))
+                    .min(MAX_RETRY.max(self.retry));
+                b.until = Instant::now() + wait;
+                // Once per failed look-up, so once per key per backoff period.
+                tracing::warn!(
+                    cc,
+                    error = %e,
+                    failures = b.failures,
+                    retry_in = ?wait,
+                    "directory cannot convert country code: its CC-form topics stay as written until the next try"
+                );
+            }
+        }
+        result
+    }
+
+    /// The shared cache, then the directory.
+    async fn ask(&self, cc: &str, key: &str) -> Result<Option<String>, DirectoryError> {
+        if let Ok(Some(v)) = self.cache.get(key).await {
+            let cached = std::str::from_utf8(&v)
+                .ok()
+                .and_then(|t| t.strip_prefix("/topic/fm/"))
+                .and_then(|r| r.split('/').next())
+                .filter(|g| g.len() == 3);
+            if let Some(gcc) = cached {
+                return Ok(Some(gcc.to_owned()));
+            }
+        }
+        let gcc = self.directory.get_gcc(cc).await?;
+        if let Some(g) = &gcc {
+            let value = with_country(key.trim_start_matches("radiovis_isoecc_"), g);
+            if let Err(e) = self.cache.set(key, Bytes::from(value), GCC_TTL).await {
+                tracing::warn!(error = %e, "cannot store CC -> GCC conversion in cache");
+            }
+        }
+        Ok(gcc)
     }
 }
 
@@ -309,26 +447,46 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn directory_failure_leaves_topic_and_retries() {
+    #[tokio::test(start_paused = true)]
+    async fn directory_failure_leaves_topic_and_retries_after_backoff() {
         let mut dir = MockDirectoryApi::new();
         let mut seq = mockall::Sequence::new();
         dir.expect_get_gcc()
-            .times(1)
+            .times(2)
             .in_sequence(&mut seq)
             .returning(|_| Err(DirectoryError::Status(500)));
         dir.expect_get_gcc()
             .times(1)
             .in_sequence(&mut seq)
             .returning(|_| Ok(Some("4e1".into())));
-        let n = Normaliser::new(Arc::new(dir), Arc::new(MemoryCache::new()));
-        assert_eq!(
-            n.normalise("/topic/fm/ch/4001/09580/").await,
-            "/topic/fm/ch/4001/09580/"
+        let n = Normaliser::with_timeouts(
+            Arc::new(dir),
+            Arc::new(MemoryCache::new()),
+            Duration::from_secs(1),
+            Duration::from_secs(5),
         );
+        let cc = "/topic/fm/ch/4001/09580/";
         assert_eq!(
-            n.normalise("/topic/fm/ch/4001/09580/").await,
-            "/topic/fm/4e1/4001/09580/"
+            n.try_normalise(cc).await,
+            Err(Unconverted { topic: cc.into() })
+        );
+        // In backoff: the CC form at once, without asking (the mock allows no more
+        // calls before the second failure).
+        assert_eq!(n.normalise_cached(cc).await.as_deref(), Some(cc));
+        assert_eq!(n.normalise(cc).await, cc);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(n.normalise_cached(cc).await, None, "the backoff is over");
+        assert_eq!(n.normalise(cc).await, cc, "second failure");
+        // The wait doubled: still in backoff after 5 s, asking again after 10 s.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(n.normalise(cc).await, cc);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(n.normalise(cc).await, "/topic/fm/4e1/4001/09580/");
+        assert_eq!(
+            n.normalise_cached("/topic/fm/CH/4002/09580/text")
+                .await
+                .as_deref(),
+            Some("/topic/fm/4e1/4002/09580/text")
         );
     }
 }

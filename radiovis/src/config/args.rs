@@ -288,6 +288,15 @@ pub struct HubArgs {
         default_value_t = 10_000
     )]
     pub heartbeat_ms: u64,
+    /// Seconds a failed CC -> GCC look-up is remembered before the directory is asked
+    /// again (doubling per consecutive failure, up to 60 s or this value if larger).
+    #[arg(
+        long,
+        env = "RADIOVIS_DIRECTORY_RETRY",
+        value_name = "RADIOVIS_DIRECTORY_RETRY",
+        default_value_t = 5.0
+    )]
+    pub directory_retry: f64,
 }
 
 /// The longest period a setting may name: a year. Longer is never meant, and timer
@@ -399,6 +408,7 @@ impl HubArgs {
             heartbeat: (hb, hb),
             // The hub's own guard sits above the backend's timeout.
             directory_timeout: secs("RADIOVIS_DIRECTORY_TIMEOUT", directory_timeout)? * 2,
+            directory_retry: secs("RADIOVIS_DIRECTORY_RETRY", self.directory_retry)?,
             ..HubConfig::default()
         })
     }

@@ -23,12 +23,23 @@ pub(crate) struct StationChannel {
 impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
     /// Where a SUBSCRIBE destination goes in the index: its normalised form, or a `*`
     /// pattern for wildcards and for FM channels the directory does not know (then the
-    /// radio gets that PI on any frequency).
+    /// radio gets that PI on any frequency). Takes at most `directory_timeout` (the CC
+    /// form is kept when the directory does not answer).
     pub(crate) async fn index_key_for(&self, destination: &str) -> IndexKey {
-        if topic::is_wildcard(destination) {
-            return IndexKey::Pattern(self.normaliser.normalise(destination).await);
-        }
         let normalised = self.normaliser.normalise(destination).await;
+        self.index_key_of(destination, normalised)
+    }
+
+    /// Where a SUBSCRIBE destination goes when its conversion could not wait: as
+    /// [`Hub::index_key_for`] with the CC form kept (docs/protocol.md#topic-normalisation).
+    pub(crate) fn unconverted_index_key(&self, destination: &str) -> IndexKey {
+        self.index_key_of(destination, topic::lowercase_fm(destination))
+    }
+
+    fn index_key_of(&self, destination: &str, normalised: String) -> IndexKey {
+        if topic::is_wildcard(destination) {
+            return IndexKey::Pattern(normalised);
+        }
         if topic::is_fm(&normalised) {
             let known = self.known_channels.read().clone();
             if !known.contains(topic::channel_of(&normalised)) {
@@ -41,12 +52,16 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
         IndexKey::Exact(normalised)
     }
 
-    /// The channels a station may publish to (cached for `channel_cache_ttl`).
+    /// The channels a station may publish to (cached for `channel_cache_ttl`). A list
+    /// in which some CC-form channel could not be converted (directory down) is used
+    /// once and not cached, so that rights follow the directory when it is back.
     pub(crate) async fn station_channels(
         &self,
         station: &str,
     ) -> Result<Arc<Vec<StationChannel>>, DirectoryError> {
-        self.station_channels
+        let mut unconverted = false;
+        let list = self
+            .station_channels
             .get_or_fetch(station, || async {
                 let raw = tokio::time::timeout(
                     self.config.directory_timeout,
@@ -56,12 +71,22 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
                 .map_err(|_| DirectoryError::Timeout(self.config.directory_timeout))??;
                 let mut list = Vec::with_capacity(raw.len());
                 for r in raw {
-                    let normalised = self.normaliser.normalise(&r).await;
+                    let normalised = match self.normaliser.try_normalise(&r).await {
+                        Ok(n) => n,
+                        Err(u) => {
+                            unconverted = true;
+                            u.topic
+                        }
+                    };
                     list.push(StationChannel { raw: r, normalised });
                 }
                 Ok(Arc::new(list))
             })
-            .await
+            .await?;
+        if unconverted {
+            self.station_channels.invalidate(station).await;
+        }
+        Ok(list)
     }
 
     /// The known channel topics (normalised) as last loaded.

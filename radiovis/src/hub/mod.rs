@@ -4,8 +4,9 @@
 //! [`server`](crate::server) owns it and starts its background tasks.
 //!
 //! Data path of one message: session SEND -> `Hub::publish` -> [`MessageBus`] ->
-//! (every instance) bus stream -> `Hub::on_bus_message` (normalise topic, record as
-//! last message, encode once) -> subscription index lookup (exact topic, then `*`
+//! (every instance) bus stream -> `Hub::on_bus_message` (normalise topic without
+//! waiting: a CC-form topic whose conversion is not known waits in `pending` while a
+//! task asks the directory; record as last message, encode once) -> subscription index lookup (exact topic, then `*`
 //! patterns) -> `try_push` into each subscriber's bounded queue -> that subscriber's
 //! session writes it to its socket. A full queue disconnects that subscriber; the
 //! fan-out never waits.
@@ -15,10 +16,12 @@
 //! | `index` | subscription index: exact topics and `*` patterns |
 //! | `last` | last message per topic: bounded, replayed, shared through the cache |
 //! | `channels` | known channels (FM fallback) and stations' channel rights |
+//! | `pending` | bus messages waiting for a CC -> GCC conversion: bounded, in order |
 
 mod channels;
 mod index;
 mod last;
+mod pending;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -36,7 +39,7 @@ use crate::monitoring::{Event, Monitor};
 use crate::outbound::{Outbound, Published, PushError};
 use crate::singleflight::SingleFlight;
 use crate::stomp::Limits;
-use crate::topic::Normaliser;
+use crate::topic::{self, Normaliser};
 
 pub(crate) use channels::StationChannel;
 pub(crate) use index::{IndexKey, SubEntry, SubKey};
@@ -44,6 +47,7 @@ pub use last::LAST_MESSAGE_PREFIX;
 
 use index::SubIndex;
 use last::LastMessages;
+use pending::{Parked, Pending};
 
 /// Cache key of the known channel topics (written by the watchdog and at server start).
 pub const CHANNELS_CACHE_KEY: &str = "radiovis_channels_topics";
@@ -68,6 +72,11 @@ pub struct HubConfig {
     /// How long the directory may take on behalf of one frame before the session gives
     /// up (on top of the directory's own timeouts).
     pub directory_timeout: Duration,
+    /// How long a failed CC -> GCC look-up is remembered before the directory is asked
+    /// again for that country code; doubles with each consecutive failure, up to
+    /// [`crate::topic::MAX_RETRY`] (or this value when larger). Meanwhile the CC form
+    /// stays as it is (docs/protocol.md#topic-normalisation).
+    pub directory_retry: Duration,
     /// How long a station's channel list is cached.
     pub channel_cache_ttl: Duration,
     /// How often the known channel list (FM any-frequency fallback) is refreshed.
@@ -93,6 +102,7 @@ impl Default for HubConfig {
             max_subscriptions: 128,
             heartbeat: (Duration::from_secs(10), Duration::from_secs(10)),
             directory_timeout: Duration::from_secs(10),
+            directory_retry: Duration::from_secs(5),
             channel_cache_ttl: Duration::from_secs(60),
             known_channels_refresh: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
@@ -126,6 +136,8 @@ pub struct Stats {
     pub slow_consumers: AtomicU64,
     /// Connections refused over `max_connections`.
     pub refused_connections: AtomicU64,
+    /// Bus messages dropped because too many were waiting for a CC -> GCC conversion.
+    pub unconverted_dropped: AtomicU64,
 }
 
 impl Stats {
@@ -138,6 +150,7 @@ impl Stats {
             deliveries: self.deliveries.load(Ordering::Relaxed),
             slow_consumers: self.slow_consumers.load(Ordering::Relaxed),
             refused_connections: self.refused_connections.load(Ordering::Relaxed),
+            unconverted_dropped: self.unconverted_dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -157,6 +170,8 @@ pub struct StatsSnapshot {
     pub slow_consumers: u64,
     /// Connections refused over `max_connections`.
     pub refused_connections: u64,
+    /// Bus messages dropped because too many were waiting for a CC -> GCC conversion.
+    pub unconverted_dropped: u64,
 }
 
 /// The state shared by the hub's tasks and every session, behind one `Arc`.
@@ -173,6 +188,8 @@ pub(crate) struct Hub<B, D, C> {
     last: LastMessages,
     known_channels: RwLock<Arc<HashSet<String>>>,
     station_channels: SingleFlight<Arc<Vec<StationChannel>>>,
+    /// Bus messages waiting for a CC -> GCC conversion.
+    pending: Pending,
     next_id: AtomicU64,
 }
 
@@ -183,13 +200,19 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
         let cache = Arc::new(cache);
         Hub {
             bus,
-            normaliser: Normaliser::new(directory.clone(), cache.clone()),
+            normaliser: Normaliser::with_timeouts(
+                directory.clone(),
+                cache.clone(),
+                config.directory_timeout,
+                config.directory_retry,
+            ),
             directory,
             cache,
             index: RwLock::new(SubIndex::default()),
             last: LastMessages::new(config.max_last_messages),
             known_channels: RwLock::new(Arc::new(HashSet::new())),
             station_channels: SingleFlight::new(config.channel_cache_ttl),
+            pending: Pending::default(),
             next_id: AtomicU64::new(1),
             stats: Stats::default(),
             shutdown: CancellationToken::new(),
@@ -329,10 +352,78 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
     }
 
     /// Records a bus message as the last of its topic and hands it to every matching
-    /// local subscriber.
-    pub async fn on_bus_message(&self, msg: BusMessage) {
+    /// local subscriber. Never waits on the network (docs/protocol.md#delivery): a
+    /// CC-form topic whose conversion is not known yet is parked, with the messages of
+    /// its country code that follow, while a task asks the directory; everything else
+    /// is delivered at once.
+    pub async fn on_bus_message(self: &Arc<Self>, msg: BusMessage) {
         self.stats.bus_messages.fetch_add(1, Ordering::Relaxed);
-        let normalised = self.normaliser.normalise(&msg.topic).await;
+        let Some(cc) = topic::fm_cc(&msg.topic) else {
+            let normalised = self.normaliser.normalise(&msg.topic).await;
+            self.deliver(msg, normalised);
+            return;
+        };
+        let msg = match self.pending.push_if_waiting(&cc, msg) {
+            Parked::NotWaiting(msg) => msg,
+            Parked::Queued => return,
+            Parked::Dropped { first } => return self.dropped_unconverted(&cc, first),
+        };
+        if let Some(normalised) = self.normaliser.normalise_cached(&msg.topic).await {
+            self.deliver(msg, normalised);
+            return;
+        }
+        tracing::debug!(cc, topic = %msg.topic, "conversion not known: message parked");
+        match self.pending.start(&cc, msg) {
+            Parked::Queued => {}
+            Parked::Dropped { first } => return self.dropped_unconverted(&cc, first),
+            Parked::NotWaiting(_) => return,
+        }
+        let hub = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = hub.shutdown.cancelled() => {}
+                _ = hub.deliver_parked(&cc) => {}
+            }
+        });
+    }
+
+    /// Delivers the messages parked for `cc` in order, converting (or, when the
+    /// directory fails, falling back to the CC form) as it goes; the first conversion
+    /// asks the directory (bounded by `directory_timeout`), the others find its answer.
+    async fn deliver_parked(&self, cc: &str) {
+        loop {
+            let (batch, dropped) = self.pending.take(cc);
+            if dropped > 0 {
+                tracing::warn!(
+                    cc,
+                    dropped,
+                    "bus messages dropped while waiting for the directory to convert their country code"
+                );
+            }
+            if batch.is_empty() {
+                return;
+            }
+            for msg in batch {
+                let normalised = self.normaliser.normalise(&msg.topic).await;
+                self.deliver(msg, normalised);
+            }
+        }
+    }
+
+    fn dropped_unconverted(&self, cc: &str, first: bool) {
+        self.stats
+            .unconverted_dropped
+            .fetch_add(1, Ordering::Relaxed);
+        if first {
+            tracing::warn!(
+                cc,
+                "too many bus messages waiting for the directory to convert their country code: dropping"
+            );
+        }
+    }
+
+    /// Records `msg` (topic `normalised`) as the last of its topic and fans it out.
+    fn deliver(&self, msg: BusMessage, normalised: String) {
         let mut headers = msg.headers;
         if !headers.iter().any(|(k, _)| k == "message-id") {
             headers.push(("message-id".into(), uuid::Uuid::new_v4().to_string()));
@@ -388,7 +479,7 @@ mod tests {
 
     #[tokio::test]
     async fn bus_messages_are_remembered_per_normalised_topic_and_bounded() {
-        let hub = Hub::new(
+        let hub = Arc::new(Hub::new(
             LocalBus::default(),
             StaticDirectory::default(),
             MemoryCache::new(),
@@ -396,7 +487,7 @@ mod tests {
                 max_last_messages: 100,
                 ..HubConfig::default()
             },
-        );
+        ));
         for i in 0..1000 {
             hub.on_bus_message(BusMessage {
                 topic: format!("/topic/id/x/{i}/text"),

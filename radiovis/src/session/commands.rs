@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::backend::{BusError, BusMessage, Cache, DirectoryApi, MessageBus};
-use crate::hub::SubEntry;
+use crate::hub::{Hub, SubEntry};
 use crate::monitoring::Event;
 use crate::outbound::{encode_head, Outbound};
 use crate::stomp::{v10_safe, Command, Frame, Version};
@@ -130,7 +130,20 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
         if let Some(old) = self.subs.remove(&key) {
             self.hub.unsubscribe(&old.key, (self.conn, old.sub));
         }
-        let index_key = self.hub.index_key_for(&destination).await;
+        // Bounded: the directory may not hold a SUBSCRIBE longer than its timeout;
+        // past it the destination keeps its CC form (docs/protocol.md#topic-normalisation).
+        let index_key = match tokio::time::timeout(
+            self.hub.config().directory_timeout,
+            self.hub.index_key_for(&destination),
+        )
+        .await
+        {
+            Ok(key) => key,
+            Err(_) => {
+                tracing::warn!(%destination, "directory did not convert the destination in time: subscribed in its CC form");
+                self.hub.unconverted_index_key(&destination)
+            }
+        };
         // 1.1/1.2 MESSAGE frames must name their subscription; use the destination when
         // the client gave no id.
         let sub_header = match (self.version, &id) {
@@ -230,29 +243,18 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
                 return Err(FrameError::UnsafeHeader(name));
             }
         }
-        let channels = self.hub.station_channels(&station).await.map_err(|e| {
-            tracing::warn!(error = %e, "cannot load station channels");
+        // One deadline for the whole rights check (channel list and conversions): a
+        // directory that hangs gets the client an ERROR, not a hang
+        // (docs/protocol.md#send).
+        let targets = tokio::time::timeout(
+            self.hub.config().directory_timeout,
+            allowed_targets(&self.hub, &station, destination),
+        )
+        .await
+        .map_err(|_| {
+            tracing::warn!("directory did not answer in time: channel rights unknown");
             FrameError::DirectoryUnavailable
-        })?;
-        let targets: Vec<String> = match destination.strip_prefix("/topic/*/") {
-            Some(rest) => channels
-                .iter()
-                .map(|c| {
-                    let sep = if c.raw.ends_with('/') { "" } else { "/" };
-                    format!("{}{sep}{rest}", c.raw)
-                })
-                .collect(),
-            None => {
-                let normalised = self.hub.normalise(destination).await;
-                if !channels
-                    .iter()
-                    .any(|c| normalised.starts_with(&c.normalised))
-                {
-                    return Err(FrameError::NotAllowed(destination.to_owned()));
-                }
-                vec![destination.to_owned()]
-            }
-        };
+        })??;
         let mut headers = Vec::with_capacity(4);
         for name in ["trigger-time", "link"] {
             if let Some(v) = frame.get(name).filter(|v| !v.is_empty()) {
@@ -297,6 +299,38 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
             ));
         }
     }
+}
+
+/// The topics a SEND of `station` to `destination` goes to, if it has the rights: an
+/// expansion of `/topic/*/...` over its channels, or the destination itself.
+async fn allowed_targets<B: MessageBus, D: DirectoryApi, C: Cache>(
+    hub: &Hub<B, D, C>,
+    station: &str,
+    destination: &str,
+) -> Result<Vec<String>, FrameError> {
+    let channels = hub.station_channels(station).await.map_err(|e| {
+        tracing::warn!(error = %e, "cannot load station channels");
+        FrameError::DirectoryUnavailable
+    })?;
+    Ok(match destination.strip_prefix("/topic/*/") {
+        Some(rest) => channels
+            .iter()
+            .map(|c| {
+                let sep = if c.raw.ends_with('/') { "" } else { "/" };
+                format!("{}{sep}{rest}", c.raw)
+            })
+            .collect(),
+        None => {
+            let normalised = hub.normalise(destination).await;
+            if !channels
+                .iter()
+                .any(|c| normalised.starts_with(&c.normalised))
+            {
+                return Err(FrameError::NotAllowed(destination.to_owned()));
+            }
+            vec![destination.to_owned()]
+        }
+    })
 }
 
 fn unix_now() -> u64 {
