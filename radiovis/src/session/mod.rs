@@ -407,3 +407,30 @@ async fn wait_timer(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) 
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory::{LocalBus, MemoryCache, StaticDirectory};
+    use crate::hub::HubConfig;
+
+    /// Every connection holds one such future: it must stay small (about 1.1 KiB).
+    #[tokio::test]
+    async fn the_session_future_stays_small() {
+        let hub = Arc::new(Hub::new(
+            LocalBus::default(),
+            StaticDirectory::default(),
+            MemoryCache::new(),
+            HubConfig::default(),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let future = run(hub, stream, addr);
+        let size = std::mem::size_of_val(&future);
+        println!("session future: {size} bytes");
+        assert!(size <= 1536, "session future grew to {size} bytes");
+    }
+}
