@@ -288,6 +288,9 @@ pub struct HubArgs {
         default_value_t = 10_000
     )]
     pub heartbeat_ms: u64,
+    /// Session deadlines and login throttling.
+    #[command(flatten)]
+    pub clients: ClientLimitArgs,
 }
 
 /// The longest period a setting may name: a year. Longer is never meant, and timer
@@ -401,6 +404,7 @@ impl HubArgs {
             directory_timeout: secs("RADIOVIS_DIRECTORY_TIMEOUT", directory_timeout)? * 2,
             ..HubConfig::default()
         })
+        .and_then(|config| self.clients.apply(config))
     }
 }
 
@@ -559,6 +563,9 @@ impl FallbackArgs {
         })
     }
 }
+
+mod clients;
+pub use clients::ClientLimitArgs;
 
 #[cfg(test)]
 mod tests;
