@@ -195,7 +195,9 @@ async fn the_error_of_a_refused_connect_survives_what_the_client_sent_after_it()
     };
     let hub = TestHub::with(config, static_directory()).await;
     let wrong = format!("{PASSCODE}-wrong");
-    let refusals: [(&str, Vec<(&str, &str)>, &str); 3] = [
+    // (command, headers, what the ERROR says)
+    type Refusal<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let refusals: [Refusal; 3] = [
         (
             "CONNECT",
             vec![("login", LOGIN), ("passcode", &wrong)],
