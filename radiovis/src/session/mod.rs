@@ -281,7 +281,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
         }
     }
 
-    /// The session's deadlines now (docs/protocol.md#limits, #heart-beats).
+    /// The session's deadlines now (docs/protocol.md#limits, docs/protocol.md#heart-beats).
     fn deadlines(&self) -> Deadlines {
         let config = self.hub.config();
         Deadlines {
@@ -534,7 +534,11 @@ mod tests {
         let stream = TcpStream::connect(addr).await.expect("connect");
         let future = run(hub, stream, addr);
         let size = std::mem::size_of_val(&future);
-        println!("session future: {size} bytes");
+        // Plus, on the heap, one boxed `Sleep` once a deadline applies (idle timeout on).
+        println!(
+            "session future: {size} bytes; timer: {} bytes",
+            std::mem::size_of::<Sleep>()
+        );
         assert!(size <= 1536, "session future grew to {size} bytes");
     }
 }
