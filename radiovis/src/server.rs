@@ -19,6 +19,11 @@ use crate::backend::{Cache, DirectoryApi, MessageBus};
 use crate::hub::{Hub, HubConfig, HubError, StatsSnapshot};
 use crate::stomp::{Frame, Version};
 
+/// Idle time before the kernel probes a client connection (TCP keepalive).
+const KEEPALIVE_TIME: Duration = Duration::from_secs(60);
+/// Time between keepalive probes; the kernel's probe count decides when it gives up.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// The STOMP server, generic over its backends. Cheap to clone (one shared state).
 pub struct StompHub<B, D, C> {
     hub: Arc<Hub<B, D, C>>,
@@ -115,6 +120,14 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> StompHub<B, D, C> {
     /// connections themselves). Counts against `max_connections`.
     pub fn handle_connection(&self, stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
+        // A client that vanished without a FIN (power cut, NAT timeout) is found by the
+        // kernel's probes, even when no heart-beat or deadline would notice it.
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE_TIME)
+            .with_interval(KEEPALIVE_INTERVAL);
+        if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+            tracing::debug!(%peer, error = %e, "cannot enable TCP keepalive");
+        }
         match self.connections.clone().try_acquire_owned() {
             Ok(permit) => {
                 let hub = self.hub.clone();
@@ -132,12 +145,16 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> StompHub<B, D, C> {
                 tracing::warn!(%peer, limit, "connection refused: too many connections");
                 self.tracker.spawn(async move {
                     let mut stream = stream;
+                    let (reader, mut writer) = stream.split();
                     let frame = Frame::error(format!("too many connections: limit is {limit}"));
                     let _ = tokio::time::timeout(
                         Duration::from_secs(1),
-                        stream.write_all(&frame.to_bytes(Version::V1_0)),
+                        writer.write_all(&frame.to_bytes(Version::V1_0)),
                     )
                     .await;
+                    // Graceful: what the client sent must not turn our close into a
+                    // reset that destroys the ERROR.
+                    crate::session::linger(&reader, &mut writer).await;
                 });
             }
         }

@@ -223,7 +223,7 @@ impl DirectoryApi for StaticDirectory {
             .zip(&self.networks)
             .any(|(s, nets)| {
                 s.login == username
-                    && s.passcode == password
+                    && passcode_matches(&s.passcode, password)
                     && (nets.is_empty() || nets.iter().any(|n| network_contains(n, ip)))
             });
         Ok(ok)
@@ -397,10 +397,28 @@ impl LogStore for MemoryLogStore {
     }
 }
 
+/// Compares passcodes in time independent of where they differ, so that response
+/// times tell an attacker nothing about a guess (only the length may show).
+fn passcode_matches(expected: &str, given: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    expected.as_bytes().ct_eq(given.as_bytes()).into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures::StreamExt;
+
+    #[test]
+    fn passcodes_compare_right() {
+        assert!(passcode_matches("secret", "secret"));
+        assert!(passcode_matches("", ""));
+        assert!(!passcode_matches("secret", "secreT"));
+        assert!(!passcode_matches("secret", "secret2"));
+        assert!(!passcode_matches("secret", "secre"));
+        assert!(!passcode_matches("secret", ""));
+        assert!(!passcode_matches("", "x"));
+    }
 
     const DIR: &str = r#"
         [gcc]

@@ -297,6 +297,9 @@ pub struct HubArgs {
         default_value_t = 5.0
     )]
     pub directory_retry: f64,
+    /// Session deadlines and login throttling.
+    #[command(flatten)]
+    pub clients: ClientLimitArgs,
 }
 
 /// The longest period a setting may name: a year. Longer is never meant, and timer
@@ -411,6 +414,7 @@ impl HubArgs {
             directory_retry: secs("RADIOVIS_DIRECTORY_RETRY", self.directory_retry)?,
             ..HubConfig::default()
         })
+        .and_then(|config| self.clients.apply(config))
     }
 }
 
@@ -569,6 +573,9 @@ impl FallbackArgs {
         })
     }
 }
+
+mod clients;
+pub use clients::ClientLimitArgs;
 
 #[cfg(test)]
 mod tests;

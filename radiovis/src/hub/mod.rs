@@ -17,11 +17,13 @@
 //! | `last` | last message per topic: bounded, replayed, shared through the cache |
 //! | `channels` | known channels (FM fallback) and stations' channel rights |
 //! | `pending` | bus messages waiting for a CC -> GCC conversion: bounded, in order |
+//! | `throttle` | failed logins per address, credential checks in flight |
 
 mod channels;
 mod index;
 mod last;
 mod pending;
+mod throttle;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -44,6 +46,7 @@ use crate::topic::{self, Normaliser};
 pub(crate) use channels::StationChannel;
 pub(crate) use index::{IndexKey, SubEntry, SubKey};
 pub use last::LAST_MESSAGE_PREFIX;
+pub(crate) use throttle::LoginThrottle;
 
 use index::SubIndex;
 use last::LastMessages;
@@ -90,6 +93,25 @@ pub struct HubConfig {
     /// Most topics whose last message is kept for replay; beyond it the oldest tenth
     /// is forgotten (broadcasters may invent sub-topics without end).
     pub max_last_messages: usize,
+    /// Time a frame has to complete once its first byte arrived (slow senders hold a
+    /// read buffer meanwhile).
+    pub frame_timeout: Duration,
+    /// Time a session without heart-beats from its client (STOMP 1.0, or none
+    /// negotiated) may stay silent; any byte counts, EOLs included. `None`: no limit.
+    pub idle_timeout: Option<Duration>,
+    /// Time one write may stay blocked on a client that does not read before the
+    /// session is dropped as a slow consumer.
+    pub write_timeout: Duration,
+    /// Failed logins from one address within `auth_block` after which its logins are
+    /// refused without asking the directory, until `auth_block` has passed.
+    pub auth_max_failures: u32,
+    /// How long failed logins are remembered, and how long an address is blocked.
+    pub auth_block: Duration,
+    /// Delay of the ERROR after an address's first failed login; it doubles with each
+    /// further failure (at most 8 s).
+    pub auth_failure_delay: Duration,
+    /// Most credential checks in flight at the directory at once.
+    pub auth_concurrency: usize,
 }
 
 impl Default for HubConfig {
@@ -109,6 +131,13 @@ impl Default for HubConfig {
             server_name: format!("radiovis/{}", env!("CARGO_PKG_VERSION")),
             monitor: Arc::new(Monitor::disabled()),
             max_last_messages: 100_000,
+            frame_timeout: Duration::from_secs(30),
+            idle_timeout: Some(Duration::from_secs(600)),
+            write_timeout: Duration::from_secs(30),
+            auth_max_failures: 10,
+            auth_block: Duration::from_secs(300),
+            auth_failure_delay: Duration::from_millis(500),
+            auth_concurrency: 64,
         }
     }
 }
@@ -191,6 +220,7 @@ pub(crate) struct Hub<B, D, C> {
     /// Bus messages waiting for a CC -> GCC conversion.
     pending: Pending,
     next_id: AtomicU64,
+    throttle: LoginThrottle,
 }
 
 impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
@@ -214,6 +244,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
             station_channels: SingleFlight::new(config.channel_cache_ttl),
             pending: Pending::default(),
             next_id: AtomicU64::new(1),
+            throttle: LoginThrottle::new(&config),
             stats: Stats::default(),
             shutdown: CancellationToken::new(),
             config,
@@ -319,6 +350,11 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
         )
         .await
         .ok()
+    }
+
+    /// Failed logins per address and the bound on credential checks in flight.
+    pub fn login_throttle(&self) -> &LoginThrottle {
+        &self.throttle
     }
 
     /// The normalised form of a topic (CC -> GCC).

@@ -61,35 +61,8 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
         let login = frame.get("login").unwrap_or("").trim();
         let passcode = frame.get("passcode").unwrap_or("").trim();
         if !login.is_empty() || !passcode.is_empty() {
-            let ip = canonical_ip(self.peer.ip());
-            match self.hub.check_auth(login, passcode, ip).await {
-                Some(Ok(true)) => {
-                    let station = login.split('.').next().unwrap_or(login).to_owned();
-                    tracing::info!(login, station = %station, "logged in as a station");
-                    self.station = Some(station);
-                }
-                Some(Ok(false)) => {
-                    tracing::warn!(login, "wrong credentials");
-                    self.write_frame(&Frame::error("Wrong credentials")).await?;
-                    return Err(SessionError::ConnectRefused("wrong credentials".into()));
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(login, error = %e, "cannot check credentials");
-                    self.write_frame(&Frame::error(
-                        "Cannot check credentials: directory unavailable",
-                    ))
-                    .await?;
-                    return Err(SessionError::ConnectRefused(e.to_string()));
-                }
-                None => {
-                    tracing::warn!(login, "directory timed out checking credentials");
-                    self.write_frame(&Frame::error(
-                        "Cannot check credentials: directory unavailable",
-                    ))
-                    .await?;
-                    return Err(SessionError::ConnectRefused("directory timeout".into()));
-                }
-            }
+            // Boxed: it runs once per login, and only for broadcasters.
+            Box::pin(self.log_in(login, passcode)).await?;
         }
 
         let session_id = uuid::Uuid::new_v4().to_string();
@@ -133,6 +106,72 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
             "connected"
         );
         Ok(())
+    }
+}
+
+impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
+    /// Checks a station's credentials with the directory, throttled per address
+    /// (docs/protocol.md#connect): an ERROR and `Err` when refused.
+    async fn log_in(&mut self, login: &str, passcode: &str) -> Result<(), SessionError> {
+        let ip = canonical_ip(self.peer.ip());
+        let hub = self.hub.clone();
+        let throttle = hub.login_throttle();
+        if throttle.is_blocked(ip).await {
+            tracing::warn!(
+                login,
+                "login refused: too many failed logins from this address"
+            );
+            return self
+                .refuse("Too many failed logins: try again later", "login throttled")
+                .await;
+        }
+        let limit = hub.config().directory_timeout;
+        // Bounded: a slow directory must not collect every login in flight.
+        let answer = match throttle.permit(limit).await {
+            Some(_permit) => hub.check_auth(login, passcode, ip).await,
+            None => {
+                tracing::warn!(login, "too many credential checks in flight");
+                None
+            }
+        };
+        match answer {
+            Some(Ok(true)) => {
+                throttle.succeeded(ip).await;
+                let station = login.split('.').next().unwrap_or(login).to_owned();
+                tracing::info!(login, station = %station, "logged in as a station");
+                self.station = Some(station);
+                Ok(())
+            }
+            Some(Ok(false)) => {
+                let delay = throttle.failed(ip).await;
+                tracing::warn!(login, ?delay, "wrong credentials");
+                // Slows guessing down; the session holds no permit meanwhile.
+                tokio::time::sleep(delay).await;
+                self.refuse("Wrong credentials", "wrong credentials").await
+            }
+            Some(Err(e)) => {
+                tracing::warn!(login, error = %e, "cannot check credentials");
+                self.refuse(
+                    "Cannot check credentials: directory unavailable",
+                    &e.to_string(),
+                )
+                .await
+            }
+            None => {
+                tracing::warn!(login, "directory timed out checking credentials");
+                self.refuse(
+                    "Cannot check credentials: directory unavailable",
+                    "directory timeout",
+                )
+                .await
+            }
+        }
+    }
+
+    /// Answers CONNECT with an ERROR carrying `message`; the session then closes.
+    async fn refuse(&mut self, message: &str, reason: &str) -> Result<(), SessionError> {
+        self.write_frame(&Frame::error(message)).await?;
+        Err(SessionError::ConnectRefused(reason.to_owned()))
     }
 }
 

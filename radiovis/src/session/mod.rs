@@ -26,6 +26,7 @@ mod connect;
 mod subscriptions;
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +35,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -71,6 +72,15 @@ pub enum SessionError {
     /// The client's heart-beats stopped.
     #[error("no heart-beat from client within {0:?}")]
     HeartbeatTimeout(Duration),
+    /// A frame was started and not finished within `frame_timeout`.
+    #[error("frame not complete within {0:?}")]
+    FrameTimeout(Duration),
+    /// A session without heart-beats received nothing within `idle_timeout`.
+    #[error("nothing received within {0:?}")]
+    IdleTimeout(Duration),
+    /// A write stayed blocked for `write_timeout`: the client does not read.
+    #[error("slow consumer: no write progress within {0:?}")]
+    WriteTimeout(Duration),
     /// The outbound queue overflowed.
     #[error("slow consumer: outbound queue full")]
     SlowConsumer,
@@ -112,6 +122,7 @@ where
             hb_recv: None,
             last_read: Instant::now(),
             last_write: Instant::now(),
+            frame_started: None,
             info: None,
             connected: false,
         };
@@ -154,8 +165,11 @@ struct Session<'a, B, D, C> {
     /// Heart-beat intervals negotiated with a 1.1/1.2 client.
     hb_send: Option<Duration>,
     hb_recv: Option<Duration>,
+    /// When last a byte arrived (heart-beat and idle deadlines).
     last_read: Instant,
     last_write: Instant,
+    /// When the frame now partly in `rbuf` started (its deadline runs from there).
+    frame_started: Option<Instant>,
     /// Who this session is, for monitoring events (only when monitoring is on).
     info: Option<Arc<SessionInfo>>,
     /// CONNECTED was sent.
@@ -188,31 +202,40 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
         let kill = self.kill.clone();
         let killed = kill.cancelled();
         tokio::pin!(killed);
-        // Heart-beat sessions get one boxed timer (next send or receive deadline);
-        // 1.0 sessions, the bulk of radios, hold none.
-        let mut timer = (self.hb_send.is_some() || self.hb_recv.is_some())
-            .then(|| Box::pin(tokio::time::sleep_until(Instant::now())));
+        // One boxed timer for every deadline (heart-beat send and receive, idle,
+        // frame), made when a deadline first applies; a session with none (idle
+        // timeout off, no heart-beats) holds no timer.
+        let mut timer: Option<Pin<Box<Sleep>>> = None;
         loop {
+            let mut decoded = false;
             while let Some(frame) = self.decoder.decode(&mut self.rbuf)? {
+                decoded = true;
                 // Boxed: frames are rare for a radio, and the idle wait below is what
                 // every connection holds in memory.
                 if Box::pin(self.handle(frame)).await? == Flow::Close {
                     return Ok(());
                 }
             }
-            if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
-                // Idle connections hold no read buffer.
-                self.rbuf = BytesMut::new();
+            // The decoder has consumed leading EOLs: bytes left are a started frame.
+            if self.rbuf.is_empty() {
+                self.frame_started = None;
+                if self.rbuf.capacity() > 0 {
+                    // Idle connections hold no read buffer.
+                    self.rbuf = BytesMut::new();
+                }
+            } else if decoded || self.frame_started.is_none() {
+                self.frame_started = Some(Instant::now());
             }
-            let send_at = self.hb_send.map(|d| self.last_write + d);
-            let recv_deadline = self.hb_recv.map(|d| self.last_read + d + d / 2);
-            if let Some(t) = timer.as_mut() {
-                let next = match (send_at, recv_deadline) {
-                    (Some(a), Some(b)) => a.min(b),
-                    (Some(a), None) | (None, Some(a)) => a,
-                    (None, None) => Instant::now() + Duration::from_secs(3600),
-                };
-                t.as_mut().reset(next);
+            let deadlines = self.deadlines();
+            if let Some(next) = deadlines.next() {
+                match timer.as_mut() {
+                    // Reset only when it moved: a reset touches the shared timer wheel.
+                    Some(t) if t.deadline() != next => t.as_mut().reset(next),
+                    Some(_) => {}
+                    None => timer = Some(Box::pin(tokio::time::sleep_until(next))),
+                }
+            } else if let Some(t) = timer.as_mut() {
+                t.as_mut().reset(Instant::now() + Duration::from_secs(3600));
             }
             // The select only decides; the work happens after it, so the session's
             // future never holds the waiting futures and a write at the same time.
@@ -238,15 +261,38 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
                 }
                 Wake::Timer => {
                     let now = Instant::now();
-                    if recv_deadline.is_some_and(|d| now >= d) {
-                        let d = self.hb_recv.unwrap_or_default();
-                        return Err(SessionError::HeartbeatTimeout(d + d / 2));
+                    let config = self.hub.config();
+                    if deadlines.frame.is_some_and(|d| now >= d) {
+                        return Err(SessionError::FrameTimeout(config.frame_timeout));
                     }
-                    if send_at.is_some_and(|a| now >= a) {
+                    if deadlines.recv.is_some_and(|d| now >= d) {
+                        return Err(match self.hb_recv {
+                            Some(d) => SessionError::HeartbeatTimeout(d + d / 2),
+                            None => {
+                                SessionError::IdleTimeout(config.idle_timeout.unwrap_or_default())
+                            }
+                        });
+                    }
+                    if deadlines.send.is_some_and(|a| now >= a) {
                         self.write_raw(b"\n").await?;
                     }
                 }
             }
+        }
+    }
+
+    /// The session's deadlines now (docs/protocol.md#limits, docs/protocol.md#heart-beats).
+    fn deadlines(&self) -> Deadlines {
+        let config = self.hub.config();
+        Deadlines {
+            send: self.hb_send.map(|d| self.last_write + d),
+            // Heart-beats, when the client sends them; otherwise the idle limit. Any
+            // byte counts: radios may send nothing but EOLs.
+            recv: match self.hb_recv {
+                Some(d) => Some(self.last_read + d + d / 2),
+                None => config.idle_timeout.map(|d| self.last_read + d),
+            },
+            frame: self.frame_started.map(|t| t + config.frame_timeout),
         }
     }
 
@@ -282,40 +328,29 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
     /// client still sends for a moment, so that its kernel does not answer our close
     /// with a reset that would destroy the ERROR before the client reads it.
     async fn close_after(&mut self, reason: &SessionError) {
-        if let SessionError::FrameFailed(_) = reason {
-            // Its ERROR is written already.
-            return self.linger().await;
-        }
-        let SessionError::Codec(e) = reason else {
-            return;
+        let message = match reason {
+            // Their ERROR is written already (a refused CONNECT included).
+            SessionError::FrameFailed(_)
+            | SessionError::ConnectRefused(_)
+            | SessionError::ConnectTimeout(_) => None,
+            // Before CONNECTED the CONNECT phase answered already.
+            SessionError::Codec(e) => self.connected.then(|| e.to_string()),
+            SessionError::FrameTimeout(d) => Some(format!(
+                "timed out waiting for the rest of a frame: limit is {} s",
+                d.as_secs_f64()
+            )),
+            SessionError::IdleTimeout(d) => Some(format!(
+                "idle timeout, nothing received: limit is {} s",
+                d.as_secs_f64()
+            )),
+            // The client is gone, not reading, or we are: nothing to tell it.
+            _ => return,
         };
-        if !self.connected {
-            // The CONNECT phase already answered.
-            return self.linger().await;
+        if let Some(message) = message {
+            let error = Frame::error(message);
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.write_frame(&error)).await;
         }
-        let error = Frame::error(e.to_string());
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.write_frame(&error)).await;
-        self.linger().await;
-    }
-
-    /// Closes our side, then discards what the client still sends (at most 1 s, 16 MiB).
-    async fn linger(&mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.shutdown()).await;
-        let mut sink = [0u8; 8192];
-        let deadline = Instant::now() + Duration::from_secs(1);
-        let mut discarded = 0usize;
-        while discarded < 16 * 1024 * 1024 {
-            match tokio::time::timeout_at(deadline, self.reader.readable()).await {
-                Ok(Ok(())) => {}
-                _ => return,
-            }
-            match self.reader.try_read(&mut sink) {
-                Ok(0) => return,
-                Ok(n) => discarded += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
-            }
-        }
+        linger(&self.reader, &mut self.writer).await;
     }
 
     /// Writes queued MESSAGE frames, coalesced into one write (up to `WRITE_BATCH`).
@@ -361,14 +396,9 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    break tokio::select! {
-                        r = self.writer.write_all(&self.wbuf[written..]) => r.map_err(SessionError::from),
-                        _ = self.kill.cancelled() => Err(if self.hub.is_stopping() {
-                            SessionError::Shutdown
-                        } else {
-                            SessionError::SlowConsumer
-                        }),
-                    };
+                    // Boxed: only a full socket gets here, and its timer stays out of
+                    // every idle session's future.
+                    break Box::pin(self.write_blocked(written)).await;
                 }
                 Err(e) => break Err(e.into()),
             }
@@ -379,6 +409,36 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
         }
         self.last_write = Instant::now();
         result
+    }
+
+    /// Writes the rest of the write buffer (from `written`) to a full socket, giving up
+    /// when no byte goes out for `write_timeout` (docs/protocol.md#limits) or when the
+    /// session is killed.
+    async fn write_blocked(&mut self, mut written: usize) -> Result<(), SessionError> {
+        let limit = self.hub.config().write_timeout;
+        while written < self.wbuf.len() {
+            let step = tokio::select! {
+                r = tokio::time::timeout(limit, self.writer.write(&self.wbuf[written..])) => r,
+                _ = self.kill.cancelled() => return Err(if self.hub.is_stopping() {
+                    SessionError::Shutdown
+                } else {
+                    SessionError::SlowConsumer
+                }),
+            };
+            match step {
+                Ok(Ok(0)) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
+                Ok(Ok(n)) => written += n,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    self.hub
+                        .stats()
+                        .slow_consumers
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(SessionError::WriteTimeout(limit));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Best effort at shutdown: write what is queued, bounded in time.
@@ -392,6 +452,50 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
     }
 }
 
+/// Closes our side, then discards what the client still sends (at most 1 s, 16 MiB),
+/// so that its kernel does not answer our close with a reset that destroys the ERROR
+/// we wrote last (docs/protocol.md#limits). Also used by the server for the
+/// connections it refuses.
+pub(crate) async fn linger(reader: &ReadHalf<'_>, writer: &mut WriteHalf<'_>) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
+    let mut sink = [0u8; 8192];
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut discarded = 0usize;
+    while discarded < 16 * 1024 * 1024 {
+        match tokio::time::timeout_at(deadline, reader.readable()).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+        match reader.try_read(&mut sink) {
+            Ok(0) => return,
+            Ok(n) => discarded += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// The instants at which the session must act; `None`: no such deadline.
+#[derive(Clone, Copy)]
+struct Deadlines {
+    /// A heart-beat is due.
+    send: Option<Instant>,
+    /// The client's heart-beat or idle limit runs out.
+    recv: Option<Instant>,
+    /// The partly received frame's time is up.
+    frame: Option<Instant>,
+}
+
+impl Deadlines {
+    /// The earliest of them.
+    fn next(&self) -> Option<Instant> {
+        [self.send, self.recv, self.frame]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
 /// What woke the idle session up.
 enum Wake {
     Killed,
@@ -400,10 +504,41 @@ enum Wake {
     Timer,
 }
 
-/// Waits for the heart-beat timer; never completes for a session without one.
-async fn wait_timer(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+/// Waits for the session's timer; never completes for a session without one.
+async fn wait_timer(timer: &mut Option<Pin<Box<Sleep>>>) {
     match timer {
         Some(t) => t.as_mut().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory::{LocalBus, MemoryCache, StaticDirectory};
+    use crate::hub::HubConfig;
+
+    /// Every connection holds one such future: it must stay small (about 1.1 KiB).
+    #[tokio::test]
+    async fn the_session_future_stays_small() {
+        let hub = Arc::new(Hub::new(
+            LocalBus::default(),
+            StaticDirectory::default(),
+            MemoryCache::new(),
+            HubConfig::default(),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let future = run(hub, stream, addr);
+        let size = std::mem::size_of_val(&future);
+        // Plus, on the heap, one boxed `Sleep` once a deadline applies (idle timeout on).
+        println!(
+            "session future: {size} bytes; timer: {} bytes",
+            std::mem::size_of::<Sleep>()
+        );
+        assert!(size <= 1536, "session future grew to {size} bytes");
     }
 }
