@@ -124,7 +124,6 @@ impl Drop for OwnRuntimeHub {
 /// meanwhile. Before the pattern trie, each such SUBSCRIBE scanned the whole store
 /// under its lock and the radio got 0 to a few of the 200 while the abuse lasted.
 #[tokio::test]
-#[ignore = "finding 5: fails before the pattern trie (radio got 0 of 200)"]
 async fn resubscribing_to_a_wildcard_in_a_loop_does_not_stop_delivery() {
     let own = OwnRuntimeHub::start();
     let hub = own.hub();

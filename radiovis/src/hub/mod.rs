@@ -40,6 +40,7 @@ use crate::topic::Normaliser;
 
 pub(crate) use channels::StationChannel;
 pub(crate) use index::{IndexKey, SubEntry, SubKey};
+pub use index::PatternTrie;
 pub use last::LAST_MESSAGE_PREFIX;
 
 use index::SubIndex;
