@@ -181,3 +181,68 @@ async fn resubscribing_to_a_wildcard_in_a_loop_does_not_stop_delivery() {
     assert_eq!(got, 200, "the radio got {got} of 200 messages during the abuse");
     assert!(subscribes > 0);
 }
+
+/// docs/protocol.md#limits: the ninth wildcard subscription of a session (default
+/// `RADIOVIS_MAX_WILDCARDS` = 8) gets an ERROR naming the limit and a close; replacing
+/// one of the eight (same id) does not count.
+#[tokio::test]
+async fn a_session_over_the_wildcard_limit_gets_an_error_and_is_closed() {
+    let hub = TestHub::start().await;
+    let mut radio = hub.radio12().await;
+    for i in 0..8 {
+        let pattern = format!("/topic/fm/4e1/400{i}/*/text");
+        radio.subscribe(&pattern, Some(&format!("w{i}")), &[NOFAST]).await;
+    }
+    // Same id: a replacement, still eight.
+    radio
+        .subscribe("/topic/fm/4e1/4001/*/image", Some("w0"), &[NOFAST])
+        .await;
+    // Exact topics are not wildcards.
+    radio.subscribe(TEXT, Some("exact"), &[NOFAST]).await;
+    radio
+        .send_frame(
+            "SUBSCRIBE",
+            &[("destination", "/topic/*/4e1/4001/4001/0/text"), ("id", "w9")],
+            b"",
+        )
+        .await;
+    let frames = radio.frames_until_closed(WAIT).await;
+    let error = frames
+        .iter()
+        .find(|f| f.command == "ERROR")
+        .unwrap_or_else(|| panic!("no ERROR before the close: {frames:?}"));
+    let m = error.message();
+    assert!(m.contains("wildcard") && m.contains('8'), "{error:?}");
+    hub.assert_still_serves(TEXT).await;
+}
+
+/// docs/protocol.md#limits: SUBSCRIBE frames beyond the rate (default
+/// `RADIOVIS_SUBSCRIBE_RATE` = 20 per second, burst 100) get an ERROR naming the limit
+/// and a close. 150 frames in one write are over the burst whatever the machine's speed
+/// (they are handled within much less than the 2.5 s the rate would need to allow 50
+/// more).
+#[tokio::test]
+async fn subscribing_faster_than_the_rate_gets_an_error_and_a_close() {
+    let hub = TestHub::start().await;
+    let mut radio = hub.radio().await;
+    let mut burst = Vec::new();
+    for i in 0..150 {
+        burst.extend_from_slice(&encode(
+            "SUBSCRIBE",
+            &[("destination", TEXT), ("id", "s"), ("receipt", &format!("r{i}"))],
+            b"",
+        ));
+    }
+    radio.send_raw(&burst).await;
+    let frames = radio.frames_until_closed(Duration::from_secs(10)).await;
+    let receipts = frames.iter().filter(|f| f.command == "RECEIPT").count();
+    let error = frames
+        .iter()
+        .find(|f| f.command == "ERROR")
+        .unwrap_or_else(|| panic!("no ERROR before the close ({receipts} receipts)"));
+    let m = error.message();
+    assert!(m.contains("subscribe") && m.contains("20"), "{error:?}");
+    // 1.0 answers the receipt before the frame takes effect: the refused one included.
+    assert!((100..=102).contains(&receipts), "{receipts} receipts");
+    hub.assert_still_serves(TEXT).await;
+}
