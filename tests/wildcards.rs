@@ -166,8 +166,12 @@ async fn resubscribing_to_a_wildcard_in_a_loop_does_not_stop_delivery() {
         got
     });
     for i in 0..200 {
-        b.send_frame("SEND", &[("destination", TEXT)], format!("TEXT m{i}").as_bytes())
-            .await;
+        b.send_frame(
+            "SEND",
+            &[("destination", TEXT)],
+            format!("TEXT m{i}").as_bytes(),
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(15)).await;
     }
     // The abuse goes on until the radio has them all (or gave up).
@@ -178,7 +182,10 @@ async fn resubscribing_to_a_wildcard_in_a_loop_does_not_stop_delivery() {
         subscribes += a.await.expect("abuser task");
     }
     eprintln!("radio got {got} of 200; abusers got {subscribes} SUBSCRIBE frames in");
-    assert_eq!(got, 200, "the radio got {got} of 200 messages during the abuse");
+    assert_eq!(
+        got, 200,
+        "the radio got {got} of 200 messages during the abuse"
+    );
     assert!(subscribes > 0);
 }
 
@@ -191,7 +198,9 @@ async fn a_session_over_the_wildcard_limit_gets_an_error_and_is_closed() {
     let mut radio = hub.radio12().await;
     for i in 0..8 {
         let pattern = format!("/topic/fm/4e1/400{i}/*/text");
-        radio.subscribe(&pattern, Some(&format!("w{i}")), &[NOFAST]).await;
+        radio
+            .subscribe(&pattern, Some(&format!("w{i}")), &[NOFAST])
+            .await;
     }
     // Same id: a replacement, still eight.
     radio
@@ -202,7 +211,10 @@ async fn a_session_over_the_wildcard_limit_gets_an_error_and_is_closed() {
     radio
         .send_frame(
             "SUBSCRIBE",
-            &[("destination", "/topic/*/4e1/4001/4001/0/text"), ("id", "w9")],
+            &[
+                ("destination", "/topic/*/4e1/4001/4001/0/text"),
+                ("id", "w9"),
+            ],
             b"",
         )
         .await;
@@ -229,7 +241,11 @@ async fn subscribing_faster_than_the_rate_gets_an_error_and_a_close() {
     for i in 0..150 {
         burst.extend_from_slice(&encode(
             "SUBSCRIBE",
-            &[("destination", TEXT), ("id", "s"), ("receipt", &format!("r{i}"))],
+            &[
+                ("destination", TEXT),
+                ("id", "s"),
+                ("receipt", &format!("r{i}")),
+            ],
             b"",
         ));
     }

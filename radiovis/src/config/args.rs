@@ -273,13 +273,28 @@ pub struct HubArgs {
     )]
     pub max_subscriptions: usize,
     /// Most wildcard (`*`) subscriptions per session.
-    #[arg(long, env = "RADIOVIS_MAX_WILDCARDS", value_name = "RADIOVIS_MAX_WILDCARDS", default_value_t = 8)]
+    #[arg(
+        long,
+        env = "RADIOVIS_MAX_WILDCARDS",
+        value_name = "RADIOVIS_MAX_WILDCARDS",
+        default_value_t = 8
+    )]
     pub max_wildcards: usize,
     /// SUBSCRIBE frames a session may send per second, sustained.
-    #[arg(long, env = "RADIOVIS_SUBSCRIBE_RATE", value_name = "RADIOVIS_SUBSCRIBE_RATE", default_value_t = 20)]
+    #[arg(
+        long,
+        env = "RADIOVIS_SUBSCRIBE_RATE",
+        value_name = "RADIOVIS_SUBSCRIBE_RATE",
+        default_value_t = 20
+    )]
     pub subscribe_rate: usize,
     /// SUBSCRIBE frames a session may send at once, above the sustained rate.
-    #[arg(long, env = "RADIOVIS_SUBSCRIBE_BURST", value_name = "RADIOVIS_SUBSCRIBE_BURST", default_value_t = 100)]
+    #[arg(
+        long,
+        env = "RADIOVIS_SUBSCRIBE_BURST",
+        value_name = "RADIOVIS_SUBSCRIBE_BURST",
+        default_value_t = 100
+    )]
     pub subscribe_burst: usize,
     /// Most topics whose last message is kept for replay.
     #[arg(
@@ -403,8 +418,12 @@ impl HubArgs {
             // At most a million a second: the interval of the rate stays at least 1 µs.
             subscribe_rate: count("RADIOVIS_SUBSCRIBE_RATE", self.subscribe_rate, 1, 1_000_000)?
                 as u32,
-            subscribe_burst: count("RADIOVIS_SUBSCRIBE_BURST", self.subscribe_burst, 1, 1_000_000)?
-                as u32,
+            subscribe_burst: count(
+                "RADIOVIS_SUBSCRIBE_BURST",
+                self.subscribe_burst,
+                1,
+                1_000_000,
+            )? as u32,
             max_last_messages: count(
                 "RADIOVIS_MAX_LAST_MESSAGES",
                 self.max_last_messages,

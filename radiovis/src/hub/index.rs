@@ -247,7 +247,7 @@ mod tests {
         for _ in 0..len {
             let s = rng.pick(SEGMENTS);
             // Topics see `*` less often than patterns, but do see it.
-            let s = if s == "*" && !star_weight && rng.next() % 4 != 0 {
+            let s = if s == "*" && !star_weight && !rng.next().is_multiple_of(4) {
                 "a"
             } else {
                 s
@@ -269,7 +269,7 @@ mod tests {
             // Remove about a third again, as unsubscriptions do.
             let mut live: Vec<bool> = vec![true; patterns.len()];
             for (i, p) in patterns.iter().enumerate() {
-                if rng.next() % 3 == 0 {
+                if rng.next().is_multiple_of(3) {
                     live[i] = false;
                     trie.remove_if(p, |v| {
                         v.retain(|&j| j != i);

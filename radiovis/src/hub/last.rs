@@ -311,26 +311,21 @@ mod tests {
             "/*/*/*/*",
             "/t/*",
         ];
-        for round in 0..2000 {
+        for round in 0..2000u32 {
             let topic = format!(
                 "/t/{}/{}/{}",
                 segs[(next() % 4) as usize],
                 segs[(next() % 3) as usize],
                 ["text", "image"][(next() % 2) as usize]
             );
-            let topic = if round % 7 == 0 {
+            let topic = if round.is_multiple_of(7) {
                 format!("/t/{}", next() % 1000)
             } else {
                 topic
             };
             let seq = last.next_seq();
-            last.record(Arc::new(Published::new(
-                seq,
-                topic,
-                Bytes::new(),
-                vec![],
-            )));
-            if round % 50 == 0 {
+            last.record(Arc::new(Published::new(seq, topic, Bytes::new(), vec![])));
+            if round.is_multiple_of(50) {
                 let all: Vec<Arc<Published>> =
                     last.store.read().by_topic.values().cloned().collect();
                 for p in patterns {

@@ -42,8 +42,8 @@ use crate::topic::Normaliser;
 
 pub(crate) use admission::{SubscribeBudget, SubscribeLimit};
 pub(crate) use channels::StationChannel;
-pub(crate) use index::{IndexKey, SubEntry, SubKey};
 pub use index::PatternTrie;
+pub(crate) use index::{IndexKey, SubEntry, SubKey};
 pub use last::LAST_MESSAGE_PREFIX;
 
 use index::SubIndex;

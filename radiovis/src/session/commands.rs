@@ -132,7 +132,8 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
                 .count(),
             false => 0,
         };
-        self.hub.admit_subscribe(self.subs.budget(), wildcard, held)?;
+        self.hub
+            .admit_subscribe(self.subs.budget(), wildcard, held)?;
         let max = self.hub.config().max_subscriptions;
         if !self.subs.contains_key(&key) && self.subs.len() >= max {
             return Err(FrameError::TooManySubscriptions(max));
