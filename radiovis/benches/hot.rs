@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the hot paths: frame decode, MESSAGE encode, topic normalisation
-//! and matching. `cargo bench -p radiovis --bench hot`.
+//! and matching, the pattern index of the fan-out. `cargo bench -p radiovis --bench hot`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion};
 use radiovis::backend::memory::{MemoryCache, StaticDirectory};
+use radiovis::hub::PatternTrie;
 use radiovis::outbound::{encode_head, Published};
 use radiovis::stomp::{Command, Decoder, Frame, Limits, Version};
 use radiovis::topic::{self, Normaliser};
@@ -146,5 +147,53 @@ fn topics(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, encode, topics);
+/// The patterns part of the fan-out of one message with 1,000 distinct patterns held by
+/// other clients (FM on other PIs, DAB on other services), none matching: the trie the
+/// hub uses, and the one-by-one `topic::matches` loop it replaced (the "before").
+fn patterns(c: &mut Criterion) {
+    let topic = "/topic/fm/4e1/4001/09580/text";
+    let list: Vec<String> = (0..1000u32)
+        .map(|i| match i % 2 {
+            0 => format!("/topic/fm/4e1/{:04x}/*/text", 0x5000 + i),
+            _ => format!("/topic/dab/*/{:04x}/4001/0/text", 0x5000 + i),
+        })
+        .collect();
+    let mut trie: PatternTrie<u32> = PatternTrie::default();
+    let mut map = std::collections::HashMap::new();
+    for (i, p) in list.iter().enumerate() {
+        *trie.entry(p) = i as u32;
+        map.insert(p.clone(), i as u32);
+    }
+    let mut g = c.benchmark_group("fan_out_patterns");
+    g.bench_function("1000_miss_trie", |b| {
+        b.iter(|| {
+            let mut n = 0u32;
+            trie.for_each_match(black_box(topic), |_| n += 1);
+            black_box(n)
+        })
+    });
+    g.bench_function("1000_miss_linear_before", |b| {
+        b.iter(|| {
+            let mut n = 0u32;
+            for p in map.keys() {
+                if topic::matches(p, black_box(topic)) {
+                    n += 1;
+                }
+            }
+            black_box(n)
+        })
+    });
+    // The same with the radio's own fallback pattern among them (one match).
+    *trie.entry("/topic/fm/4e1/4001/*/text") = 1000;
+    g.bench_function("1000_plus_1_hit_trie", |b| {
+        b.iter(|| {
+            let mut n = 0u32;
+            trie.for_each_match(black_box(topic), |_| n += 1);
+            black_box(n)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decode, encode, topics, patterns);
 criterion_main!(benches);

@@ -2,6 +2,13 @@
 //! `x-ebu-nofastreply`), bounded in the number of topics, and shared through the cache
 //! (`radiovis_last_<topic>`) so that a freshly started instance replays the current
 //! slide too.
+//!
+//! Replay to a pattern takes the newest matching topic from a trie of the topics by
+//! segment, in which every node knows the newest message below it: a `*` walks the
+//! children of its own level only, and branches with nothing newer than the best
+//! match so far are skipped, so the cost follows what the pattern matches, not the
+//! size of the store (docs/protocol.md#replay). The store has a lock of its own,
+//! never the one the fan-out needs, and hands out `Arc`s.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +24,6 @@ use tokio_util::sync::CancellationToken;
 use super::index::IndexKey;
 use crate::backend::Cache;
 use crate::outbound::Published;
-use crate::topic;
 
 /// Prefix of the cache keys holding the last message of a normalised topic, so that a
 /// newly started instance can replay the current slide.
@@ -38,9 +44,68 @@ struct CachedMessage {
     headers: Vec<(String, String)>,
 }
 
+/// Last messages by normalised topic, and the same by segment (for patterns).
+#[derive(Default)]
+struct Store {
+    by_topic: HashMap<String, Arc<Published>>,
+    trie: TopicNode,
+}
+
+/// A node of the topic trie: the message of the topic that ends here, and the highest
+/// arrival number in this subtree (exact: arrival numbers only grow, and the trie is
+/// rebuilt after an eviction).
+#[derive(Default)]
+struct TopicNode {
+    children: HashMap<Box<str>, TopicNode>,
+    message: Option<Arc<Published>>,
+    newest: u64,
+}
+
+impl TopicNode {
+    fn insert(&mut self, published: Arc<Published>) {
+        let seq = published.seq;
+        let mut node = self;
+        node.newest = node.newest.max(seq);
+        for seg in published.topic.split('/') {
+            node = node.children.entry(seg.into()).or_default();
+            node.newest = node.newest.max(seq);
+        }
+        node.message = Some(published);
+    }
+
+    /// The newest message under this node whose remaining segments match `segs`,
+    /// if newer than `best`.
+    fn newest_match<'s>(
+        &self,
+        mut segs: impl Iterator<Item = &'s str> + Clone,
+        best: &mut Option<Arc<Published>>,
+    ) {
+        if best.as_ref().is_some_and(|b| b.seq >= self.newest) {
+            return;
+        }
+        match segs.next() {
+            None => {
+                if let Some(m) = &self.message {
+                    *best = Some(m.clone());
+                }
+            }
+            Some("*") => {
+                for child in self.children.values() {
+                    child.newest_match(segs.clone(), best);
+                }
+            }
+            Some(seg) => {
+                if let Some(child) = self.children.get(seg) {
+                    child.newest_match(segs, best);
+                }
+            }
+        }
+    }
+}
+
 /// Last messages by normalised topic.
 pub(super) struct LastMessages {
-    by_topic: RwLock<HashMap<String, Arc<Published>>>,
+    store: RwLock<Store>,
     /// Most topics kept (at least one).
     max: usize,
     /// Order of arrival, to find the newest of several topics and to evict the oldest.
@@ -53,7 +118,7 @@ impl LastMessages {
     /// An empty store keeping at most `max` topics.
     pub fn new(max: usize) -> LastMessages {
         LastMessages {
-            by_topic: RwLock::new(HashMap::new()),
+            store: RwLock::new(Store::default()),
             max: max.max(1),
             seq: AtomicU64::new(0),
             writer: OnceLock::new(),
@@ -68,7 +133,9 @@ impl LastMessages {
     /// Remembers `published` as the last message of its topic. Beyond `max` topics the
     /// oldest tenth is forgotten at once, so that eviction stays rare.
     pub fn record(&self, published: Arc<Published>) {
-        let mut last = self.by_topic.write();
+        let mut store = self.store.write();
+        store.trie.insert(published.clone());
+        let last = &mut store.by_topic;
         last.insert(published.topic.clone(), published);
         let max = self.max;
         if last.len() > max {
@@ -76,8 +143,15 @@ impl LastMessages {
             let cut = (last.len() - max + max / 10).min(seqs.len() - 1);
             let (_, &mut threshold, _) = seqs.select_nth_unstable(cut);
             last.retain(|_, m| m.seq >= threshold);
+            // Rebuilt rather than pruned: as rare as the eviction, and it keeps every
+            // node's `newest` exact.
+            let mut trie = TopicNode::default();
+            for m in last.values() {
+                trie.insert(m.clone());
+            }
+            store.trie = trie;
             tracing::warn!(
-                kept = last.len(),
+                kept = store.by_topic.len(),
                 max,
                 "too many topics: oldest last messages forgotten"
             );
@@ -96,14 +170,14 @@ impl LastMessages {
     /// The message to replay to a new subscription: the last of its topic, or for a
     /// pattern the newest of the matching topics.
     pub fn for_key(&self, key: &IndexKey) -> Option<Arc<Published>> {
-        let last = self.by_topic.read();
+        let store = self.store.read();
         match key {
-            IndexKey::Exact(t) => last.get(t).cloned(),
-            IndexKey::Pattern(p) => last
-                .iter()
-                .filter(|(t, _)| topic::matches(p, t))
-                .max_by_key(|(_, m)| m.seq)
-                .map(|(_, m)| m.clone()),
+            IndexKey::Exact(t) => store.by_topic.get(t).cloned(),
+            IndexKey::Pattern(p) => {
+                let mut best = None;
+                store.trie.newest_match(p.split('/'), &mut best);
+                best
+            }
         }
     }
 
@@ -148,12 +222,15 @@ impl LastMessages {
             .collect()
             .await;
         let restored = found.len();
-        let mut last = self.by_topic.write();
+        let mut store = self.store.write();
         for m in found {
+            if store.by_topic.contains_key(&m.topic) {
+                continue;
+            }
             let seq = self.next_seq();
-            last.entry(m.topic.clone()).or_insert_with(|| {
-                Arc::new(Published::new(seq, m.topic, Bytes::from(m.body), m.headers))
-            });
+            let p = Arc::new(Published::new(seq, m.topic, Bytes::from(m.body), m.headers));
+            store.trie.insert(p.clone());
+            store.by_topic.insert(p.topic.clone(), p);
         }
         if restored > 0 {
             tracing::info!(restored, "last messages restored from the shared cache");
@@ -163,7 +240,7 @@ impl LastMessages {
     /// Topics currently remembered.
     #[cfg(test)]
     pub fn topics(&self) -> HashSet<String> {
-        self.by_topic.read().keys().cloned().collect()
+        self.store.read().by_topic.keys().cloned().collect()
     }
 }
 
@@ -211,5 +288,56 @@ mod tests {
             !topics.contains("/topic/id/x/0/text"),
             "the oldest is forgotten"
         );
+    }
+
+    #[test]
+    fn pattern_replay_is_the_newest_match_also_after_eviction() {
+        use crate::topic;
+        let last = LastMessages::new(150);
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let segs = ["a", "b", "c", "*"];
+        let patterns = [
+            "/t/*/*/text",
+            "/t/a/*/text",
+            "/t/*/b/*",
+            "/t/*/*",
+            "/t/c/c/image",
+            "/*/*/*/*",
+            "/t/*",
+        ];
+        for round in 0..2000u32 {
+            let topic = format!(
+                "/t/{}/{}/{}",
+                segs[(next() % 4) as usize],
+                segs[(next() % 3) as usize],
+                ["text", "image"][(next() % 2) as usize]
+            );
+            let topic = if round.is_multiple_of(7) {
+                format!("/t/{}", next() % 1000)
+            } else {
+                topic
+            };
+            let seq = last.next_seq();
+            last.record(Arc::new(Published::new(seq, topic, Bytes::new(), vec![])));
+            if round.is_multiple_of(50) {
+                let all: Vec<Arc<Published>> =
+                    last.store.read().by_topic.values().cloned().collect();
+                for p in patterns {
+                    let want = all
+                        .iter()
+                        .filter(|m| topic::matches(p, &m.topic))
+                        .max_by_key(|m| m.seq)
+                        .map(|m| m.seq);
+                    let got = last.for_key(&IndexKey::Pattern(p.into())).map(|m| m.seq);
+                    assert_eq!(got, want, "pattern {p} at round {round}");
+                }
+            }
+        }
     }
 }

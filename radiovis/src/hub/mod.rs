@@ -18,7 +18,9 @@
 //! | `channels` | known channels (FM fallback) and stations' channel rights |
 //! | `pending` | bus messages waiting for a CC -> GCC conversion: bounded, in order |
 //! | `throttle` | failed logins per address, credential checks in flight |
+//! | `admission` | per-session SUBSCRIBE limits: wildcards held, frames per second |
 
+mod admission;
 mod channels;
 mod index;
 mod last;
@@ -43,7 +45,9 @@ use crate::singleflight::SingleFlight;
 use crate::stomp::Limits;
 use crate::topic::{self, Normaliser};
 
+pub(crate) use admission::{SubscribeBudget, SubscribeLimit};
 pub(crate) use channels::StationChannel;
+pub use index::PatternTrie;
 pub(crate) use index::{IndexKey, SubEntry, SubKey};
 pub use last::LAST_MESSAGE_PREFIX;
 pub(crate) use throttle::LoginThrottle;
@@ -69,6 +73,12 @@ pub struct HubConfig {
     pub max_connections: usize,
     /// Most subscriptions per session.
     pub max_subscriptions: usize,
+    /// Most wildcard (`*`) subscriptions per session (docs/protocol.md#limits).
+    pub max_wildcards: usize,
+    /// SUBSCRIBE frames a session may send per second, sustained.
+    pub subscribe_rate: u32,
+    /// SUBSCRIBE frames a session may send at once, above the sustained rate.
+    pub subscribe_burst: u32,
     /// Heart-beats the server offers to 1.1/1.2 clients: (can send every, wants to
     /// receive every). Zero disables that direction.
     pub heartbeat: (Duration, Duration),
@@ -122,6 +132,9 @@ impl Default for HubConfig {
             connect_timeout: Duration::from_secs(10),
             max_connections: 100_000,
             max_subscriptions: 128,
+            max_wildcards: 8,
+            subscribe_rate: 20,
+            subscribe_burst: 100,
             heartbeat: (Duration::from_secs(10), Duration::from_secs(10)),
             directory_timeout: Duration::from_secs(10),
             directory_retry: Duration::from_secs(5),

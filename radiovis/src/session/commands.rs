@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::backend::{BusError, BusMessage, Cache, DirectoryApi, MessageBus};
-use crate::hub::{Hub, SubEntry};
+use crate::hub::{Hub, SubEntry, SubscribeLimit};
 use crate::monitoring::Event;
 use crate::outbound::{encode_head, Outbound};
 use crate::stomp::{v10_safe, Command, Frame, Version};
@@ -22,6 +22,8 @@ enum FrameError {
     BadDestination(#[from] TopicError),
     #[error("too many subscriptions: limit is {0} per session")]
     TooManySubscriptions(usize),
+    #[error("{0}")]
+    OverLimit(#[from] SubscribeLimit),
     #[error("UNSUBSCRIBE needs an id or a destination")]
     NoIdOrDestination,
     #[error("unknown subscription id {0:?}")]
@@ -101,7 +103,10 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
                 self.write_frame(&err).await?;
                 // A 1.0 session survives a refused frame, as with the original; a
                 // client over a limit does not (docs/protocol.md#limits).
-                let over_limit = matches!(e, FrameError::TooManySubscriptions(_));
+                let over_limit = matches!(
+                    e,
+                    FrameError::TooManySubscriptions(_) | FrameError::OverLimit(_)
+                );
                 if v10 && !over_limit {
                     Ok(Flow::Continue)
                 } else {
@@ -123,6 +128,17 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
         }
         let id = frame.get("id").filter(|i| !i.is_empty()).map(str::to_owned);
         let key = id.clone().unwrap_or_else(|| destination.clone());
+        // Rate and wildcard limits (docs/protocol.md#limits); a replaced wildcard
+        // subscription does not count against its replacement.
+        let wildcard = topic::is_wildcard(&destination);
+        let held = match wildcard {
+            true => (self.subs.iter())
+                .filter(|(k, r)| **k != key && topic::is_wildcard(&r.destination))
+                .count(),
+            false => 0,
+        };
+        self.hub
+            .admit_subscribe(self.subs.budget(), wildcard, held)?;
         let max = self.hub.config().max_subscriptions;
         if !self.subs.contains_key(&key) && self.subs.len() >= max {
             return Err(FrameError::TooManySubscriptions(max));

@@ -1,7 +1,7 @@
 //! The subscriptions of one session, as the session knows them (the hub's index
 //! knows them as [`SubEntry`](crate::hub::SubEntry)s).
 
-use crate::hub::IndexKey;
+use crate::hub::{IndexKey, SubscribeBudget};
 
 /// One subscription as the session knows it.
 pub(super) struct SubRecord {
@@ -17,7 +17,7 @@ pub(super) struct SubRecord {
 /// A small vector: sessions have one or two subscriptions, and a map would allocate
 /// several buckets per radio.
 #[derive(Default)]
-pub(super) struct Subscriptions(Vec<(String, SubRecord)>);
+pub(super) struct Subscriptions(Vec<(String, SubRecord)>, SubscribeBudget);
 
 impl Subscriptions {
     pub fn contains_key(&self, key: &str) -> bool {
@@ -35,6 +35,10 @@ impl Subscriptions {
     }
     pub fn iter(&self) -> impl Iterator<Item = (&String, &SubRecord)> {
         self.0.iter().map(|(k, r)| (k, r))
+    }
+    /// The session's SUBSCRIBE rate budget (docs/protocol.md#limits).
+    pub fn budget(&mut self) -> &mut SubscribeBudget {
+        &mut self.1
     }
     pub fn drain(&mut self) -> impl Iterator<Item = (String, SubRecord)> + '_ {
         self.0.drain(..)

@@ -1,5 +1,5 @@
-//! The variables that keep one client from holding the server: deadlines of a session
-//! and login throttling (docs/protocol.md#limits, docs/protocol.md#connect). Flattened
+//! The variables that keep one client from holding the server: deadlines of a session,
+//! SUBSCRIBE limits and login throttling (docs/protocol.md#limits, docs/protocol.md#connect). Flattened
 //! into [`HubArgs`](super::HubArgs).
 
 use std::time::Duration;
@@ -9,7 +9,7 @@ use clap::Args;
 use super::{count, secs, ConfigError};
 use crate::hub::HubConfig;
 
-/// Session deadlines and login throttling.
+/// Session deadlines, SUBSCRIBE limits and login throttling.
 #[derive(Debug, Clone, Args)]
 pub struct ClientLimitArgs {
     /// Seconds a started frame has to complete.
@@ -36,6 +36,30 @@ pub struct ClientLimitArgs {
         default_value_t = 30.0
     )]
     pub write_timeout: f64,
+    /// Most wildcard (`*`) subscriptions per session.
+    #[arg(
+        long,
+        env = "RADIOVIS_MAX_WILDCARDS",
+        value_name = "RADIOVIS_MAX_WILDCARDS",
+        default_value_t = 8
+    )]
+    pub max_wildcards: usize,
+    /// SUBSCRIBE frames a session may send per second, sustained.
+    #[arg(
+        long,
+        env = "RADIOVIS_SUBSCRIBE_RATE",
+        value_name = "RADIOVIS_SUBSCRIBE_RATE",
+        default_value_t = 20
+    )]
+    pub subscribe_rate: usize,
+    /// SUBSCRIBE frames a session may send at once, above the sustained rate.
+    #[arg(
+        long,
+        env = "RADIOVIS_SUBSCRIBE_BURST",
+        value_name = "RADIOVIS_SUBSCRIBE_BURST",
+        default_value_t = 100
+    )]
+    pub subscribe_burst: usize,
     /// Failed logins from one address before it is blocked.
     #[arg(
         long,
@@ -77,6 +101,16 @@ impl ClientLimitArgs {
             frame_timeout: secs("RADIOVIS_FRAME_TIMEOUT", self.frame_timeout)?,
             idle_timeout: secs_or_off("RADIOVIS_IDLE_TIMEOUT", self.idle_timeout)?,
             write_timeout: secs("RADIOVIS_WRITE_TIMEOUT", self.write_timeout)?,
+            max_wildcards: count("RADIOVIS_MAX_WILDCARDS", self.max_wildcards, 0, 100_000)?,
+            // At most a million a second: the interval of the rate stays at least 1 µs.
+            subscribe_rate: count("RADIOVIS_SUBSCRIBE_RATE", self.subscribe_rate, 1, 1_000_000)?
+                as u32,
+            subscribe_burst: count(
+                "RADIOVIS_SUBSCRIBE_BURST",
+                self.subscribe_burst,
+                1,
+                1_000_000,
+            )? as u32,
             auth_max_failures: count(
                 "RADIOVIS_AUTH_MAX_FAILURES",
                 self.auth_max_failures,
