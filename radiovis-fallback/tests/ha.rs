@@ -135,7 +135,7 @@ async fn defaults_logs_cleanup_and_takeover() {
     for i in 20..40 {
         publish(i).await;
     }
-    // The standby took over: defaults keep coming. Takeover attempts every 2 s, then
+    // The standby took over: defaults keep coming. Takeover attempts every 0.5 s, then
     // the channel list, the first check (1 s) and the directory: generous on a loaded
     // machine (seen: over 8 s while other builds ran).
     let after = defaults_within(&mut seen, Duration::from_secs(15)).await;
