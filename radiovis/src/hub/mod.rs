@@ -232,6 +232,9 @@ pub(crate) struct Hub<B, D, C> {
     station_channels: SingleFlight<Arc<Vec<StationChannel>>>,
     /// Bus messages waiting for a CC -> GCC conversion.
     pending: Pending,
+    /// Where the hub's own tasks run (set by [`Hub::start`]): the server waits for them
+    /// at shutdown with the sessions.
+    tasks: std::sync::OnceLock<TaskTracker>,
     next_id: AtomicU64,
     throttle: LoginThrottle,
 }
@@ -256,6 +259,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
             known_channels: RwLock::new(Arc::new(HashSet::new())),
             station_channels: SingleFlight::new(config.channel_cache_ttl),
             pending: Pending::default(),
+            tasks: std::sync::OnceLock::new(),
             next_id: AtomicU64::new(1),
             throttle: LoginThrottle::new(&config),
             stats: Stats::default(),
@@ -269,6 +273,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
     /// consumer (fan-out), the last-message cache writer and the known-channel
     /// refresher.
     pub async fn start(self: &Arc<Self>, tracker: &TaskTracker) -> Result<(), HubError> {
+        let _ = self.tasks.set(tracker.clone());
         let stream = self.bus.subscribe().await?;
         self.refresh_known_channels(true).await;
         self.last
@@ -428,12 +433,17 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
             Parked::NotWaiting(_) => return,
         }
         let hub = self.clone();
-        tokio::spawn(async move {
+        let task = async move {
             tokio::select! {
                 _ = hub.shutdown.cancelled() => {}
                 _ = hub.deliver_parked(&cc) => {}
             }
-        });
+        };
+        match self.tasks.get() {
+            Some(tracker) => drop(tracker.spawn(task)),
+            // Not started by a server (a unit test driving the hub directly).
+            None => drop(tokio::spawn(task)),
+        }
     }
 
     /// Delivers the messages parked for `cc` in order, converting (or, when the
