@@ -17,11 +17,13 @@
 //! | `last` | last message per topic: bounded, replayed, shared through the cache |
 //! | `channels` | known channels (FM fallback) and stations' channel rights |
 //! | `pending` | bus messages waiting for a CC -> GCC conversion: bounded, in order |
+//! | `resync` | last messages re-read from the cache after the bus reconnected |
 
 mod channels;
 mod index;
 mod last;
 mod pending;
+mod resync;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -226,6 +228,8 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
     /// refresher.
     pub async fn start(self: &Arc<Self>, tracker: &TaskTracker) -> Result<(), HubError> {
         let stream = self.bus.subscribe().await?;
+        let mut generations = self.bus.connection_generations();
+        generations.borrow_and_update();
         self.refresh_known_channels(true).await;
         self.last
             .restore(&*self.cache, &self.known_channels())
@@ -245,6 +249,22 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
                             tracing::error!("message bus stream ended: no more messages will be delivered");
                             break;
                         }
+                    },
+                }
+            }
+        });
+
+        // After each reconnection of the bus, the last messages converge through the
+        // cache (docs/protocol.md#rabbitmq-queues).
+        let resync = self.clone();
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = resync.shutdown.cancelled() => break,
+                    changed = generations.changed() => match changed {
+                        Ok(()) => resync.resync_last_messages().await,
+                        // This bus never reconnects.
+                        Err(_) => break,
                     },
                 }
             }
