@@ -5,8 +5,9 @@
 //! a subscription down, and the memcached crates lack what that takes: a pool that
 //! keeps a few idle connections and replaces a broken one by itself, one bound (500 ms)
 //! on each whole operation including the connect, and a circuit breaker that, after a
-//! failure, marks the cache down for a while so that operations fail at once instead of
-//! each waiting for the timeout, and warns at most once a minute. It also maps every key
+//! refused connect or consecutive failures, marks the cache down for a while so that
+//! operations fail at once instead of each waiting for the timeout, and warns at most
+//! once a minute. It also maps every key
 //! to a valid memcached key. With `get` and `set` only, that is less code than wrapping
 //! a client in all of it.
 //!
@@ -16,10 +17,13 @@
 //!   way is dropped and a new one is opened by the next operation, so the cache recovers
 //!   by itself when memcached comes back.
 //! * Every operation (connect included) is bounded by [`MemcachedConfig::timeout`]
-//!   (default 500 ms). A failure to connect or a timeout makes the cache "down" for
+//!   (default 500 ms). A refused or failed connect, or [`FAILURES_BEFORE_DOWN`]
+//!   consecutive timeouts or broken connections, make the cache "down" for
 //!   [`MemcachedConfig::retry_after`] (default 1 s): operations then fail at once with
-//!   [`CacheError::Unavailable`] instead of each waiting for the timeout. The warning
-//!   that the cache is down is logged at most once a minute; its return is logged once.
+//!   [`CacheError::Unavailable`] instead of each waiting for the timeout. One slow reply
+//!   fails only its own operation: it does not take the cache away from every caller.
+//!   The warning that the cache is down is logged at most once a minute; its return is
+//!   logged once.
 //! * Keys: memcached refuses keys over 250 bytes or with spaces or control characters.
 //!   [`memcached_key`] maps every key deterministically (the same on every instance) to a
 //!   valid one: a valid key without `%` is used as is (so keys stay those of the original
@@ -51,6 +55,9 @@ const MAX_VALUE_LEN: usize = 64 * 1024 * 1024;
 const MAX_IDLE: usize = 8;
 /// Expiration times above this many seconds are absolute Unix times for memcached.
 const RELATIVE_EXPTIME_MAX: u64 = 60 * 60 * 24 * 30;
+/// Consecutive timeouts (or connections broken during an operation) after which the
+/// cache is considered down; a failed connect counts as down at once.
+pub const FAILURES_BEFORE_DOWN: u32 = 3;
 /// Minimum interval between two "cache down" warnings.
 const WARN_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -281,6 +288,8 @@ struct Health {
     down_until: Option<Instant>,
     /// Whether the last operation found the cache down (for the "back" message).
     down: bool,
+    /// Timeouts and broken connections since the last success.
+    failures: u32,
     last_warning: Option<Instant>,
 }
 
@@ -375,11 +384,15 @@ impl MemcachedCache {
             Ok::<_, Reason>((conn, result))
         };
         match tokio::time::timeout(self.config.timeout, attempt).await {
-            Err(elapsed) => Err(self.mark_down(Reason::caused_by(
+            // One slow reply is not an outage: the connection it was on is dropped (it
+            // is out of step), and only consecutive failures mark the cache down.
+            Err(elapsed) => Err(self.failed(Reason::caused_by(
                 format!("no answer within {:?}", self.config.timeout),
                 elapsed,
             ))),
-            Ok(Err(e)) | Ok(Ok((_, Err(OpError::Io(e))))) => Err(self.mark_down(e)),
+            Ok(Ok((_, Err(OpError::Io(e))))) => Err(self.failed(e)),
+            // Connect refused or failed: memcached is not there.
+            Ok(Err(e)) => Err(self.mark_down(e)),
             Ok(Ok((conn, Err(OpError::Server(e))))) => {
                 self.release(conn);
                 self.mark_up();
@@ -408,6 +421,7 @@ impl MemcachedCache {
     fn mark_up(&self) {
         let mut health = self.health.lock();
         health.down_until = None;
+        health.failures = 0;
         if health.down {
             health.down = false;
             tracing::info!(
@@ -418,12 +432,31 @@ impl MemcachedCache {
         }
     }
 
+    /// One operation timed out or lost its connection: the cache is down after
+    /// [`FAILURES_BEFORE_DOWN`] of them in a row.
+    fn failed(&self, reason: Reason) -> CacheError {
+        let failures = {
+            let mut health = self.health.lock();
+            health.failures = health.failures.saturating_add(1);
+            health.failures
+        };
+        if failures >= FAILURES_BEFORE_DOWN {
+            return self.mark_down(reason);
+        }
+        tracing::debug!(error = %reason, failures, "memcached operation failed");
+        CacheError::Unavailable(reason.context(format_args!(
+            "memcached {}:{}",
+            self.config.host, self.config.port
+        )))
+    }
+
     fn mark_down(&self, reason: Reason) -> CacheError {
         // Idle connections are likely dead too.
         self.idle.lock().clear();
         let now = Instant::now();
         let mut health = self.health.lock();
         health.down = true;
+        health.failures = 0;
         health.down_until = Some(now + self.config.retry_after);
         let warn = health
             .last_warning

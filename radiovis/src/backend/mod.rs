@@ -243,6 +243,16 @@ pub trait MessageBus: Send + Sync + 'static {
     /// when they crash: a bus with redelivery (a durable RabbitMQ queue) forgets a
     /// message only when its [`Ack`] is acknowledged. The default acknowledges nothing
     /// (for buses without redelivery).
+    /// Generations of the bus's connection to what carries messages between instances:
+    /// the value changes each time the bus (re)connects and consumes again, after which
+    /// messages published while it was disconnected were not seen by this instance (the
+    /// hub then re-reads the last messages from the shared cache,
+    /// docs/protocol.md#rabbitmq-queues). The default never changes (buses that never
+    /// disconnect).
+    fn connection_generations(&self) -> tokio::sync::watch::Receiver<u64> {
+        tokio::sync::watch::channel(0).1
+    }
+
     async fn subscribe_acked(&self) -> Result<DeliveryStream, BusError> {
         use futures::StreamExt;
         let stream = self.subscribe().await?;
@@ -397,6 +407,9 @@ impl<T: MessageBus + ?Sized> MessageBus for std::sync::Arc<T> {
     }
     async fn subscribe_acked(&self) -> Result<DeliveryStream, BusError> {
         (**self).subscribe_acked().await
+    }
+    fn connection_generations(&self) -> tokio::sync::watch::Receiver<u64> {
+        (**self).connection_generations()
     }
 }
 

@@ -237,6 +237,33 @@ impl LastMessages {
         }
     }
 
+    /// Topics whose last message is held (for a resynchronisation, hub/resync.rs).
+    pub fn held_topics(&self) -> Vec<String> {
+        self.store.read().by_topic.keys().cloned().collect()
+    }
+
+    /// Keeps `published` as the last message of its topic unless the one held is as
+    /// new by the `when` header (a message without one is older than any with one).
+    /// Whether it was kept.
+    pub fn record_if_newer(&self, published: Arc<Published>) -> bool {
+        let when = |p: &Published| {
+            p.headers
+                .iter()
+                .find(|(k, _)| k == "when")
+                .and_then(|(_, v)| v.parse::<u64>().ok())
+        };
+        let mut store = self.store.write();
+        match store.by_topic.get(&published.topic) {
+            Some(held) if when(held) >= when(&published) => false,
+            // At most the known topics are added past `max` until the next `record`.
+            _ => {
+                store.trie.insert(published.clone());
+                store.by_topic.insert(published.topic.clone(), published);
+                true
+            }
+        }
+    }
+
     /// Topics currently remembered.
     #[cfg(test)]
     pub fn topics(&self) -> HashSet<String> {

@@ -19,6 +19,7 @@
 //! | `pending` | bus messages waiting for a CC -> GCC conversion: bounded, in order |
 //! | `throttle` | failed logins per address, credential checks in flight |
 //! | `admission` | per-session SUBSCRIBE limits: wildcards held, frames per second |
+//! | `resync` | last messages re-read from the cache after the bus reconnected |
 
 mod admission;
 mod channels;
@@ -26,6 +27,7 @@ mod index;
 mod last;
 mod pending;
 mod throttle;
+mod resync;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -275,6 +277,8 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
     pub async fn start(self: &Arc<Self>, tracker: &TaskTracker) -> Result<(), HubError> {
         let _ = self.tasks.set(tracker.clone());
         let stream = self.bus.subscribe().await?;
+        let mut generations = self.bus.connection_generations();
+        generations.borrow_and_update();
         self.refresh_known_channels(true).await;
         self.last
             .restore(&*self.cache, &self.known_channels())
@@ -294,6 +298,22 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
                             tracing::error!("message bus stream ended: no more messages will be delivered");
                             break;
                         }
+                    },
+                }
+            }
+        });
+
+        // After each reconnection of the bus, the last messages converge through the
+        // cache (docs/protocol.md#rabbitmq-queues).
+        let resync = self.clone();
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = resync.shutdown.cancelled() => break,
+                    changed = generations.changed() => match changed {
+                        Ok(()) => resync.resync_last_messages().await,
+                        // This bus never reconnects.
+                        Err(_) => break,
                     },
                 }
             }

@@ -8,12 +8,19 @@
 //! AMQP library may write either), `topic` becomes [`BusMessage::topic`] and a message
 //! without it is logged and dropped.
 //!
-//! Faults: [`RabbitBus::connect`] does not fail because the broker is down. A background
-//! task connects with jittered, capped exponential backoff, declares the exchange and the
-//! queue, binds them, and consumes; on connection loss it starts over and keeps feeding
-//! the streams returned by [`MessageBus::subscribe`]. While disconnected, `publish`
-//! fails promptly with [`BusError::Unavailable`]. Publisher confirms are on: `publish`
-//! returns `Ok` only once the broker acked the message.
+//! Faults: [`RabbitBus::connect`] does not fail because the broker is down. Two
+//! background tasks, one per AMQP connection, connect with jittered, capped exponential
+//! backoff: the publishing one opens a confirm-mode channel; the consuming one declares
+//! the exchange and the queue, binds them, and consumes; on connection loss each starts
+//! over, and the consuming one keeps feeding the streams returned by
+//! [`MessageBus::subscribe`]. Publishing and consuming have their own connections
+//! because a broker under a memory or disk alarm stops reading the connections that
+//! publish: consumption goes on meanwhile. While the publishing connection is down,
+//! `publish` fails promptly with [`BusError::Unavailable`]; while it is blocked, after
+//! the confirm timeout. Publisher confirms are on: `publish` returns `Ok` only once the
+//! broker acked the message. Each (re)connection of the consuming connection is a new
+//! generation ([`MessageBus::connection_generations`]), so that the hub can
+//! resynchronise what it missed.
 //!
 //! A configuration error found on the first attempt (exchange of another type,
 //! access refused on the vhost, bad credentials) is returned by `connect` as
@@ -24,6 +31,7 @@
 //! task: connect, reconnect, consume), `topology` (declaring and checking the exchange
 //! and the queue) and [`leader`] ([`LeaderLock`], used only by the watchdog binary).
 
+mod ack;
 mod attempt;
 mod config;
 mod leader;
@@ -51,7 +59,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{BusError, BusMessage, BusStream, Delivery, DeliveryStream, MessageBus, Reason};
 use attempt::AttemptError;
-use supervisor::{supervise, CLOSE_TIMEOUT};
+use supervisor::{supervise, Role, CLOSE_TIMEOUT};
 use wire::encode_headers;
 
 /// Default exchange, as the original (`RABBITMQ_EXCHANGE`).
@@ -88,8 +96,16 @@ pub(super) struct Shared {
     /// Bumped on each `subscribe()`, so a durable queue starts consuming.
     subscribed: watch::Sender<u64>,
     shutdown: CancellationToken,
-    /// Successful connections so far.
+    /// Successful connections of the consuming connection so far.
     connects: AtomicU64,
+    /// Whether the consuming connection is up.
+    consuming: watch::Sender<bool>,
+    /// The consuming connection's generation once it consumes (see
+    /// [`MessageBus::connection_generations`]).
+    generation: watch::Sender<u64>,
+    /// Bumped whenever a consuming channel closes, so that acknowledgements of its
+    /// deliveries are not sent on a later channel.
+    channel_epoch: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -114,7 +130,8 @@ impl Shared {
 /// [`RabbitBus::shutdown`]) closes the connection and ends the subscriber streams.
 pub struct RabbitBus {
     shared: Arc<Shared>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    /// The consuming and the publishing connections' tasks.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl fmt::Debug for RabbitBus {
@@ -149,6 +166,8 @@ impl RabbitBus {
         }
         let (publisher, _) = watch::channel(None);
         let (subscribed, _) = watch::channel(0);
+        let (consuming, _) = watch::channel(false);
+        let (generation, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             config,
             publisher,
@@ -158,41 +177,52 @@ impl RabbitBus {
             subscribed,
             shutdown: CancellationToken::new(),
             connects: AtomicU64::new(0),
+            consuming,
+            generation,
+            channel_epoch: Arc::new(AtomicU64::new(0)),
         });
-        let (first_tx, first_rx) = oneshot::channel();
-        let task = tokio::spawn(supervise(shared.clone(), first_tx));
+        let (consume_tx, consume_rx) = oneshot::channel();
+        let (publish_tx, publish_rx) = oneshot::channel();
+        let tasks = vec![
+            tokio::spawn(supervise(shared.clone(), Role::Consume, consume_tx)),
+            tokio::spawn(supervise(shared.clone(), Role::Publish, publish_tx)),
+        ];
         let bus = RabbitBus {
             shared,
-            task: Mutex::new(Some(task)),
+            tasks: Mutex::new(tasks),
         };
-        match first_rx.await {
-            Ok(Err(AttemptError::Config(m))) => {
+        let (consume, publish) = tokio::join!(consume_rx, publish_rx);
+        for first in [consume, publish] {
+            if let Ok(Err(AttemptError::Config(m))) = first {
                 bus.shared.shutdown.cancel();
-                Err(RabbitError::Config(m))
+                return Err(RabbitError::Config(m));
             }
-            // Connected, or a transient failure the task keeps retrying.
-            _ => Ok(bus),
         }
+        // Connected, or a transient failure the tasks keep retrying.
+        Ok(bus)
     }
 
-    /// Whether the bus is connected now (publishing may work).
+    /// Whether the bus is connected now: both its publishing and its consuming
+    /// connections are up.
     pub fn is_connected(&self) -> bool {
-        self.shared.publisher.borrow().is_some()
+        self.shared.publisher.borrow().is_some() && *self.shared.consuming.borrow()
     }
 
-    /// How many times the bus connected so far (1 after the first connection, +1 on
-    /// each reconnection).
+    /// How many times the consuming connection connected so far (1 after the first
+    /// connection, +1 on each reconnection).
     pub fn connects(&self) -> u64 {
         self.shared.connects.load(Ordering::Relaxed)
     }
 
-    /// Waits until connected, at most `timeout`; whether it is.
+    /// Waits until connected (both connections), at most `timeout`; whether it is.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
-        let mut rx = self.shared.publisher.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(Option::is_some))
-            .await
-            .map(|r| r.is_ok())
-            .unwrap_or(false)
+        let mut publisher = self.shared.publisher.subscribe();
+        let mut consuming = self.shared.consuming.subscribe();
+        let both = async {
+            publisher.wait_for(Option::is_some).await.is_ok()
+                && consuming.wait_for(|up| *up).await.is_ok()
+        };
+        tokio::time::timeout(timeout, both).await.unwrap_or(false) && self.is_connected()
     }
 
     /// The configuration (its `Debug` hides the password).
@@ -208,8 +238,8 @@ impl RabbitBus {
         self.shared.acks.close();
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.shared.acks.wait()).await;
         self.shared.shutdown.cancel();
-        let task = self.task.lock().take();
-        if let Some(task) = task {
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        for task in tasks {
             let _ = task.await;
         }
     }
@@ -277,6 +307,10 @@ impl MessageBus for RabbitBus {
         Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|m| (m, rx))
         })))
+    }
+
+    fn connection_generations(&self) -> watch::Receiver<u64> {
+        self.shared.generation.subscribe()
     }
 
     async fn subscribe_acked(&self) -> Result<DeliveryStream, BusError> {

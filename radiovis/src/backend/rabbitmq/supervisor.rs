@@ -1,24 +1,29 @@
-//! The background task of a [`RabbitBus`](super::RabbitBus): connect, declare, consume
-//! and dispatch, and on connection loss start over with jittered, capped exponential
-//! backoff, until shutdown.
+//! The background tasks of a [`RabbitBus`](super::RabbitBus), one per AMQP connection:
+//! the publishing connection (a confirm-mode channel) and the consuming connection
+//! (queue, binding, consumer, dispatch). Each connects, declares, runs, and on
+//! connection loss starts over with jittered, capped exponential backoff, until
+//! shutdown. Two connections because a broker under a memory or disk alarm stops
+//! reading the connections that publish (`connection.blocked`): consumption (and its
+//! acknowledgements) must not be on one of them (docs/protocol.md#rabbitmq-queues).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
+use super::ack::{RabbitAck, RabbitAckHandle};
 use super::attempt::{classify, AttemptError};
-use super::topology::{declare, open_consumer_channel};
+use super::topology::{declare_consumer, open_consumer_channel, open_publisher};
 use super::wire::decode;
 use super::{QueueKind, RabbitConfig, Shared};
-use crate::backend::{Ack, AckHandle, Delivery, Reason};
+use crate::backend::{Ack, Delivery, Reason};
 
 /// A connection that lived this long resets the reconnection backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(30);
@@ -26,51 +31,6 @@ const STABLE_SESSION: Duration = Duration::from_secs(30);
 /// Bound on a polite close (connection or channel).
 pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Acknowledges a RabbitMQ delivery once every acked stream that got it acknowledged
-/// it; dropped unacknowledged, the delivery is rejected with requeue, so the broker
-/// redelivers it (to this consumer after a reconnection, or to another).
-struct RabbitAck {
-    acker: lapin::Acker,
-    acked: AtomicBool,
-    tracker: tokio_util::task::TaskTracker,
-}
-
-impl Drop for RabbitAck {
-    fn drop(&mut self) {
-        let acker = self.acker.clone();
-        let acked = self.acked.load(Ordering::SeqCst);
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            self.tracker.spawn_on(
-                async move {
-                    let r = if acked {
-                        acker.ack(BasicAckOptions::default()).await
-                    } else {
-                        acker
-                            .nack(BasicNackOptions {
-                                requeue: true,
-                                ..Default::default()
-                            })
-                            .await
-                    };
-                    if let Err(e) = r {
-                        // The channel closed meanwhile: the broker requeues it anyway.
-                        debug!(error = %e, acked, "delivery acknowledgement not sent");
-                    }
-                },
-                &handle,
-            );
-        }
-    }
-}
-
-/// One acked stream's share of a [`RabbitAck`].
-struct RabbitAckHandle(Arc<RabbitAck>);
-
-impl AckHandle for RabbitAckHandle {
-    fn ack(self: Box<Self>) {
-        self.0.acked.store(true, Ordering::SeqCst);
-    }
-}
 /// Jittered capped exponential backoff: the delay before attempt `n` is uniform in
 /// `[d/2, d]` where `d = min * 2^n` capped at `max`, so it never exceeds `max`.
 ///
@@ -111,17 +71,42 @@ impl Backoff {
     }
 }
 
-/// A live connection with everything declared.
+/// What one of the bus's connections is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    /// Publishing, with publisher confirms.
+    Publish,
+    /// Consuming from the queue and dispatching to the streams.
+    Consume,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Publish => "publish",
+            Role::Consume => "consume",
+        }
+    }
+}
+
+/// A live connection with everything its role needs declared.
 struct Session {
     connection: Connection,
-    publisher: Channel,
-    consumer_channel: Channel,
-    queue: ShortString,
+    work: Work,
+}
+
+enum Work {
+    Publish(Channel),
+    Consume {
+        channel: Channel,
+        queue: ShortString,
+    },
 }
 
 /// The background task: connect, run, reconnect, until shutdown.
 pub(super) async fn supervise(
     shared: Arc<Shared>,
+    role: Role,
     first: oneshot::Sender<Result<(), AttemptError>>,
 ) {
     let config = &shared.config;
@@ -132,7 +117,7 @@ pub(super) async fn supervise(
     loop {
         let attempt = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
-            r = tokio::time::timeout(config.connect_timeout, open_session(config)) => r,
+            r = tokio::time::timeout(config.connect_timeout, open_session(config, role)) => r,
         };
         let attempt = attempt.unwrap_or_else(|elapsed| {
             Err(AttemptError::Transient(Reason::caused_by(
@@ -142,24 +127,44 @@ pub(super) async fn supervise(
         });
         match attempt {
             Ok(session) => {
-                info!(
-                    broker = %target,
-                    exchange = %config.exchange,
-                    queue = %session.queue.as_str(),
-                    "connected to RabbitMQ"
-                );
-                shared.connects.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .publisher
-                    .send_replace(Some(session.publisher.clone()));
+                match &session.work {
+                    Work::Publish(channel) => {
+                        info!(broker = %target, exchange = %config.exchange, "connected to RabbitMQ for publishing");
+                        shared.publisher.send_replace(Some(channel.clone()));
+                    }
+                    Work::Consume { queue, .. } => {
+                        info!(broker = %target, exchange = %config.exchange, queue = %queue.as_str(), "connected to RabbitMQ for consuming");
+                        shared.connects.fetch_add(1, Ordering::Relaxed);
+                        shared.consuming.send_replace(true);
+                    }
+                }
                 if let Some(first) = first.take() {
                     let _ = first.send(Ok(()));
                 }
                 failures = 0;
                 let since = tokio::time::Instant::now();
                 let mut session = session;
-                let reason = run_session(&shared, &mut session).await;
-                shared.publisher.send_replace(None);
+                let reason = match &mut session.work {
+                    Work::Publish(channel) => {
+                        run_publisher(&shared, &session.connection, channel).await
+                    }
+                    Work::Consume { channel, queue } => {
+                        // Announced once consuming, so that whoever resynchronises after
+                        // it does not miss what arrives meanwhile.
+                        let generation = shared.connects.load(Ordering::Relaxed);
+                        run_consumer(&shared, &session.connection, channel, queue, generation).await
+                    }
+                };
+                match role {
+                    Role::Publish => {
+                        shared.publisher.send_replace(None);
+                    }
+                    Role::Consume => {
+                        // Deliveries of the closed channel are requeued by the broker.
+                        shared.channel_epoch.fetch_add(1, Ordering::SeqCst);
+                        shared.consuming.send_replace(false);
+                    }
+                }
                 match reason {
                     None => {
                         close_connection(&session.connection, "shutdown").await;
@@ -174,6 +179,7 @@ pub(super) async fn supervise(
                         let delay = backoff.delay();
                         warn!(
                             broker = %target,
+                            connection = role.as_str(),
                             error = %reason,
                             retry_in = ?delay,
                             "lost RabbitMQ connection, reconnecting"
@@ -205,6 +211,7 @@ pub(super) async fn supervise(
                     ),
                     AttemptError::Transient(m) => warn!(
                         broker = %target,
+                        connection = role.as_str(),
                         error = %m,
                         attempt = failures,
                         retry_in = ?delay,
@@ -221,10 +228,18 @@ pub(super) async fn supervise(
             }
         }
     }
-    shared.publisher.send_replace(None);
-    // Ends the subscriber streams.
-    shared.subscribers.lock().clear();
-    debug!("RabbitMQ bus task stopped");
+    match role {
+        Role::Publish => {
+            shared.publisher.send_replace(None);
+        }
+        Role::Consume => {
+            shared.consuming.send_replace(false);
+            // Ends the subscriber streams.
+            shared.subscribers.lock().clear();
+            shared.acked_subscribers.lock().clear();
+        }
+    }
+    debug!(connection = role.as_str(), "RabbitMQ bus task stopped");
 }
 
 /// Closes a connection politely, without waiting long for a dead broker.
@@ -232,26 +247,60 @@ pub(super) async fn close_connection(connection: &Connection, why: &str) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, why.into())).await;
 }
 
-/// Connects, declares the exchange and the queue, binds, opens the publishing channel.
-async fn open_session(config: &RabbitConfig) -> Result<Session, AttemptError> {
-    let connection = Connection::connect_uri(config.uri(), ConnectionProperties::default())
+/// Connects (the connection named after its role and the exchange, so that operators
+/// can tell them apart) and declares what the role needs.
+async fn open_session(config: &RabbitConfig, role: Role) -> Result<Session, AttemptError> {
+    let name = format!("radiovis {} {}", role.as_str(), config.exchange);
+    let properties = ConnectionProperties::default().with_connection_name(LongString::from(name));
+    let connection = Connection::connect_uri(config.uri(), properties)
         .await
         .map_err(|e| classify("connect", &e))?;
-    match declare(config, &connection).await {
-        Ok((publisher, consumer_channel, queue)) => Ok(Session {
-            connection,
-            publisher,
-            consumer_channel,
-            queue,
-        }),
+    let work = match role {
+        Role::Publish => open_publisher(config, &connection).await.map(Work::Publish),
+        Role::Consume => declare_consumer(config, &connection)
+            .await
+            .map(|(channel, queue)| Work::Consume { channel, queue }),
+    };
+    match work {
+        Ok(work) => Ok(Session { connection, work }),
         Err(e) => {
             close_connection(&connection, "setup failed").await;
             Err(e)
         }
     }
 }
+
+/// Watches the publishing connection until shutdown (`None`) or its loss.
+async fn run_publisher(
+    shared: &Shared,
+    connection: &Connection,
+    channel: &Channel,
+) -> Option<String> {
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return None,
+            _ = check.tick() => {
+                if !connection.status().connected() {
+                    return Some("connection closed".into());
+                }
+                if !channel.status().connected() {
+                    return Some("publishing channel closed".into());
+                }
+            }
+        }
+    }
+}
+
 /// Consumes and dispatches until shutdown (`None`) or connection loss (`Some(reason)`).
-async fn run_session(shared: &Shared, session: &mut Session) -> Option<String> {
+async fn run_consumer(
+    shared: &Shared,
+    connection: &Connection,
+    consumer_channel: &mut Channel,
+    queue: &ShortString,
+    generation: u64,
+) -> Option<String> {
     let config = &shared.config;
     let durable = matches!(config.queue, QueueKind::Durable(_));
     let mut subscribed = shared.subscribed.subscribe();
@@ -261,10 +310,9 @@ async fn run_session(shared: &Shared, session: &mut Session) -> Option<String> {
     loop {
         // A durable queue keeps its messages until someone subscribes.
         if consumer.is_none() && (!durable || shared.has_subscribers()) {
-            match session
-                .consumer_channel
+            match consumer_channel
                 .basic_consume(
-                    session.queue.clone(),
+                    queue.clone(),
                     "".into(),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
@@ -272,19 +320,20 @@ async fn run_session(shared: &Shared, session: &mut Session) -> Option<String> {
                 .await
             {
                 Ok(c) => consumer = Some(c),
-                Err(e) => return Some(format!("consume from {:?}: {e}", session.queue.as_str())),
+                Err(e) => return Some(format!("consume from {:?}: {e}", queue.as_str())),
+            }
+            // Consuming: the hub may resynchronise what it missed (once per connection).
+            if *shared.generation.borrow() != generation {
+                shared.generation.send_replace(generation);
             }
         }
         tokio::select! {
             _ = shared.shutdown.cancelled() => return None,
             _ = check.tick() => {
-                if !session.connection.status().connected() {
+                if !connection.status().connected() {
                     return Some("connection closed".into());
                 }
-                if !session.publisher.status().connected() {
-                    return Some("publishing channel closed".into());
-                }
-                if !session.consumer_channel.status().connected() {
+                if !consumer_channel.status().connected() {
                     return Some("consuming channel closed".into());
                 }
             }
@@ -307,14 +356,16 @@ async fn run_session(shared: &Shared, session: &mut Session) -> Option<String> {
                     consumer = None;
                     let _ = tokio::time::timeout(
                         CLOSE_TIMEOUT,
-                        session.consumer_channel.close(200, "no subscriber".into()),
+                        consumer_channel.close(200, "no subscriber".into()),
                     )
                     .await;
-                    match open_consumer_channel(config, &session.connection).await {
-                        Ok(ch) => session.consumer_channel = ch,
+                    // Acknowledgements still pending are for the closed channel.
+                    shared.channel_epoch.fetch_add(1, Ordering::SeqCst);
+                    match open_consumer_channel(config, connection).await {
+                        Ok(ch) => *consumer_channel = ch,
                         Err(e) => return Some(e.to_string()),
                     }
-                    debug!(queue = %session.queue.as_str(), "no subscriber left, paused consuming");
+                    debug!(queue = %queue.as_str(), "no subscriber left, paused consuming");
                     continue;
                 }
                 let Some(message) = decode(&delivery.properties, &delivery.data) else {
@@ -339,15 +390,16 @@ async fn run_session(shared: &Shared, session: &mut Session) -> Option<String> {
                 }
                 // Acknowledged when the acked streams are done with it (or requeued
                 // when they drop it unacknowledged).
-                let ack = Arc::new(RabbitAck {
-                    acker: delivery.acker.clone(),
-                    acked: AtomicBool::new(false),
-                    tracker: shared.acks.clone(),
-                });
+                let ack = RabbitAck::new(
+                    delivery.acker.clone(),
+                    shared.channel_epoch.load(Ordering::SeqCst),
+                    shared.channel_epoch.clone(),
+                    shared.acks.clone(),
+                );
                 for s in acked_subscribers {
                     let d = Delivery {
                         message: message.clone(),
-                        ack: Ack::new(Box::new(RabbitAckHandle(ack.clone()))),
+                        ack: Ack::new(Box::new(RabbitAckHandle::new(ack.clone()))),
                     };
                     tokio::select! {
                         _ = shared.shutdown.cancelled() => return None,

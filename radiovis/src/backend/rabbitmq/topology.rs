@@ -13,16 +13,30 @@ use super::attempt::{classify, reply_code, AttemptError, NOT_FOUND, PRECONDITION
 use super::{QueueKind, RabbitConfig};
 use crate::backend::Reason;
 
-pub(super) async fn declare(
+/// On the publishing connection: checks (or declares) the exchange and opens the
+/// confirm-mode channel to publish on.
+pub(super) async fn open_publisher(
     config: &RabbitConfig,
     connection: &Connection,
-) -> Result<(Channel, Channel, ShortString), AttemptError> {
-    let channel = || async {
-        connection
-            .create_channel()
-            .await
-            .map_err(|e| classify("open channel", &e))
-    };
+) -> Result<Channel, AttemptError> {
+    declare_exchange(config, connection).await?;
+    let publisher = connection
+        .create_channel()
+        .await
+        .map_err(|e| classify("open channel", &e))?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| classify("enable publisher confirms", &e))?;
+    Ok(publisher)
+}
+
+/// On the consuming connection: checks (or declares) the exchange, declares the queue
+/// and binds it; returns the channel to consume on and the queue's name.
+pub(super) async fn declare_consumer(
+    config: &RabbitConfig,
+    connection: &Connection,
+) -> Result<(Channel, ShortString), AttemptError> {
     declare_exchange(config, connection).await?;
 
     let consumer_channel = open_consumer_channel(config, connection).await?;
@@ -70,13 +84,7 @@ pub(super) async fn declare(
         )
         .await
         .map_err(|e| classify(&format!("bind queue {:?}", queue.as_str()), &e))?;
-
-    let publisher = channel().await?;
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|e| classify("enable publisher confirms", &e))?;
-    Ok((publisher, consumer_channel, queue))
+    Ok((consumer_channel, queue))
 }
 
 /// A channel to consume on, with the prefetch set.
