@@ -482,16 +482,10 @@ async fn faults_lose_no_confirmed_message_and_drop_no_radio() {
             p.name
         );
         assert_eq!(f.dropped, 0, "{}: radios dropped{table}", p.name);
-        // KNOWN BUG, assertion off for the RabbitMQ restart only (RELIABILITY.md#chaos):
-        // each server consumes through an exclusive, auto-delete queue that dies with
-        // the broker and is declared again only when that server reconnects. Messages
-        // that the broker confirms to the server that reconnected first (the
-        // broadcaster's) are lost to every radio of a server still in its backoff
-        // (runs of 2026-12-01: 4, 32 and 33 confirmed messages lost, all on server-b, seq
-        // ranges matching server-a's and server-b's "connected to RabbitMQ" lines).
-        if p.name != RABBIT_PHASE {
-            assert_eq!(f.lost, 0, "{}: confirmed messages lost{table}", p.name);
-        }
+        // Every phase, the broker restart included: each server's instance queue
+        // outlives the restart, so what the broker confirmed while a server was still
+        // reconnecting waits for it (docs/protocol.md#rabbitmq-queues).
+        assert_eq!(f.lost, 0, "{}: confirmed messages lost{table}", p.name);
         assert_eq!(
             f.unlogged, 0,
             "{}: confirmed messages never logged{table}",

@@ -70,7 +70,7 @@ async fn defaults_logs_cleanup_and_takeover() {
         RabbitBus::connect(
             RabbitConfig::default()
                 .with_exchange(exchange.clone())
-                .with_queue(QueueKind::Exclusive),
+                .with_queue(QueueKind::Instance),
         )
         .await
         .expect("observer"),

@@ -27,7 +27,7 @@ async fn a_refused_log_entry_does_not_stop_the_log() {
         RabbitBus::connect(
             RabbitConfig::default()
                 .with_exchange(exchange.clone())
-                .with_queue(QueueKind::Exclusive),
+                .with_queue(QueueKind::Instance),
         )
         .await
         .expect("publisher"),

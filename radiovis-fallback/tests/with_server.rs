@@ -33,7 +33,7 @@ async fn quiet_channel_default_live_messages_and_plugit_outage() {
     let bus = RabbitBus::connect(
         RabbitConfig::default()
             .with_exchange(exchange.clone())
-            .with_queue(QueueKind::Exclusive),
+            .with_queue(QueueKind::Instance),
     )
     .await
     .expect("server bus");

@@ -150,7 +150,7 @@ impl RabbitArgs {
             tracing::info!(backend = "in-process", "message bus");
             return Ok(Arc::new(LocalBus::default()));
         }
-        let config = self.rabbit_config(QueueKind::Exclusive)?;
+        let config = self.rabbit_config(QueueKind::Instance)?;
         tracing::info!(backend = "rabbitmq", host = %config.host, port = config.port, vhost = %config.vhost, exchange = %config.exchange, "message bus");
         let bus = RabbitBus::connect(config)
             .await

@@ -26,8 +26,8 @@ mod channels;
 mod index;
 mod last;
 mod pending;
-mod throttle;
 mod resync;
+mod throttle;
 
 use std::collections::HashSet;
 use std::net::IpAddr;

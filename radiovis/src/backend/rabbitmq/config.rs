@@ -11,12 +11,25 @@ use super::{RabbitError, DEFAULT_EXCHANGE};
 /// AMQP frame size asked of the broker (see `RabbitConfig::uri`).
 const FRAME_MAX: u32 = 16 * 1024;
 
+/// How long an instance queue outlives its consumer: longer than any reconnection
+/// (backoff is capped at seconds), short enough that a stopped instance's queue goes.
+pub const INSTANCE_QUEUE_EXPIRES: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Messages an instance queue holds while its instance is away (the oldest are
+/// dropped beyond): a bound on what a dead instance costs the broker.
+pub const INSTANCE_QUEUE_MAX: u32 = 10_000;
+
 /// Which queue this instance consumes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueKind {
-    /// A server-named, exclusive, auto-delete queue of this instance (servers). Messages
-    /// published while it is disconnected are not seen.
-    Exclusive,
+    /// This server instance's own queue, named `radiovis-<uuid>` by the bus once, so
+    /// that a reconnection declares the same queue again: it is durable, expires
+    /// [`INSTANCE_QUEUE_EXPIRES`] after its consumer is gone, and holds at most
+    /// [`INSTANCE_QUEUE_MAX`] messages meanwhile (oldest dropped). Messages published
+    /// while this instance reconnects (after a broker restart the instances do not come
+    /// back at the same moment) are delivered late instead of lost
+    /// (docs/protocol.md#rabbitmq-queues).
+    Instance,
     /// A named durable queue (the watchdog's `FB_QUEUE`): messages wait in it while no
     /// consumer is attached. Consumption starts with the first `subscribe()`.
     Durable(String),
@@ -59,7 +72,7 @@ impl Default for RabbitConfig {
             password: "guest".to_owned(),
             vhost: "/".to_owned(),
             exchange: DEFAULT_EXCHANGE.to_owned(),
-            queue: QueueKind::Exclusive,
+            queue: QueueKind::Instance,
             connect_timeout: Duration::from_secs(10),
             confirm_timeout: Duration::from_secs(5),
             heartbeat: 10,

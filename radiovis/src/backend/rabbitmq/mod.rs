@@ -39,7 +39,7 @@ mod supervisor;
 mod topology;
 mod wire;
 
-pub use config::{QueueKind, RabbitConfig};
+pub use config::{QueueKind, RabbitConfig, INSTANCE_QUEUE_EXPIRES, INSTANCE_QUEUE_MAX};
 pub use leader::LeaderLock;
 
 use std::fmt;
@@ -85,6 +85,9 @@ impl From<RabbitError> for BusError {
 /// What the background task shares with the handles.
 pub(super) struct Shared {
     config: RabbitConfig,
+    /// The name of this bus's instance queue (`QueueKind::Instance`), the same for
+    /// every reconnection.
+    instance_queue: String,
     /// The confirm-mode channel to publish on, `None` while disconnected.
     publisher: watch::Sender<Option<Channel>>,
     /// Live subscriber streams.
@@ -169,6 +172,7 @@ impl RabbitBus {
         let (consuming, _) = watch::channel(false);
         let (generation, _) = watch::channel(0);
         let shared = Arc::new(Shared {
+            instance_queue: format!("radiovis-{}", uuid::Uuid::new_v4()),
             config,
             publisher,
             subscribers: Mutex::new(Vec::new()),

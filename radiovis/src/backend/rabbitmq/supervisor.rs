@@ -117,7 +117,7 @@ pub(super) async fn supervise(
     loop {
         let attempt = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
-            r = tokio::time::timeout(config.connect_timeout, open_session(config, role)) => r,
+            r = tokio::time::timeout(config.connect_timeout, open_session(config, role, &shared.instance_queue)) => r,
         };
         let attempt = attempt.unwrap_or_else(|elapsed| {
             Err(AttemptError::Transient(Reason::caused_by(
@@ -249,7 +249,11 @@ pub(super) async fn close_connection(connection: &Connection, why: &str) {
 
 /// Connects (the connection named after its role and the exchange, so that operators
 /// can tell them apart) and declares what the role needs.
-async fn open_session(config: &RabbitConfig, role: Role) -> Result<Session, AttemptError> {
+async fn open_session(
+    config: &RabbitConfig,
+    role: Role,
+    instance_queue: &str,
+) -> Result<Session, AttemptError> {
     let name = format!("radiovis {} {}", role.as_str(), config.exchange);
     let properties = ConnectionProperties::default().with_connection_name(LongString::from(name));
     let connection = Connection::connect_uri(config.uri(), properties)
@@ -257,7 +261,7 @@ async fn open_session(config: &RabbitConfig, role: Role) -> Result<Session, Atte
         .map_err(|e| classify("connect", &e))?;
     let work = match role {
         Role::Publish => open_publisher(config, &connection).await.map(Work::Publish),
-        Role::Consume => declare_consumer(config, &connection)
+        Role::Consume => declare_consumer(config, &connection, instance_queue)
             .await
             .map(|(channel, queue)| Work::Consume { channel, queue }),
     };

@@ -5,11 +5,12 @@ use lapin::options::{
     BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
 use tracing::{debug, info};
 
 use super::attempt::{classify, reply_code, AttemptError, NOT_FOUND, PRECONDITION_FAILED};
+use super::config::{INSTANCE_QUEUE_EXPIRES, INSTANCE_QUEUE_MAX};
 use super::{QueueKind, RabbitConfig};
 use crate::backend::Reason;
 
@@ -36,23 +37,37 @@ pub(super) async fn open_publisher(
 pub(super) async fn declare_consumer(
     config: &RabbitConfig,
     connection: &Connection,
+    instance_queue: &str,
 ) -> Result<(Channel, ShortString), AttemptError> {
     declare_exchange(config, connection).await?;
 
     let consumer_channel = open_consumer_channel(config, connection).await?;
     let queue = match &config.queue {
-        QueueKind::Exclusive => consumer_channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| classify("declare the exclusive queue", &e))?,
+        QueueKind::Instance => {
+            let mut arguments = FieldTable::default();
+            let expires = u32::try_from(INSTANCE_QUEUE_EXPIRES.as_millis()).unwrap_or(u32::MAX);
+            arguments.insert("x-expires".into(), AMQPValue::LongUInt(expires));
+            arguments.insert(
+                "x-max-length".into(),
+                AMQPValue::LongUInt(INSTANCE_QUEUE_MAX),
+            );
+            consumer_channel
+                .queue_declare(
+                    instance_queue.into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    arguments,
+                )
+                .await
+                .map_err(|e| {
+                    classify(
+                        &format!("declare the instance queue {instance_queue:?}"),
+                        &e,
+                    )
+                })?
+        }
         QueueKind::Durable(name) => consumer_channel
             .queue_declare(
                 name.as_str().into(),

@@ -84,7 +84,7 @@ fn a_bad_url_names_the_variable() {
     let cli = Cli::try_parse_from(["x", "--rabbitmq-url", "http://x/"]).expect("valid");
     let e = cli
         .rabbit
-        .rabbit_config(crate::backend::rabbitmq::QueueKind::Exclusive)
+        .rabbit_config(crate::backend::rabbitmq::QueueKind::Instance)
         .expect_err("not amqp");
     assert!(
         matches!(
