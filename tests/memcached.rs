@@ -2,13 +2,13 @@
 //! outage test, a private one started on 127.0.0.1:11299. Skipped (with the reason
 //! printed) when memcached is not there, unless `RADIOVIS_REQUIRE_SERVICES=1`.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use radiovis::backend::memcached::{MemcachedCache, MemcachedConfig};
 use radiovis::backend::{Cache, CacheError};
-use testkit::services::{memcached_up, reachable, skip, MEMCACHED as SHARED};
+use testkit::processes::Memcached;
+use testkit::services::{memcached_up, skip, MEMCACHED as SHARED};
 
 const PRIVATE_PORT: u16 = 11299;
 
@@ -154,67 +154,10 @@ async fn concurrent_operations() {
     }
 }
 
-/// A memcached process of our own, killed on drop.
-struct PrivateMemcached(Child);
-
-impl PrivateMemcached {
-    /// Starts memcached on `port` and waits until it accepts connections.
-    async fn start(port: u16) -> Result<PrivateMemcached, String> {
-        let addr = format!("127.0.0.1:{port}");
-        if reachable(&addr).await {
-            return Err(format!(
-                "port {port} already in use, cannot start a private memcached"
-            ));
-        }
-        let mut cmd = Command::new("memcached");
-        cmd.args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if is_root() {
-            cmd.args(["-u", "root"]);
-        }
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start memcached: {e}"))?;
-        let mut m = PrivateMemcached(child);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = m.0.try_wait() {
-                return Err(format!("memcached exited at start: {status}"));
-            }
-            if reachable(&addr).await {
-                return Ok(m);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Err(format!("memcached did not start on {addr}"))
-    }
-
-    fn kill(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for PrivateMemcached {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.trim_ascii() == b"0")
-        .unwrap_or(false)
-}
-
 #[tokio::test]
 async fn outage_fails_fast_and_recovers() {
     let test = "outage_fails_fast_and_recovers";
-    let server = match PrivateMemcached::start(PRIVATE_PORT).await {
+    let mut server = match Memcached::start(PRIVATE_PORT).await {
         Ok(s) => s,
         Err(reason) => {
             skip(test, &reason);
@@ -258,9 +201,7 @@ async fn outage_fails_fast_and_recovers() {
 
     // Back again (empty, as a restarted memcached is): the cache recovers by itself
     // once the retry delay has passed.
-    let _server = PrivateMemcached::start(PRIVATE_PORT)
-        .await
-        .expect("memcached restarts");
+    server.restart().await.expect("memcached restarts");
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(c.get("k").await.expect("get after restart"), None);
     c.set("k", Bytes::from_static(b"again"), Duration::from_secs(60))
