@@ -12,8 +12,8 @@ mod subs;
 mod verdict;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use radiovis::client::Client;
@@ -99,19 +99,7 @@ pub async fn run(a: SoakArgs) -> Result<(), String> {
     }
     let server = start_server(&run_args(&a), ServerKind::Radiovis, &[]).await?;
     let pid = server.pid.ok_or("the started server has no pid")?;
-    let shared = Arc::new(Shared {
-        published: (0..a.topics).map(|_| AtomicU64::new(0)).collect(),
-        connected: AtomicUsize::new(0),
-        received: AtomicU64::new(0),
-        lost: AtomicU64::new(0),
-        duplicates: AtomicU64::new(0),
-        reconnects: AtomicU64::new(0),
-        connect_failures: AtomicU64::new(0),
-        unexpected_closes: AtomicU64::new(0),
-        latency_us_max: AtomicU64::new(0),
-        first_error: Mutex::new(None),
-        clock: load::Clock::Since(Instant::now()),
-    });
+    let shared = Arc::new(Shared::new(a.topics));
     eprintln!(
         "[soak] N={} K={} R={}/s per topic churn={}%/min for {}s on {} (pid {pid})",
         a.subscribers, a.topics, a.rate, a.churn, a.duration, server.addr

@@ -28,6 +28,23 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Nothing published or received yet, on `topics` topics.
+    pub fn new(topics: usize) -> Shared {
+        Shared {
+            published: (0..topics).map(|_| AtomicU64::new(0)).collect(),
+            connected: AtomicUsize::new(0),
+            received: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            unexpected_closes: AtomicU64::new(0),
+            latency_us_max: AtomicU64::new(0),
+            first_error: Mutex::new(None),
+            clock: load::Clock::Since(std::time::Instant::now()),
+        }
+    }
+
     /// Keeps the first error for the report.
     pub fn note(&self, e: String) {
         if let Ok(mut first) = self.first_error.lock() {
@@ -239,4 +256,41 @@ async fn session(
         ));
     }
     End::Stop
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(seq: u64) -> Frame {
+        Frame::new(Command::Message).body(format!("TEXT seq={seq} t=0"))
+    }
+
+    #[test]
+    fn track_counts_gaps_and_duplicates_from_must_from_on() {
+        let sh = Shared::new(1);
+        let mut t = Track {
+            must_from: 5,
+            next: 5,
+        };
+        // 4 was in flight at SUBSCRIBE time: neither counted nor required.
+        for seq in [4, 5, 6, 9, 9, 8, 10] {
+            assert!(t.on_frame(&msg(seq), &sh, 0).is_ok());
+        }
+        assert_eq!(sh.received.load(Ordering::Relaxed), 4); // 5, 6, 9, 10
+        assert_eq!(sh.lost.load(Ordering::Relaxed), 2); // 7, 8 (8 came late)
+        assert_eq!(sh.duplicates.load(Ordering::Relaxed), 2); // 9 again, 8
+        assert_eq!(t.next, 11);
+    }
+
+    #[test]
+    fn track_fails_on_error_frames() {
+        let sh = Shared::new(1);
+        let mut t = Track {
+            must_from: 1,
+            next: 1,
+        };
+        let err = Frame::new(Command::Error).header("message", "no");
+        assert!(t.on_frame(&err, &sh, 0).is_err());
+    }
 }

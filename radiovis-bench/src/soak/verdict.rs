@@ -167,3 +167,31 @@ pub fn verdict(r: &SoakReport) -> Result<(), String> {
         Err(format!("soak failed: {}", why.join("; ")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::growth;
+
+    #[test]
+    fn flat_series_passes_and_warm_up_is_ignored() {
+        // A big rise in the first 20% (warm-up), then flat.
+        let mut v = vec![100.0, 500.0];
+        v.extend(std::iter::repeat_n(1000.0, 8));
+        let g = growth(&v, 1.0, 8.0);
+        assert!(g.ok, "{g:?}");
+        assert_eq!(g.growth, 0.0);
+    }
+
+    #[test]
+    fn steady_growth_beyond_tolerance_fails() {
+        // +1% per sample: the last 20% are ~10% above the 20%-40% window.
+        let v: Vec<f64> = (0..20)
+            .map(|i| 10_000.0 * (1.0 + i as f64 / 100.0))
+            .collect();
+        let g = growth(&v, 5.0, 100.0);
+        assert!(!g.ok, "{g:?}");
+        assert!(g.growth_pct > 10.0 && g.growth_pct < 16.0, "{g:?}");
+        // The same series passes with a tolerance above its growth.
+        assert!(growth(&v, 20.0, 0.0).ok);
+    }
+}
