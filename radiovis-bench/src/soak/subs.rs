@@ -140,7 +140,7 @@ pub async fn subscriber(
         if let Some(r) = ready.take() {
             let _ = r.send(()).await;
         }
-        let graceful = sessions % 2 == 0;
+        let graceful = sessions.is_multiple_of(2);
         sessions += 1;
         let end = session(c, k, must_from, &ctx, &churn, &mut stop, graceful).await;
         sh.connected.fetch_sub(1, Ordering::Relaxed);
