@@ -76,3 +76,18 @@ pub fn cpu_micros(pid: u32) -> io::Result<u64> {
     let ticks = get(14)? + get(15)?;
     Ok(ticks * 1_000_000 / clk_tck())
 }
+
+/// Open file descriptors of `pid` (entries of `/proc/<pid>/fd`).
+pub fn fd_count(pid: u32) -> io::Result<u64> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64)
+}
+
+/// Threads of `pid` (`Threads:` in `/proc/<pid>/status`).
+pub fn threads(pid: u32) -> io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no Threads in /proc/<pid>/status"))
+}
