@@ -7,14 +7,21 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// Builds radiovis-server (same profile and target dir as this test) and returns its
-/// path. Binary crates cannot be dependencies, so the test asks cargo itself; cargo
-/// holds no lock while tests run, and an up-to-date build is a no-op.
+/// radiovis-server of the same profile and target dir as this test: the one
+/// `cargo test --workspace` just built (as the chaos test uses it), else built here.
+/// Binary crates cannot be dependencies, so the test asks cargo itself; cargo holds no
+/// lock while tests run. (Built alone, radiovis gets other features than in the
+/// workspace build and is compiled again: a minute of CI saved by taking the
+/// workspace's binary.)
 fn server_bin() -> PathBuf {
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_radiovis-bench"));
     let dir = bench
         .parent()
         .expect("the bench binary sits in a directory");
+    let built = dir.join("radiovis-server");
+    if built.is_file() {
+        return built;
+    }
     let mut cargo = Command::new(env!("CARGO"));
     cargo.args(["build", "-p", "radiovis-server"]);
     if dir.file_name().is_some_and(|n| n == "release") {
