@@ -154,8 +154,28 @@ pub enum DirectoryFileError {
         path: String,
         source: std::io::Error,
     },
-    #[error("invalid directory file {path}: {message}")]
-    Invalid { path: String, message: String },
+    #[error("invalid directory file {path}: {source}")]
+    Invalid {
+        path: String,
+        #[source]
+        source: DirectoryDataError,
+    },
+}
+
+/// Why directory contents are refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryDataError {
+    /// Not the TOML of a directory file (the TOML parser's message, with its position).
+    #[error("{0}")]
+    Toml(#[source] Box<toml::de::Error>),
+    /// A station's `allowed_networks` entry that is not an IP address or network.
+    #[error("invalid network {network:?}: {why}")]
+    Network {
+        /// The entry as written.
+        network: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
 }
 
 /// A directory held in memory, loaded from a TOML file or built in code.
@@ -168,7 +188,7 @@ pub struct StaticDirectory {
 impl StaticDirectory {
     /// A directory with these contents. Fails on an invalid network in
     /// `allowed_networks`.
-    pub fn new(data: DirectoryData) -> Result<StaticDirectory, String> {
+    pub fn new(data: DirectoryData) -> Result<StaticDirectory, DirectoryDataError> {
         let networks = data
             .stations
             .iter()
@@ -176,7 +196,10 @@ impl StaticDirectory {
                 s.allowed_networks
                     .iter()
                     .map(|n| {
-                        parse_network(n).map_err(|why| format!("invalid network {n:?}: {why}"))
+                        parse_network(n).map_err(|why| DirectoryDataError::Network {
+                            network: n.clone(),
+                            why,
+                        })
                     })
                     .collect::<Result<Vec<_>, _>>()
             })
@@ -185,8 +208,9 @@ impl StaticDirectory {
     }
 
     /// Parses the TOML text of a directory file.
-    pub fn from_toml(text: &str) -> Result<StaticDirectory, String> {
-        let data: DirectoryData = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn from_toml(text: &str) -> Result<StaticDirectory, DirectoryDataError> {
+        let data: DirectoryData =
+            toml::from_str(text).map_err(|e| DirectoryDataError::Toml(Box::new(e)))?;
         StaticDirectory::new(data)
     }
 
@@ -196,9 +220,9 @@ impl StaticDirectory {
             path: path.display().to_string(),
             source,
         })?;
-        StaticDirectory::from_toml(&text).map_err(|message| DirectoryFileError::Invalid {
+        StaticDirectory::from_toml(&text).map_err(|source| DirectoryFileError::Invalid {
             path: path.display().to_string(),
-            message,
+            source,
         })
     }
 
