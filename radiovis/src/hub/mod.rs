@@ -406,10 +406,24 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
     }
 
     /// Adds a subscription to the fan-out.
-    pub fn subscribe(&self, key: &IndexKey, sub: SubKey, entry: SubEntry) {
-        if self.index.write().insert(key, sub, entry) {
+    ///
+    /// With `replay`, returns the message to replay to it: the last of its topic, or for
+    /// a pattern the newest of the matching topics. It is looked up under the index
+    /// lock, under which a message is recorded and fanned out: the new subscription
+    /// gets each message either as its replay or live, never both and never neither
+    /// (docs/protocol.md#replay).
+    pub fn subscribe(
+        &self,
+        key: &IndexKey,
+        sub: SubKey,
+        entry: SubEntry,
+        replay: bool,
+    ) -> Option<Arc<Published>> {
+        let mut index = self.index.write();
+        if index.insert(key, sub, entry) {
             self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
         }
+        replay.then(|| self.last.for_key(key)).flatten()
     }
 
     /// Removes a subscription from the fan-out.
@@ -417,12 +431,6 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
         if self.index.write().remove(key, sub) {
             self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
         }
-    }
-
-    /// The message to replay to a new subscription: the last of its topic, or for a
-    /// pattern the newest of the matching topics.
-    pub fn last_for(&self, key: &IndexKey) -> Option<Arc<Published>> {
-        self.last.for_key(key)
     }
 
     /// Records a bus message as the last of its topic and hands it to every matching
@@ -510,15 +518,18 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
         let seq = self.last.next_seq();
         tracing::debug!(topic = %msg.topic, %normalised, seq, "bus message");
         let published = Arc::new(Published::new(seq, normalised, msg.body, headers));
+        // Recorded and fanned out under one read lock of the index, which a new
+        // subscription takes to look up its replay: see `subscribe`.
+        let index = self.index.read();
         self.last.record(published.clone());
-        self.fan_out(&published);
+        self.fan_out(&index, &published);
+        drop(index);
         self.last.share(published);
     }
 
     /// Queues `published` to every matching subscriber: two `Bytes` clones and a
     /// queue push each, never a wait. A full queue kills its session.
-    fn fan_out(&self, published: &Published) {
-        let index = self.index.read();
+    fn fan_out(&self, index: &SubIndex, published: &Published) {
         let mut delivered = 0u64;
         index.for_each_match(&published.topic, |entry| {
             let item = Outbound {
@@ -582,7 +593,8 @@ mod tests {
             "the newest is kept"
         );
         let newest = hub
-            .last_for(&IndexKey::Exact("/topic/id/x/999/text".into()))
+            .last
+            .for_key(&IndexKey::Exact("/topic/id/x/999/text".into()))
             .expect("replayed");
         assert!(
             newest.headers.iter().any(|(k, _)| k == "message-id"),

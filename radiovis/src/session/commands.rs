@@ -169,7 +169,8 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
         };
         let head = encode_head(&destination, sub_header, self.version);
         let sub = self.hub.next_id();
-        self.hub.subscribe(
+        let replay = frame.get("x-ebu-nofastreply") != Some("yes");
+        let last = self.hub.subscribe(
             &index_key,
             (self.conn, sub),
             SubEntry {
@@ -182,6 +183,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
                     .as_ref()
                     .map(|i| (i.clone(), Arc::from(destination.as_str()))),
             },
+            replay,
         );
         if let Some(info) = &self.info {
             self.hub.monitor().emit(Event::Subscription(
@@ -190,8 +192,6 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
             ));
         }
         tracing::debug!(%destination, id = ?id, key = ?index_key, "subscribed");
-        let replay = frame.get("x-ebu-nofastreply") != Some("yes");
-        let last = replay.then(|| self.hub.last_for(&index_key)).flatten();
         self.subs.insert(
             key,
             SubRecord {
