@@ -73,6 +73,9 @@ pub struct HubConfig {
     pub connect_timeout: Duration,
     /// Most simultaneous connections; one more gets an ERROR and is closed.
     pub max_connections: usize,
+    /// Most simultaneous connections from one address (an IPv6 /64 counts as one);
+    /// one more gets an ERROR and is closed (docs/protocol.md#limits).
+    pub max_connections_per_address: usize,
     /// Most subscriptions per session.
     pub max_subscriptions: usize,
     /// Most wildcard (`*`) subscriptions per session (docs/protocol.md#limits).
@@ -133,6 +136,8 @@ impl Default for HubConfig {
             outbound_queue: 250,
             connect_timeout: Duration::from_secs(10),
             max_connections: 100_000,
+            // Generous: radios behind a carrier's NAT share one address.
+            max_connections_per_address: 1_000,
             max_subscriptions: 128,
             max_wildcards: 8,
             subscribe_rate: 20,
