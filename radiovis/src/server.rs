@@ -5,7 +5,8 @@
 //!
 //! Dependencies go one way: server -> session -> hub, and server -> hub.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{Cache, DirectoryApi, MessageBus};
-use crate::hub::{Hub, HubConfig, HubError, StatsSnapshot};
+use crate::hub::{address_key, Hub, HubConfig, HubError, StatsSnapshot};
 use crate::stomp::{Frame, Version};
 
 /// Idle time before the kernel probes a client connection (TCP keepalive).
@@ -29,6 +30,8 @@ pub struct StompHub<B, D, C> {
     hub: Arc<Hub<B, D, C>>,
     /// One permit per open connection.
     connections: Arc<Semaphore>,
+    /// Open connections per client address (only addresses with one open).
+    per_address: Arc<PerAddress>,
     /// Every task the server spawns (hub tasks, accept loops, sessions), so that
     /// shutdown can wait for them.
     tracker: TaskTracker,
@@ -39,6 +42,7 @@ impl<B, D, C> Clone for StompHub<B, D, C> {
         StompHub {
             hub: self.hub.clone(),
             connections: self.connections.clone(),
+            per_address: self.per_address.clone(),
             tracker: self.tracker.clone(),
         }
     }
@@ -49,6 +53,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> StompHub<B, D, C> {
     pub fn new(bus: B, directory: D, cache: C, config: HubConfig) -> Self {
         StompHub {
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            per_address: Arc::new(PerAddress::new(config.max_connections_per_address)),
             hub: Arc::new(Hub::new(bus, directory, cache, config)),
             tracker: TaskTracker::new(),
         }
@@ -128,34 +133,101 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> StompHub<B, D, C> {
         if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
             tracing::debug!(%peer, error = %e, "cannot enable TCP keepalive");
         }
+        let address = match PerAddress::admit(&self.per_address, peer.ip()) {
+            Some(guard) => guard,
+            None => {
+                let limit = self.hub.config().max_connections_per_address;
+                tracing::warn!(%peer, limit, "connection refused: too many connections from this address");
+                return self.refuse(
+                    stream,
+                    format!("too many connections from your address: limit is {limit}"),
+                );
+            }
+        };
         match self.connections.clone().try_acquire_owned() {
             Ok(permit) => {
                 let hub = self.hub.clone();
                 self.tracker.spawn(async move {
                     crate::session::run(hub, stream, peer).await;
                     drop(permit);
+                    drop(address);
                 });
             }
             Err(_) => {
-                self.hub
-                    .stats()
-                    .refused_connections
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let limit = self.hub.config().max_connections;
                 tracing::warn!(%peer, limit, "connection refused: too many connections");
-                self.tracker.spawn(async move {
-                    let mut stream = stream;
-                    let (reader, mut writer) = stream.split();
-                    let frame = Frame::error(format!("too many connections: limit is {limit}"));
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        writer.write_all(&frame.to_bytes(Version::V1_0)),
-                    )
-                    .await;
-                    // Graceful: what the client sent must not turn our close into a
-                    // reset that destroys the ERROR.
-                    crate::session::linger(&reader, &mut writer).await;
-                });
+                self.refuse(stream, format!("too many connections: limit is {limit}"));
+            }
+        }
+    }
+
+    /// Refuses a connection over a limit: an ERROR saying which, then a graceful close
+    /// (what the client sent must not turn our close into a reset that destroys the
+    /// ERROR).
+    fn refuse(&self, stream: TcpStream, message: String) {
+        self.hub
+            .stats()
+            .refused_connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.tracker.spawn(async move {
+            let mut stream = stream;
+            let (reader, mut writer) = stream.split();
+            let frame = Frame::error(message);
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                writer.write_all(&frame.to_bytes(Version::V1_0)),
+            )
+            .await;
+            crate::session::linger(&reader, &mut writer).await;
+        });
+    }
+}
+
+/// Open connections per client address, bounded by `max_connections_per_address`: one
+/// address cannot take every connection of the server (docs/protocol.md#limits). The
+/// map holds only addresses with a connection open.
+struct PerAddress {
+    max: usize,
+    open: parking_lot::Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open connection of an address; dropping it gives the place back.
+struct AddressGuard {
+    table: Arc<PerAddress>,
+    key: IpAddr,
+}
+
+impl PerAddress {
+    fn new(max: usize) -> PerAddress {
+        PerAddress {
+            max: max.max(1),
+            open: parking_lot::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A place for one more connection from `ip`, or `None` when it has `max` open.
+    fn admit(table: &Arc<PerAddress>, ip: IpAddr) -> Option<AddressGuard> {
+        let key = address_key(ip);
+        let mut open = table.open.lock();
+        let n = open.entry(key).or_insert(0);
+        if *n >= table.max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressGuard {
+            table: table.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for AddressGuard {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock();
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
             }
         }
     }

@@ -28,6 +28,7 @@ mod last;
 mod pending;
 mod resync;
 mod throttle;
+pub(crate) use throttle::address_key;
 
 use std::collections::HashSet;
 use std::net::IpAddr;

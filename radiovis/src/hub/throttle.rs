@@ -48,7 +48,7 @@ impl LoginThrottle {
     /// Whether `ip` has used up its failed logins (refuse without asking the directory).
     pub async fn is_blocked(&self, ip: IpAddr) -> bool {
         self.failures
-            .get(&key(ip))
+            .get(&address_key(ip))
             .await
             .is_some_and(|n| n >= self.max_failures)
     }
@@ -65,7 +65,7 @@ impl LoginThrottle {
     pub async fn failed(&self, ip: IpAddr) -> Duration {
         let entry = self
             .failures
-            .entry(key(ip))
+            .entry(address_key(ip))
             .and_compute_with(|e| {
                 let n = e.map_or(0, |e| e.into_value());
                 std::future::ready(Op::Put(n.saturating_add(1)))
@@ -77,7 +77,7 @@ impl LoginThrottle {
 
     /// A successful login forgets the address's failures.
     pub async fn succeeded(&self, ip: IpAddr) {
-        self.failures.invalidate(&key(ip)).await;
+        self.failures.invalidate(&address_key(ip)).await;
     }
 }
 
@@ -87,9 +87,15 @@ fn failure_delay(base: Duration, n: u32) -> Duration {
     base.saturating_mul(1 << doublings).min(MAX_FAILURE_DELAY)
 }
 
-/// The address failures are counted for: an IPv6 host usually owns a whole /64, so
-/// that is what counts (one attacker cannot make up fresh addresses without end).
-fn key(ip: IpAddr) -> IpAddr {
+/// The address a client counts as (failed logins, connections per address): an IPv4
+/// client seen through a dual-stack listener is its IPv4 address, and an IPv6 host
+/// usually owns a whole /64, so that is what counts (one client cannot make up fresh
+/// addresses without end).
+pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
     match ip {
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);
@@ -118,10 +124,10 @@ mod tests {
         let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
         let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().expect("ip");
         let c: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
-        assert_eq!(key(a), key(b));
-        assert_ne!(key(a), key(c));
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(c));
         let v4: IpAddr = "192.0.2.1".parse().expect("ip");
-        assert_eq!(key(v4), v4);
+        assert_eq!(address_key(v4), v4);
     }
 
     #[tokio::test]

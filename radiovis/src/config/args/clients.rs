@@ -60,6 +60,14 @@ pub struct ClientLimitArgs {
         default_value_t = 100
     )]
     pub subscribe_burst: usize,
+    /// Most simultaneous connections from one address (an IPv6 /64 counts as one).
+    #[arg(
+        long,
+        env = "RADIOVIS_MAX_CONNECTIONS_PER_ADDRESS",
+        value_name = "RADIOVIS_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 1_000
+    )]
+    pub max_connections_per_address: usize,
     /// Failed logins from one address before it is blocked.
     #[arg(
         long,
@@ -111,6 +119,12 @@ impl ClientLimitArgs {
                 1,
                 1_000_000,
             )? as u32,
+            max_connections_per_address: count(
+                "RADIOVIS_MAX_CONNECTIONS_PER_ADDRESS",
+                self.max_connections_per_address,
+                1,
+                super::MAX_CONNECTIONS,
+            )?,
             auth_max_failures: count(
                 "RADIOVIS_AUTH_MAX_FAILURES",
                 self.auth_max_failures,
