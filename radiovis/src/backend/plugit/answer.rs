@@ -123,7 +123,9 @@ pub fn check_auth(body: &[u8]) -> Result<AuthAnswer, DirectoryError> {
     let (answer, result) = field(action, body, "result")?;
     let ok = match result {
         Value::Bool(b) => b,
-        Value::Number(n) => n.as_i64().is_some_and(|n| n != 0),
+        // Any number, integer or not, of any size (`as_f64` reads them all): the
+        // original's truth test, and the spec's "a non-zero number is true".
+        Value::Number(n) => n.as_f64().is_some_and(|n| n != 0.0),
         Value::Null => false,
         _ => return Err(bad(action, "\"result\" is not a boolean")),
     };
