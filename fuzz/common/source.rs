@@ -1,4 +1,5 @@
 //! Choices read from fuzzer bytes. Shared (with `#[path]`) by the fuzz targets in
+#![allow(dead_code)] // each user draws only the choices it needs
 //! fuzz/fuzz_targets and their stable smoke versions in radiovis/tests, which feed it
 //! bytes from a seeded generator instead of libFuzzer's: one generator, two drivers.
 //!
