@@ -153,8 +153,8 @@ impl Target {
     /// One connection carrying the frames built from `data`; panics on a broken
     /// invariant.
     pub fn input(&self, data: &[u8]) {
-        let bytes = frames(&mut Source::new(data));
-        self.runtime.block_on(exchange(self.addr, &bytes));
+        let script = script(&mut Source::new(data));
+        self.runtime.block_on(exchange(self.addr, &script));
         assert!(!self.run.is_finished(), "the hub stopped");
     }
 
@@ -297,9 +297,20 @@ fn body(src: &mut Source) -> Vec<u8> {
     }
 }
 
-/// The bytes of one input: frames (usually starting with a CONNECT), then a NOOP whose
-/// RECEIPT tells that the server has handled everything before it.
-pub fn frames(src: &mut Source) -> Vec<u8> {
+/// What one connection does.
+pub struct Script {
+    /// Frames (usually starting with a CONNECT), then a NOOP whose RECEIPT tells that
+    /// the server has handled everything before it.
+    pub bytes: Vec<u8>,
+    /// Whether the client closes its writing side after the frames (the server then
+    /// sees the end of the stream, maybe in the middle of a frame, instead of waiting
+    /// for more until the client leaves).
+    pub half_close: bool,
+}
+
+/// The script of one input.
+pub fn script(src: &mut Source) -> Script {
+    let half_close = !src.one_in(4);
     let mut out = Vec::new();
     let count = 1 + src.below(MAX_FRAMES);
     for i in 0..count {
@@ -351,7 +362,10 @@ pub fn frames(src: &mut Source) -> Vec<u8> {
         }
     }
     out.extend_from_slice(format!("NOOP\nreceipt:{END}\n\n\0").as_bytes());
-    out
+    Script {
+        bytes: out,
+        half_close,
+    }
 }
 
 /// The replies of one connection, checked frame by frame as they arrive.
@@ -425,14 +439,17 @@ impl Replies {
     }
 }
 
-/// Writes `bytes` on a fresh connection and checks what comes back.
-async fn exchange(addr: SocketAddr, bytes: &[u8]) {
+/// Runs `script` on a fresh connection and checks what comes back.
+async fn exchange(addr: SocketAddr, script: &Script) {
     let Ok(mut stream) = TcpStream::connect(addr).await else {
         panic!("the hub refuses connections");
     };
     // The server may stop reading (it closed, or waits for a frame's end): a write
     // that cannot complete is not an error of the server.
-    let _ = timeout(Duration::from_millis(500), stream.write_all(bytes)).await;
+    let written = timeout(Duration::from_millis(500), stream.write_all(&script.bytes)).await;
+    if script.half_close && matches!(written, Ok(Ok(()))) {
+        let _ = stream.shutdown().await;
+    }
     let mut replies = Replies::new();
     let mut chunk = vec![0u8; 16 * 1024];
     let deadline = Instant::now() + Duration::from_secs(2);

@@ -47,9 +47,10 @@ impl<'a> Source<'a> {
         }
     }
 
-    /// True about once in `n` draws.
+    /// True about once in `n` draws; false once the bytes have run out, so that a
+    /// short input takes the common path (a complete frame, not a truncated one).
     pub fn one_in(&mut self, n: usize) -> bool {
-        self.below(n) == 0
+        self.below(n) == n - 1
     }
 
     /// One of `items` (not empty).

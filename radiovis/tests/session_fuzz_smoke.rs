@@ -1,12 +1,12 @@
 //! Bounded, stable-toolchain stand-in for the `session_frames` fuzz target (fuzz/),
-//! with the same generator and checks (fuzz/common/session.rs): 300 random frame
+//! with the same generator and checks (fuzz/common/session.rs): 1000 random frame
 //! sequences (CONNECT/STOMP, SUBSCRIBE, UNSUBSCRIBE, SEND, DISCONNECT, unknown
 //! commands; login, passcode, receipt, id, destination, accept-version, heart-beat,
 //! content-length... with known or arbitrary values; bodies up to the frame limit),
 //! each on its own TCP connection to one hub. Checks: no panic, in the hub's tasks
 //! neither; every reply parses as STOMP frames of the negotiated version, only server
 //! commands, CONNECTED first, nothing after a 1.1/1.2 ERROR; the hub keeps running;
-//! every 50 connections and at the end, a fresh radio subscribes and receives what the
+//! every 100 connections, a fresh radio subscribes and receives what the
 //! station publishes and no session or subscription is left. Deterministic inputs: a
 //! failure reproduces with the same seed.
 
@@ -17,8 +17,8 @@ mod source;
 
 use crate::session::Target;
 
-const INPUTS: usize = 300;
-const CHECK_EVERY: usize = 50;
+const INPUTS: usize = 1000;
+const CHECK_EVERY: usize = 100;
 
 /// xorshift64*: tiny, seeded, good enough to draw choices.
 struct Rng(u64);
@@ -37,7 +37,7 @@ fn random_frame_sequences_leave_the_hub_serving() {
     session::install_panic_hook(false);
     let target = Target::start();
     target.check_serves();
-    let mut rng = Rng(0x5eed_0f_5e55_1025);
+    let mut rng = Rng(0x5eed_0f5e_5510_2500);
     for i in 1..=INPUTS {
         let len = (rng.next() % 512) as usize;
         let input: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
