@@ -30,9 +30,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+use self::answer::Action;
 use super::{
     ChannelDefault, ChannelRef, DirectoryApi, DirectoryError, LogEntry, LogError, LogStore, Reason,
 };
+
+pub mod answer;
 
 /// Largest answer body accepted (the channel lists of a big directory fit easily).
 const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
@@ -193,9 +196,10 @@ impl PlugitDirectory {
             })
     }
 
-    /// Calls `action` with these parameters and returns its JSON answer. Errors name the
-    /// action, never the parameters.
-    async fn call(&self, action: &str, params: &[(&str, &str)]) -> Result<Value, DirectoryError> {
+    /// Calls `action` with these parameters and returns the body of its 2xx answer, for
+    /// [`answer`] to decode. Errors name the action, never the parameters.
+    async fn call(&self, action: Action, params: &[(&str, &str)]) -> Result<Bytes, DirectoryError> {
+        let action = action.name();
         let result = tokio::time::timeout(self.timeout, self.exchange(action, params)).await;
         let result = match result {
             Ok(r) => r,
@@ -211,7 +215,7 @@ impl PlugitDirectory {
         &self,
         action: &str,
         params: &[(&str, &str)],
-    ) -> Result<Value, DirectoryError> {
+    ) -> Result<Bytes, DirectoryError> {
         let form = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(params)
             .finish();
@@ -258,9 +262,7 @@ impl PlugitDirectory {
         if !status.is_success() {
             return Err(DirectoryError::Status(status.as_u16()));
         }
-        serde_json::from_slice(&body).map_err(|e| {
-            DirectoryError::BadAnswer(Reason::caused_by(format!("{action}: invalid JSON: {e}"), e))
-        })
+        Ok(body)
     }
 
     /// Maps a client error: a connect timeout is a [`DirectoryError::Timeout`], anything
@@ -290,52 +292,6 @@ impl PlugitDirectory {
     }
 }
 
-/// A field of an answer object.
-fn field<'a>(answer: &'a Value, action: &str, name: &str) -> Result<&'a Value, DirectoryError> {
-    answer
-        .as_object()
-        .ok_or_else(|| {
-            DirectoryError::BadAnswer(format!("{action}: answer is not an object").into())
-        })
-        .map(|o| o.get(name).unwrap_or(&Value::Null))
-}
-
-/// A `[[topic, id], ...]` list; ids may be numbers or strings.
-fn channel_list(answer: &Value, action: &str) -> Result<Vec<ChannelRef>, DirectoryError> {
-    let bad = |what: &str| DirectoryError::BadAnswer(format!("{action}: {what}").into());
-    let list = field(answer, action, "list")?
-        .as_array()
-        .ok_or_else(|| bad("\"list\" is not a list"))?;
-    list.iter()
-        .map(|item| match item.as_array().map(Vec::as_slice) {
-            Some([topic, id, ..]) => {
-                let topic = topic
-                    .as_str()
-                    .ok_or_else(|| bad("a channel topic is not a string"))?;
-                let id = match id {
-                    Value::String(s) => s.clone(),
-                    Value::Number(n) => n.to_string(),
-                    _ => return Err(bad("a channel id is neither a string nor a number")),
-                };
-                Ok(ChannelRef {
-                    topic: topic.to_owned(),
-                    id,
-                })
-            }
-            _ => Err(bad("a channel is not a [topic, id] pair")),
-        })
-        .collect()
-}
-
-/// A string field of a channel's `info`, `None` when absent, null or not a string.
-fn info_str(info: &serde_json::Map<String, Value>, name: &str) -> Option<String> {
-    match info.get(name) {
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
 #[async_trait]
 impl DirectoryApi for PlugitDirectory {
     async fn check_auth(
@@ -345,88 +301,47 @@ impl DirectoryApi for PlugitDirectory {
         ip: IpAddr,
     ) -> Result<bool, DirectoryError> {
         let ip = ip.to_string();
-        let answer = self
+        let body = self
             .call(
-                "check_auth",
+                Action::CheckAuth,
                 &[("username", username), ("password", password), ("ip", &ip)],
             )
             .await?;
-        let ok = match field(&answer, "check_auth", "result")? {
-            Value::Bool(b) => *b,
-            Value::Number(n) => n.as_i64().is_some_and(|n| n != 0),
-            Value::Null => false,
-            _ => {
-                return Err(DirectoryError::BadAnswer(
-                    "check_auth: \"result\" is not a boolean".into(),
-                ))
-            }
-        };
-        if !ok {
-            if let Some(e) = answer.get("error").and_then(Value::as_str) {
-                tracing::debug!(username, error = e, "PlugIt refused the login");
-            }
+        let answer = answer::check_auth(&body)?;
+        if let (false, Some(error)) = (answer.ok, &answer.error) {
+            tracing::debug!(username, error, "PlugIt refused the login");
         }
-        Ok(ok)
+        Ok(answer.ok)
     }
 
     async fn get_channels(&self, station_id: &str) -> Result<Vec<String>, DirectoryError> {
-        let answer = self
-            .call("get_channels", &[("station_id", station_id)])
+        let body = self
+            .call(Action::GetChannels, &[("station_id", station_id)])
             .await?;
-        let bad = |what: &str| DirectoryError::BadAnswer(format!("get_channels: {what}").into());
-        match field(&answer, "get_channels", "list")? {
-            Value::Null => Ok(Vec::new()),
-            Value::Array(items) => items
-                .iter()
-                .map(|t| {
-                    t.as_str()
-                        .map(str::to_owned)
-                        .ok_or_else(|| bad("a topic is not a string"))
-                })
-                .collect(),
-            _ => Err(bad("\"list\" is not a list")),
-        }
+        answer::get_channels(&body)
     }
 
     async fn get_gcc(&self, cc: &str) -> Result<Option<String>, DirectoryError> {
-        let answer = self.call("get_gcc", &[("cc", cc)]).await?;
-        match field(&answer, "get_gcc", "gcc")? {
-            Value::Null => Ok(None),
-            Value::String(s) if s.is_empty() => Ok(None),
-            Value::String(s) => Ok(Some(s.clone())),
-            _ => Err(DirectoryError::BadAnswer(
-                "get_gcc: \"gcc\" is not a string".into(),
-            )),
-        }
+        let body = self.call(Action::GetGcc, &[("cc", cc)]).await?;
+        answer::get_gcc(&body)
     }
 
     async fn get_all_channels(&self) -> Result<Vec<ChannelRef>, DirectoryError> {
-        let answer = self.call("get_all_channels", &[]).await?;
-        channel_list(&answer, "get_all_channels")
+        let body = self.call(Action::GetAllChannels, &[]).await?;
+        answer::channel_list(Action::GetAllChannels, &body)
     }
 
     async fn get_all_vis_channels(&self) -> Result<Vec<ChannelRef>, DirectoryError> {
-        let answer = self.call("get_all_vis_channels", &[]).await?;
-        channel_list(&answer, "get_all_vis_channels")
+        let body = self.call(Action::GetAllVisChannels, &[]).await?;
+        answer::channel_list(Action::GetAllVisChannels, &body)
     }
 
     async fn get_channel_default(
         &self,
         id: &str,
     ) -> Result<Option<ChannelDefault>, DirectoryError> {
-        let answer = self.call("get_channel_default", &[("id", id)]).await?;
-        match field(&answer, "get_channel_default", "info")? {
-            Value::Null => Ok(None),
-            Value::Object(info) => Ok(Some(ChannelDefault {
-                filename: info_str(info, "filename"),
-                radiotext: info_str(info, "radiotext"),
-                radiolink: info_str(info, "radiolink"),
-                public_url: info_str(info, "public_url"),
-            })),
-            _ => Err(DirectoryError::BadAnswer(
-                "get_channel_default: \"info\" is not an object".into(),
-            )),
-        }
+        let body = self.call(Action::GetChannelDefault, &[("id", id)]).await?;
+        answer::get_channel_default(&body)
     }
 }
 
@@ -466,7 +381,7 @@ impl LogStore for PlugitDirectory {
         let headers = headers_json(&entry.headers);
         let timestamp = entry.timestamp.to_string();
         self.call(
-            "add_log",
+            Action::AddLog,
             &[
                 ("topic", &entry.topic),
                 ("message", &entry.message),
@@ -475,14 +390,16 @@ impl LogStore for PlugitDirectory {
             ],
         )
         .await
+        .and_then(|body| answer::json(Action::AddLog, &body))
         .map(drop)
         .map_err(log_error)
     }
 
     async fn cleanup_logs(&self, max_age: Duration) -> Result<(), LogError> {
         let max_age = max_age.as_secs().to_string();
-        self.call("cleanup_logs", &[("max_age", &max_age)])
+        self.call(Action::CleanupLogs, &[("max_age", &max_age)])
             .await
+            .and_then(|body| answer::json(Action::CleanupLogs, &body))
             .map(drop)
             .map_err(log_error)
     }
@@ -520,17 +437,6 @@ mod tests {
         assert_eq!("get".parse::<PlugitMethod>(), Ok(PlugitMethod::Get));
         assert_eq!(" POST ".parse::<PlugitMethod>(), Ok(PlugitMethod::Post));
         assert!("PUT".parse::<PlugitMethod>().is_err());
-    }
-
-    #[test]
-    fn channel_lists_take_string_and_number_ids() {
-        let v: Value = serde_json::from_str(r#"{"list": [["/topic/a/", 7], ["/topic/b/", "x"]]}"#)
-            .expect("json");
-        let l = channel_list(&v, "t").expect("ok");
-        assert_eq!(l[0].id, "7");
-        assert_eq!(l[1].id, "x");
-        let v: Value = serde_json::from_str(r#"{"list": [["/topic/a/"]]}"#).expect("json");
-        assert!(channel_list(&v, "t").is_err());
     }
 
     #[test]
