@@ -15,7 +15,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use radiovis::backend::memory::MemoryCache;
-use radiovis::backend::rabbitmq::{QueueKind, RabbitBus, RabbitConfig};
+use radiovis::backend::rabbitmq::{QueueKind, RabbitBus};
 use radiovis::backend::{BusError, BusMessage, Cache, MessageBus};
 use radiovis::server::StompHub;
 use testkit::harness::{static_directory, test_config, Conn, Dir, LOGIN, PASSCODE};
@@ -27,26 +27,7 @@ use tokio_util::sync::CancellationToken;
 static SERIAL: Mutex<()> = Mutex::const_new(());
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn broker_up(test: &str) -> bool {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "radiovis=debug".into()),
-        )
-        .with_test_writer()
-        .try_init();
-    testkit::services::broker_up(test).await
-}
-
-fn unique(what: &str) -> String {
-    format!("radiovis-test-{what}-{}", uuid::Uuid::new_v4())
-}
-
-fn config(exchange: &str) -> RabbitConfig {
-    RabbitConfig::from_url(URL)
-        .expect("test url")
-        .with_exchange(exchange)
-}
+use testkit::broker::{broker_up_logged as broker_up, config, unique};
 
 fn message(topic: &str, body: &str) -> BusMessage {
     BusMessage {

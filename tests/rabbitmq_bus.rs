@@ -26,28 +26,7 @@ const WAIT: Duration = Duration::from_secs(10);
 /// processes connected to the same broker at that moment are disconnected too.
 static EXCLUSIVE: RwLock<()> = RwLock::const_new(());
 
-/// Whether the broker is reachable (see `testkit::services::broker_up`), with the
-/// library's debug log in the test output.
-async fn broker_up(test: &str) -> bool {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "radiovis=debug".into()),
-        )
-        .with_test_writer()
-        .try_init();
-    testkit::services::broker_up(test).await
-}
-
-fn unique(what: &str) -> String {
-    format!("radiovis-test-{what}-{}", uuid::Uuid::new_v4())
-}
-
-fn config(exchange: &str) -> RabbitConfig {
-    RabbitConfig::from_url(URL)
-        .expect("test url")
-        .with_exchange(exchange)
-}
+use testkit::broker::{broker_up_logged as broker_up, config, unique};
 
 async fn raw_channel() -> (Connection, Channel) {
     let conn = Connection::connect(URL, ConnectionProperties::default())

@@ -3,11 +3,13 @@
 //! | module | job |
 //! |---|---|
 //! | [`services`] | real RabbitMQ / memcached: reachable, skip with a printed reason, or fail under `RADIOVIS_REQUIRE_SERVICES=1`; broker clean-up |
+//! | [`broker`] | the RabbitMQ bus tests' broker check (with logs), unique names, bus configuration |
 //! | [`harness`] | a hub on `127.0.0.1:0` inside the test and a raw STOMP client that parses the wire itself |
 //! | [`plugit_server`] | a PlugIt HTTP API test server with injectable faults (errors, hangs, refusals) |
 //! | [`processes`] | the workspace's binaries as real processes with their logs captured, a private memcached, a guard that restarts a stopped RabbitMQ |
 //! | [`traffic`] | radios and a numbered broadcaster that record what was confirmed and received; recovery time after a fault |
 
+pub mod broker;
 pub mod harness;
 pub mod plugit_server;
 pub mod processes;
