@@ -7,9 +7,12 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use radiovis::stomp::{CodecError, Decoder, Frame, Limits, Version};
+use radiovis::stomp::{Limits, Version};
+
+#[path = "../common/decoder.rs"]
+mod decoder;
+use decoder::decode;
 
 #[derive(Debug, Arbitrary)]
 struct Input {
@@ -17,53 +20,6 @@ struct Input {
     small_limits: bool,
     cuts: Vec<u16>,
     data: Vec<u8>,
-}
-
-struct Outcome {
-    frames: Vec<Frame>,
-    error: Option<CodecError>,
-}
-
-fn decode(data: &[u8], cuts: &[usize], version: Version, limits: Limits) -> Outcome {
-    let mut dec = Decoder::new(limits);
-    dec.set_version(version);
-    let mut buf = BytesMut::new();
-    let mut frames = Vec::new();
-    let mut start = 0;
-    let mut calls = 0u64;
-    for &end in cuts.iter().chain(std::iter::once(&data.len())) {
-        buf.extend_from_slice(&data[start..end]);
-        start = end;
-        loop {
-            calls += 1;
-            match dec.decode(&mut buf) {
-                Ok(Some(f)) => {
-                    assert!(f.headers.len() <= limits.max_headers);
-                    assert!(f.body.len() < limits.max_frame_size);
-                    frames.push(f);
-                }
-                Ok(None) => {
-                    assert!(
-                        buf.len() <= limits.max_frame_size,
-                        "buffered past the limit"
-                    );
-                    break;
-                }
-                Err(error) => {
-                    return Outcome {
-                        frames,
-                        error: Some(error),
-                    }
-                }
-            }
-        }
-    }
-    // Each byte is examined a bounded number of times, plus one per call.
-    assert!(dec.bytes_examined() <= 5 * start as u64 + calls);
-    Outcome {
-        frames,
-        error: None,
-    }
 }
 
 fuzz_target!(|input: Input| {

@@ -7,8 +7,11 @@
 //! buffered; the work done stays linear in the bytes received. Deterministic: a
 //! failure reproduces with the same seed.
 
-use bytes::BytesMut;
-use radiovis::stomp::{CodecError, Command, Decoder, Frame, Limits, Version};
+use radiovis::stomp::{Command, Frame, Limits, Version};
+
+#[path = "../../fuzz/common/decoder.rs"]
+mod decoder;
+use decoder::decode;
 
 const INPUTS: usize = 200_000;
 
@@ -83,57 +86,6 @@ fn mutate(rng: &mut Rng, wire: &mut Vec<u8>) {
             4 => wire.truncate(at),
             _ => wire[at] = rng.next() as u8,
         }
-    }
-}
-
-struct Outcome {
-    frames: Vec<Frame>,
-    error: Option<CodecError>,
-}
-
-fn decode(data: &[u8], cuts: &[usize], version: Version, limits: Limits) -> Outcome {
-    let mut dec = Decoder::new(limits);
-    dec.set_version(version);
-    let mut buf = BytesMut::new();
-    let mut frames = Vec::new();
-    let mut start = 0;
-    let mut calls = 0u64;
-    for &end in cuts.iter().chain(std::iter::once(&data.len())) {
-        buf.extend_from_slice(&data[start..end]);
-        start = end;
-        loop {
-            calls += 1;
-            match dec.decode(&mut buf) {
-                Ok(Some(f)) => {
-                    assert!(f.headers.len() <= limits.max_headers);
-                    assert!(f.body.len() < limits.max_frame_size);
-                    frames.push(f);
-                }
-                Ok(None) => {
-                    assert!(
-                        buf.len() <= limits.max_frame_size,
-                        "buffered past the limit"
-                    );
-                    break;
-                }
-                Err(error) => {
-                    return Outcome {
-                        frames,
-                        error: Some(error),
-                    }
-                }
-            }
-        }
-    }
-    // Each byte is examined a bounded number of times, plus one per call.
-    assert!(
-        dec.bytes_examined() <= 5 * start as u64 + calls,
-        "{} examined for {start} bytes in {calls} calls",
-        dec.bytes_examined()
-    );
-    Outcome {
-        frames,
-        error: None,
     }
 }
 
