@@ -69,13 +69,7 @@ async fn header_escaping_follows_each_session_version() {
     let mut r12 = hub.radio12().await;
     r12.subscribe(TEXT, Some("b"), &[("x-ebu-nofastreply", "yes")])
         .await;
-    let (mut b12, _) = hub
-        .connect(&[
-            ("accept-version", "1.2"),
-            ("login", LOGIN),
-            ("passcode", PASSCODE),
-        ])
-        .await;
+    let mut b12 = hub.broadcaster12().await;
     // 1.2 escapes: `\c` is `:`, `\\` is `\`.
     b12.send_raw(b"SEND\ndestination:/topic/fm/4e1/4001/09580/text\nlink:https\\c//r1.example/a\\\\b\nreceipt:e\n\nTEXT esc\0")
         .await;

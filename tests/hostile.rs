@@ -22,13 +22,7 @@ async fn a_header_value_stomp_1_0_cannot_carry_is_refused_at_send() {
     radio12
         .subscribe(TEXT, Some("r"), &[("x-ebu-nofastreply", "yes")])
         .await;
-    let (mut b, _) = hub
-        .connect(&[
-            ("accept-version", "1.2"),
-            ("login", LOGIN),
-            ("passcode", PASSCODE),
-        ])
-        .await;
+    let mut b = hub.broadcaster12().await;
     // On the wire: `link:https://a\ninjected:yes` with the 1.2 escape `\n`.
     b.send_raw(
         b"SEND\ndestination:/topic/fm/4e1/4001/09580/text\nlink:https://a\\ninjected:yes\nreceipt:s1\n\nTEXT hi\0",
@@ -49,13 +43,7 @@ async fn a_header_value_stomp_1_0_cannot_carry_is_refused_at_send() {
     late.expect_silence(QUIET).await;
 
     // A carriage return is as bad for 1.0 radios.
-    let (mut b, _) = hub
-        .connect(&[
-            ("accept-version", "1.2"),
-            ("login", LOGIN),
-            ("passcode", PASSCODE),
-        ])
-        .await;
+    let mut b = hub.broadcaster12().await;
     b.send_raw(
         b"SEND\ndestination:/topic/fm/4e1/4001/09580/text\ntrigger-time:NOW\\r\n\nTEXT hi\0",
     )
@@ -65,13 +53,7 @@ async fn a_header_value_stomp_1_0_cannot_carry_is_refused_at_send() {
     radio10.expect_silence(QUIET).await;
 
     // Harmless escapes (a colon, a backslash) are forwarded, unescaped for 1.0.
-    let (mut b, _) = hub
-        .connect(&[
-            ("accept-version", "1.2"),
-            ("login", LOGIN),
-            ("passcode", PASSCODE),
-        ])
-        .await;
+    let mut b = hub.broadcaster12().await;
     b.send_raw(b"SEND\ndestination:/topic/fm/4e1/4001/09580/text\nlink:https\\c//a\\\\b\nreceipt:s2\n\nTEXT ok\0")
         .await;
     assert_eq!(b.expect("RECEIPT").await.get("receipt-id"), Some("s2"));

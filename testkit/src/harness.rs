@@ -189,6 +189,18 @@ impl TestHub {
         c
     }
 
+    /// Station 1's broadcaster speaking STOMP 1.2 (header escaping), logged in.
+    pub async fn broadcaster12(&self) -> Conn {
+        let (c, _) = self
+            .connect(&[
+                ("accept-version", "1.2"),
+                ("login", LOGIN),
+                ("passcode", PASSCODE),
+            ])
+            .await;
+        c
+    }
+
     /// Sends CONNECT with these headers and expects CONNECTED.
     pub async fn connect(&self, headers: &[(&str, &str)]) -> (Conn, Frame) {
         let mut c = self.conn().await;
