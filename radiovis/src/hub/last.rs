@@ -130,32 +130,60 @@ impl LastMessages {
         self.seq.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Remembers `published` as the last message of its topic. Beyond `max` topics the
-    /// oldest tenth is forgotten at once, so that eviction stays rare.
-    pub fn record(&self, published: Arc<Published>) {
+    /// Remembers `published` as the last message of its topic. Returns whether the
+    /// store is now over `max` topics: the caller then calls [`LastMessages::evict`]
+    /// once it holds no lock the fan-out needs (eviction is a scan).
+    #[must_use = "over `max`, call `evict` once no lock of the fan-out is held"]
+    pub fn record(&self, published: Arc<Published>) -> bool {
         let mut store = self.store.write();
         store.trie.insert(published.clone());
-        let last = &mut store.by_topic;
-        last.insert(published.topic.clone(), published);
+        store.by_topic.insert(published.topic.clone(), published);
+        store.by_topic.len() > self.max
+    }
+
+    /// Beyond `max` topics, forgets the oldest tenth at once, so that eviction stays
+    /// rare. The new trie is built outside the store's lock.
+    pub fn evict(&self) {
         let max = self.max;
-        if last.len() > max {
+        let (threshold, kept): (u64, Vec<Arc<Published>>) = {
+            let store = self.store.read();
+            let last = &store.by_topic;
+            if last.len() <= max {
+                return;
+            }
             let mut seqs: Vec<u64> = last.values().map(|m| m.seq).collect();
             let cut = (last.len() - max + max / 10).min(seqs.len() - 1);
             let (_, &mut threshold, _) = seqs.select_nth_unstable(cut);
-            last.retain(|_, m| m.seq >= threshold);
-            // Rebuilt rather than pruned: as rare as the eviction, and it keeps every
-            // node's `newest` exact.
-            let mut trie = TopicNode::default();
-            for m in last.values() {
-                trie.insert(m.clone());
-            }
-            store.trie = trie;
-            tracing::warn!(
-                kept = store.by_topic.len(),
-                max,
-                "too many topics: oldest last messages forgotten"
-            );
+            let kept = last
+                .values()
+                .filter(|m| m.seq >= threshold)
+                .cloned()
+                .collect();
+            (threshold, kept)
+        };
+        // Rebuilt rather than pruned: as rare as the eviction, and it keeps every
+        // node's `newest` exact.
+        let mut trie = TopicNode::default();
+        let mut by_topic = HashMap::with_capacity(kept.len());
+        for m in kept {
+            trie.insert(m.clone());
+            by_topic.insert(m.topic.clone(), m);
         }
+        let mut store = self.store.write();
+        // What arrived meanwhile is newer than the threshold: keep it too.
+        for (topic, m) in store.by_topic.drain() {
+            if m.seq >= threshold && by_topic.get(&topic).is_none_or(|k| k.seq < m.seq) {
+                trie.insert(m.clone());
+                by_topic.insert(topic, m);
+            }
+        }
+        store.trie = trie;
+        store.by_topic = by_topic;
+        tracing::warn!(
+            kept = store.by_topic.len(),
+            max,
+            "too many topics: oldest last messages forgotten"
+        );
     }
 
     /// Queues `published` for the cache writer without waiting (skipped when busy).
@@ -232,6 +260,8 @@ impl LastMessages {
             store.trie.insert(p.clone());
             store.by_topic.insert(p.topic.clone(), p);
         }
+        drop(store);
+        self.evict();
         if restored > 0 {
             tracing::info!(restored, "last messages restored from the shared cache");
         }
@@ -253,15 +283,19 @@ impl LastMessages {
                 .and_then(|(_, v)| v.parse::<u64>().ok())
         };
         let mut store = self.store.write();
-        match store.by_topic.get(&published.topic) {
-            Some(held) if when(held) >= when(&published) => false,
-            // At most the known topics are added past `max` until the next `record`.
-            _ => {
-                store.trie.insert(published.clone());
-                store.by_topic.insert(published.topic.clone(), published);
-                true
+        if let Some(held) = store.by_topic.get(&published.topic) {
+            if when(held) >= when(&published) {
+                return false;
             }
         }
+        store.trie.insert(published.clone());
+        store.by_topic.insert(published.topic.clone(), published);
+        let over = store.by_topic.len() > self.max;
+        drop(store);
+        if over {
+            self.evict();
+        }
+        true
     }
 
     /// Topics currently remembered.
@@ -297,12 +331,14 @@ mod tests {
         let last = LastMessages::new(100);
         for i in 0..1000 {
             let seq = last.next_seq();
-            last.record(Arc::new(Published::new(
+            if last.record(Arc::new(Published::new(
                 seq,
                 format!("/topic/id/x/{i}/text"),
                 Bytes::from(format!("TEXT {i}")),
                 vec![],
-            )));
+            ))) {
+                last.evict();
+            }
         }
         let topics = last.topics();
         assert!(topics.len() <= 100, "{}", topics.len());
@@ -351,7 +387,9 @@ mod tests {
                 topic
             };
             let seq = last.next_seq();
-            last.record(Arc::new(Published::new(seq, topic, Bytes::new(), vec![])));
+            if last.record(Arc::new(Published::new(seq, topic, Bytes::new(), vec![]))) {
+                last.evict();
+            }
             if round.is_multiple_of(50) {
                 let all: Vec<Arc<Published>> =
                     last.store.read().by_topic.values().cloned().collect();

@@ -527,9 +527,12 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
         // Recorded and fanned out under one read lock of the index, which a new
         // subscription takes to look up its replay: see `subscribe`.
         let index = self.index.read();
-        self.last.record(published.clone());
+        let over = self.last.record(published.clone());
         self.fan_out(&index, &published);
         drop(index);
+        if over {
+            self.last.evict();
+        }
         self.last.share(published);
     }
 
