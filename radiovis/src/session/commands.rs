@@ -143,9 +143,6 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
         if !self.subs.contains_key(&key) && self.subs.len() >= max {
             return Err(FrameError::TooManySubscriptions(max));
         }
-        if let Some(old) = self.subs.remove(&key) {
-            self.hub.unsubscribe(&old.key, (self.conn, old.sub));
-        }
         // Bounded: the directory may not hold a SUBSCRIBE longer than its timeout;
         // past it the destination keeps its CC form (docs/protocol.md#topic-normalisation).
         let index_key = match tokio::time::timeout(
@@ -160,6 +157,11 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
                 self.hub.unconverted_index_key(&destination)
             }
         };
+        // A replaced subscription leaves the index only now, once the new key is known
+        // (the directory may take its timeout): no message falls between the two.
+        if let Some(old) = self.subs.remove(&key) {
+            self.hub.unsubscribe(&old.key, (self.conn, old.sub));
+        }
         // 1.1/1.2 MESSAGE frames must name their subscription; use the destination when
         // the client gave no id.
         let sub_header = match (self.version, &id) {
