@@ -229,13 +229,17 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
             let deadlines = self.deadlines();
             if let Some(next) = deadlines.next() {
                 match timer.as_mut() {
-                    // Reset only when it moved: a reset touches the shared timer wheel.
-                    Some(t) if t.deadline() != next => t.as_mut().reset(next),
+                    // Reset only when the deadline came closer or the timer went off: a
+                    // reset touches the shared timer wheel, and every write moves the
+                    // heart-beat deadline later. A timer that fires early finds
+                    // nothing due and is set again here.
+                    Some(t) if next < t.deadline() || t.is_elapsed() => t.as_mut().reset(next),
                     Some(_) => {}
                     None => timer = Some(Box::pin(tokio::time::sleep_until(next))),
                 }
-            } else if let Some(t) = timer.as_mut() {
-                t.as_mut().reset(Instant::now() + Duration::from_secs(3600));
+            } else {
+                // No deadline left: hold no timer.
+                timer = None;
             }
             // The select only decides; the work happens after it, so the session's
             // future never holds the waiting futures and a write at the same time.
