@@ -7,9 +7,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
-
 use crate::monitoring::SessionInfo;
 use crate::outbound::OutboundQueue;
 use crate::stomp::Version;
@@ -23,19 +20,27 @@ pub(crate) enum IndexKey {
     Pattern(String),
 }
 
+impl IndexKey {
+    /// The topic or pattern.
+    pub fn as_str(&self) -> &str {
+        match self {
+            IndexKey::Exact(s) | IndexKey::Pattern(s) => s,
+        }
+    }
+}
+
 /// One subscription as the fan-out sees it: everything needed to deliver without
 /// asking its session anything.
 pub(crate) struct SubEntry {
     /// The MESSAGE head of this subscription, encoded once when it was made.
-    pub head: Bytes,
+    pub head: Arc<[u8]>,
     /// The STOMP version of the subscriber, to pick the message's tail.
     pub version: Version,
     /// The subscriber's outbound queue.
     pub queue: Arc<OutboundQueue>,
-    /// Cancelled by the fan-out when the queue is full (slow consumer).
-    pub kill: CancellationToken,
     /// Session and destination, for monitoring events (only when monitoring is on).
-    pub monitor: Option<(Arc<SessionInfo>, Arc<str>)>,
+    /// Boxed: monitoring is off on most instances, and every entry would pay for it.
+    pub monitor: Option<Box<(Arc<SessionInfo>, Arc<str>)>>,
 }
 
 /// Subscription id unique in the hub: (connection, subscription within it).

@@ -133,7 +133,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
         let wildcard = topic::is_wildcard(&destination);
         let held = match wildcard {
             true => (self.subs.iter())
-                .filter(|(k, r)| **k != key && topic::is_wildcard(&r.destination))
+                .filter(|r| r.key() != key && topic::is_wildcard(r.destination()))
                 .count(),
             false => 0,
         };
@@ -179,11 +179,10 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
                 head: head.clone(),
                 version: self.version,
                 queue: self.queue.clone(),
-                kill: self.kill.clone(),
                 monitor: self
                     .info
                     .as_ref()
-                    .map(|i| (i.clone(), Arc::from(destination.as_str()))),
+                    .map(|i| Box::new((i.clone(), Arc::from(destination.as_str())))),
             },
             replay,
         );
@@ -194,14 +193,8 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
             ));
         }
         tracing::debug!(%destination, id = ?id, key = ?index_key, "subscribed");
-        self.subs.insert(
-            key,
-            SubRecord {
-                sub,
-                key: index_key,
-                destination,
-            },
-        );
+        self.subs
+            .insert(SubRecord::new(sub, index_key, id.as_deref(), &destination));
         if let Some(last) = last {
             let item = Outbound {
                 head,
@@ -231,14 +224,14 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
             (None, Some(d)) => self
                 .subs
                 .iter()
-                .find(|(_, r)| r.destination == d)
-                .map(|(k, _)| k.clone())
+                .find(|r| r.destination() == d)
+                .map(|r| r.key().to_owned())
                 .ok_or_else(|| FrameError::NotSubscribed(d.to_owned()))?,
             (None, None) => return Err(FrameError::NoIdOrDestination),
         };
         if let Some(record) = self.subs.remove(&key) {
             self.hub.unsubscribe(&record.key, (self.conn, record.sub));
-            tracing::debug!(destination = %record.destination, "unsubscribed");
+            tracing::debug!(destination = record.destination(), "unsubscribed");
             self.emit_unsubscription(&record);
         }
         Ok(Flow::Continue)
@@ -302,7 +295,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
     /// Removes every subscription of the closing session (and says so to monitoring,
     /// as the original did).
     pub(super) fn unsubscribe_all(&mut self) {
-        let records: Vec<SubRecord> = self.subs.drain().map(|(_, r)| r).collect();
+        let records: Vec<SubRecord> = self.subs.drain().collect();
         for record in records {
             self.hub.unsubscribe(&record.key, (self.conn, record.sub));
             self.emit_unsubscription(&record);
@@ -313,7 +306,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
         if let Some(info) = &self.info {
             self.hub.monitor().emit(Event::Unsubscription(
                 info.clone(),
-                record.destination.as_str().into(),
+                record.destination().into(),
             ));
         }
     }

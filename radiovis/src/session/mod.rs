@@ -5,8 +5,8 @@
 //! the socket is readable (no read buffer is held by an idle connection), writes its
 //! own replies (CONNECTED, RECEIPT, ERROR, replayed last message) directly, and drains
 //! its bounded outbound queue, coalescing queued MESSAGE frames into one write. The hub
-//! cancels `kill` when the queue overflows: the session then closes at once, even in
-//! the middle of a blocked write.
+//! kills the session through its queue when the queue overflows or the server stops
+//! ([`Kill`]): the session then closes at once, even in the middle of a blocked write.
 //!
 //! Version rules (docs/protocol.md#receipts-and-errors): in a 1.0 session a `receipt` is answered before the
 //! frame takes effect and an ERROR leaves the connection open; in 1.1/1.2 the RECEIPT
@@ -25,6 +25,7 @@ mod commands;
 mod connect;
 mod subscriptions;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -36,13 +37,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backend::{Cache, DirectoryApi, MessageBus};
 use crate::hub::Hub;
 use crate::monitoring::{Event, SessionInfo};
-use crate::outbound::{Outbound, OutboundQueue};
+use crate::outbound::{Kill, Outbound, OutboundQueue};
 use crate::stomp::{CodecError, Decoder, Frame, Version};
 
 use commands::Flow;
@@ -93,7 +93,14 @@ pub enum SessionError {
 }
 
 /// Runs a session to its end and cleans up after it.
-pub(crate) async fn run<B, D, C>(hub: Arc<Hub<B, D, C>>, mut stream: TcpStream, peer: SocketAddr)
+///
+/// Not an `async fn`: its arguments would be held twice in the future (as arguments and
+/// as the body's locals), and every connection holds this future.
+pub(crate) fn run<B, D, C>(
+    hub: Arc<Hub<B, D, C>>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) -> impl Future<Output = ()>
 where
     B: MessageBus,
     D: DirectoryApi,
@@ -101,8 +108,10 @@ where
 {
     let conn = hub.next_id();
     let span = tracing::info_span!("session", %peer, conn);
-    hub.stats().connections.fetch_add(1, Ordering::Relaxed);
-    async {
+    async move {
+        hub.stats().connections.fetch_add(1, Ordering::Relaxed);
+        let queue = Arc::new(OutboundQueue::new(hub.config().outbound_queue));
+        let registered = hub.register_session(&queue);
         let (reader, writer) = stream.split();
         let mut session = Session {
             decoder: Decoder::new(hub.config().limits),
@@ -116,8 +125,7 @@ where
             conn,
             station: None,
             subs: Subscriptions::default(),
-            queue: Arc::new(OutboundQueue::new(hub.config().outbound_queue)),
-            kill: hub.session_token(),
+            queue,
             hb_send: None,
             hb_recv: None,
             last_read: Instant::now(),
@@ -138,10 +146,11 @@ where
             }
             _ => tracing::warn!(reason = %reason, "session closed"),
         }
+        drop(session);
+        hub.unregister_session(registered);
+        hub.stats().connections.fetch_sub(1, Ordering::Relaxed);
     }
     .instrument(span)
-    .await;
-    hub.stats().connections.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// One connection: its socket halves, buffers, negotiated settings and subscriptions.
@@ -159,9 +168,9 @@ struct Session<'a, B, D, C> {
     station: Option<String>,
     /// Subscriptions by id (or by destination when the client gave no id).
     subs: Subscriptions,
-    /// MESSAGE frames the fan-out queued for this connection.
+    /// MESSAGE frames the fan-out queued for this connection; also how the hub kills
+    /// the session.
     queue: Arc<OutboundQueue>,
-    kill: CancellationToken,
     /// Heart-beat intervals negotiated with a 1.1/1.2 client.
     hb_send: Option<Duration>,
     hb_recv: Option<Duration>,
@@ -197,18 +206,17 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
     }
 
     async fn main_loop(&mut self) -> Result<(), SessionError> {
-        // `kill` is a child of the hub's shutdown token: one wait covers both.
-        // `kill` is waited on by one future for the whole loop, not one per turn.
-        let kill = self.kill.clone();
-        let killed = kill.cancelled();
-        tokio::pin!(killed);
         // One boxed timer for every deadline (heart-beat send and receive, idle,
         // frame), made when a deadline first applies; a session with none (idle
         // timeout off, no heart-beats) holds no timer.
         let mut timer: Option<Pin<Box<Sleep>>> = None;
         loop {
             let mut decoded = false;
-            while let Some(frame) = self.decoder.decode(&mut self.rbuf)? {
+            // (An empty buffer holds no frame: most wake-ups are queued messages.)
+            while !self.rbuf.is_empty() {
+                let Some(frame) = self.decoder.decode(&mut self.rbuf)? else {
+                    break;
+                };
                 decoded = true;
                 // Boxed: frames are rare for a radio, and the idle wait below is what
                 // every connection holds in memory.
@@ -226,8 +234,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
             } else if decoded || self.frame_started.is_none() {
                 self.frame_started = Some(Instant::now());
             }
-            let deadlines = self.deadlines();
-            if let Some(next) = deadlines.next() {
+            if let Some(next) = self.deadlines().next() {
                 match timer.as_mut() {
                     // Reset only when the deadline came closer or the timer went off: a
                     // reset touches the shared timer wheel, and every write moves the
@@ -245,25 +252,32 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
             // future never holds the waiting futures and a write at the same time.
             let event = tokio::select! {
                 biased;
-                _ = &mut killed => Wake::Killed,
-                _ = self.queue.ready() => Wake::Queued,
-                r = self.reader.readable() => Wake::Readable(r),
+                kill = self.queue.ready() => match kill {
+                    Some(kill) => Wake::Killed(kill),
+                    None => Wake::Queued,
+                },
+                // Readiness polled in place: `readable()` would hold a future of ~150
+                // bytes in every idle session (docs: BENCHMARKS.md, memory).
+                r = std::future::poll_fn(|cx| self.reader.as_ref().poll_read_ready(cx)) => {
+                    Wake::Readable(r)
+                }
                 _ = wait_timer(&mut timer) => Wake::Timer,
             };
             match event {
-                Wake::Killed => {
-                    if self.hub.is_stopping() {
-                        self.flush_queue_on_shutdown().await;
-                        return Err(SessionError::Shutdown);
-                    }
-                    return Err(SessionError::SlowConsumer);
+                Wake::Killed(Kill::Shutdown) => {
+                    self.flush_queue_on_shutdown().await;
+                    return Err(SessionError::Shutdown);
                 }
+                Wake::Killed(Kill::SlowConsumer) => return Err(SessionError::SlowConsumer),
                 Wake::Queued => self.write_queued().await?,
                 Wake::Readable(r) => {
                     r?;
                     self.read_some()?;
                 }
                 Wake::Timer => {
+                    // Recomputed rather than held across the wait (a smaller future):
+                    // nothing moves the deadlines while the session waits.
+                    let deadlines = self.deadlines();
                     let now = Instant::now();
                     let config = self.hub.config();
                     if deadlines.frame.is_some_and(|d| now >= d) {
@@ -303,7 +317,10 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
     /// Reads what the socket has (it reported readable). EOF ends the session.
     fn read_some(&mut self) -> Result<(), SessionError> {
         if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-            self.rbuf.reserve(4096);
+            // A frame's start (a CONNECT, a SUBSCRIBE) fits in 1 KiB; a long frame
+            // grows the buffer 4 KiB at a time.
+            self.rbuf
+                .reserve(if self.rbuf.is_empty() { 1024 } else { 4096 });
         }
         match self.reader.try_read_buf(&mut self.rbuf) {
             Ok(0) => Err(SessionError::PeerClosed),
@@ -407,10 +424,8 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
                 Err(e) => break Err(e.into()),
             }
         };
-        self.wbuf.clear();
-        if self.wbuf.capacity() > 2 * WRITE_BATCH {
-            self.wbuf = BytesMut::new();
-        }
+        // An idle connection holds no write buffer (a burst left it kilobytes large).
+        self.wbuf = BytesMut::new();
         self.last_write = Instant::now();
         result
     }
@@ -423,10 +438,9 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
         while written < self.wbuf.len() {
             let step = tokio::select! {
                 r = tokio::time::timeout(limit, self.writer.write(&self.wbuf[written..])) => r,
-                _ = self.kill.cancelled() => return Err(if self.hub.is_stopping() {
-                    SessionError::Shutdown
-                } else {
-                    SessionError::SlowConsumer
+                kill = self.queue.killed() => return Err(match kill {
+                    Kill::Shutdown => SessionError::Shutdown,
+                    Kill::SlowConsumer => SessionError::SlowConsumer,
                 }),
             };
             match step {
@@ -502,7 +516,7 @@ impl Deadlines {
 
 /// What woke the idle session up.
 enum Wake {
-    Killed,
+    Killed(Kill),
     Queued,
     Readable(std::io::Result<()>),
     Timer,
