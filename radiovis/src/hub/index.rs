@@ -14,8 +14,10 @@ use crate::stomp::Version;
 /// Where a subscription sits in the index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum IndexKey {
-    /// Receives messages whose normalised topic is exactly this.
-    Exact(String),
+    /// Receives messages whose normalised topic is exactly this. Once subscribed, the
+    /// same allocation as the index's key of the topic (one per topic, not one per
+    /// subscriber).
+    Exact(Arc<str>),
     /// Receives messages whose normalised topic matches this `*` pattern.
     Pattern(String),
 }
@@ -24,7 +26,8 @@ impl IndexKey {
     /// The topic or pattern.
     pub fn as_str(&self) -> &str {
         match self {
-            IndexKey::Exact(s) | IndexKey::Pattern(s) => s,
+            IndexKey::Exact(s) => s,
+            IndexKey::Pattern(s) => s,
         }
     }
 }
@@ -46,44 +49,84 @@ pub(crate) struct SubEntry {
 /// Subscription id unique in the hub: (connection, subscription within it).
 pub(crate) type SubKey = (u64, u64);
 
-type Subscribers = HashMap<SubKey, SubEntry>;
+/// Most distinct MESSAGE heads a topic shares among its subscribers.
+const SHARED_HEADS: usize = 8;
+
+/// The subscribers of one topic or pattern, and the MESSAGE heads they share: most
+/// subscribers of a topic have the same head (same destination, no or the same id,
+/// same STOMP version), held once instead of once per subscriber.
+#[derive(Default)]
+struct Subscribers {
+    subs: HashMap<SubKey, SubEntry>,
+    heads: Vec<Arc<[u8]>>,
+}
+
+impl Subscribers {
+    fn insert(&mut self, sub: SubKey, mut entry: SubEntry) -> bool {
+        // Heads no subscriber holds any more go (at most SHARED_HEADS to look at).
+        self.heads.retain(|h| Arc::strong_count(h) > 1);
+        match self.heads.iter().find(|h| **h == entry.head) {
+            Some(shared) => entry.head = shared.clone(),
+            None if self.heads.len() < SHARED_HEADS => self.heads.push(entry.head.clone()),
+            None => {}
+        }
+        self.subs.insert(sub, entry).is_none()
+    }
+
+    fn remove(&mut self, sub: &SubKey) -> bool {
+        self.subs.remove(sub).is_some()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.subs.is_empty()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &SubEntry> {
+        self.subs.values()
+    }
+}
 
 /// Subscriptions by exact topic and by pattern.
 #[derive(Default)]
 pub(super) struct SubIndex {
-    exact: HashMap<String, Subscribers>,
+    exact: HashMap<Arc<str>, Subscribers>,
     patterns: PatternTrie<Subscribers>,
 }
 
 impl SubIndex {
-    /// Adds (or replaces) a subscription; true when it is a new one.
-    pub fn insert(&mut self, key: &IndexKey, sub: SubKey, entry: SubEntry) -> bool {
+    /// Adds (or replaces) a subscription; true when it is a new one. An exact `key`
+    /// is replaced by the index's own key of the topic (shared, see [`IndexKey`]).
+    pub fn insert(&mut self, key: &mut IndexKey, sub: SubKey, entry: SubEntry) -> bool {
         match key {
-            IndexKey::Exact(k) => self.exact.entry(k.clone()).or_default(),
+            IndexKey::Exact(k) => {
+                if let Some((shared, _)) = self.exact.get_key_value(&**k) {
+                    *k = shared.clone();
+                }
+                self.exact.entry(k.clone()).or_default()
+            }
             IndexKey::Pattern(p) => self.patterns.entry(p),
         }
         .insert(sub, entry)
-        .is_none()
     }
 
     /// Removes a subscription; true when it was there.
     pub fn remove(&mut self, key: &IndexKey, sub: SubKey) -> bool {
         match key {
             IndexKey::Exact(k) => {
-                let Some(subs) = self.exact.get_mut(k) else {
+                let Some(subs) = self.exact.get_mut(&**k) else {
                     return false;
                 };
-                let removed = subs.remove(&sub).is_some();
+                let removed = subs.remove(&sub);
                 if subs.is_empty() {
                     // Topics come and go; an empty entry would be kept forever.
-                    self.exact.remove(k);
+                    self.exact.remove(&**k);
                 }
                 removed
             }
             IndexKey::Pattern(p) => {
                 let mut removed = false;
                 self.patterns.remove_if(p, |subs| {
-                    removed = subs.remove(&sub).is_some();
+                    removed = subs.remove(&sub);
                     subs.is_empty()
                 });
                 removed

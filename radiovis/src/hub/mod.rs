@@ -422,7 +422,8 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
         self.bus.publish(message).await
     }
 
-    /// Adds a subscription to the fan-out.
+    /// Adds a subscription to the fan-out; an exact `key` becomes the index's own
+    /// (shared) key of its topic.
     ///
     /// With `replay`, returns the message to replay to it: the last of its topic, or for
     /// a pattern the newest of the matching topics. It is looked up under the index
@@ -431,7 +432,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
     /// (docs/protocol.md#replay).
     pub fn subscribe(
         &self,
-        key: &IndexKey,
+        key: &mut IndexKey,
         sub: SubKey,
         entry: SubEntry,
         replay: bool,

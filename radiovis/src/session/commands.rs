@@ -145,7 +145,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
         }
         // Bounded: the directory may not hold a SUBSCRIBE longer than its timeout;
         // past it the destination keeps its CC form (docs/protocol.md#topic-normalisation).
-        let index_key = match tokio::time::timeout(
+        let mut index_key = match tokio::time::timeout(
             self.hub.config().directory_timeout,
             self.hub.index_key_for(&destination),
         )
@@ -173,7 +173,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
         let sub = self.hub.next_id();
         let replay = frame.get("x-ebu-nofastreply") != Some("yes");
         let last = self.hub.subscribe(
-            &index_key,
+            &mut index_key,
             (self.conn, sub),
             SubEntry {
                 head: head.clone(),

@@ -375,11 +375,43 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
     }
 
     /// Writes queued MESSAGE frames, coalesced into one write (up to `WRITE_BATCH`).
+    ///
+    /// The frames are copied into the runtime thread's write buffer and written from
+    /// there; only what the socket does not take at once is kept in the session's own
+    /// buffer. So no connection holds a write buffer between writes, and a write
+    /// allocates nothing.
     async fn write_queued(&mut self) -> Result<(), SessionError> {
-        if self.queue.drain_into(&mut self.wbuf, WRITE_BATCH) == 0 {
-            return Ok(());
+        let queue = &self.queue;
+        let writer = &self.writer;
+        let written = with_write_buf(|buf| {
+            if queue.drain_into(buf, WRITE_BATCH) == 0 {
+                return Ok(None);
+            }
+            let mut written = 0;
+            while written < buf.len() {
+                match writer.try_write(&buf[written..]) {
+                    Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero)),
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(Some(
+                (written < buf.len()).then(|| BytesMut::from(&buf[written..])),
+            ))
+        })?;
+        match written {
+            None => Ok(()),
+            Some(None) => {
+                self.wrote();
+                Ok(())
+            }
+            // The socket is full: the rest waits in the session's buffer.
+            Some(Some(rest)) => {
+                self.wbuf = rest;
+                self.flush_wbuf().await
+            }
         }
-        self.flush_wbuf().await
     }
 
     /// Writes one MESSAGE (a replay) directly.
@@ -426,8 +458,16 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
         };
         // An idle connection holds no write buffer (a burst left it kilobytes large).
         self.wbuf = BytesMut::new();
-        self.last_write = Instant::now();
+        self.wrote();
         result
+    }
+
+    /// Notes a write, for the heart-beat we owe (only then: reading the clock on every
+    /// write costs more than the rest of an idle wake-up's bookkeeping).
+    fn wrote(&mut self) {
+        if self.hb_send.is_some() {
+            self.last_write = Instant::now();
+        }
     }
 
     /// Writes the rest of the write buffer (from `written`) to a full socket, giving up
@@ -468,6 +508,29 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.shutdown()).await;
     }
+}
+
+thread_local! {
+    /// The write buffer of the sessions a runtime thread runs (see
+    /// `Session::write_queued`).
+    static WRITE_BUF: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
+/// Runs `f` on this thread's write buffer, emptied first (on a fresh buffer if it is in
+/// use, which `write_queued` never leaves it).
+fn with_write_buf<R>(f: impl FnOnce(&mut BytesMut) -> R) -> R {
+    WRITE_BUF.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            let r = f(&mut buf);
+            if buf.capacity() > 2 * WRITE_BATCH {
+                // A frame larger than a batch made it grow: give that back.
+                *buf = BytesMut::new();
+            }
+            r
+        }
+        Err(_) => f(&mut BytesMut::new()),
+    })
 }
 
 /// Closes our side, then discards what the client still sends (at most 1 s, 16 MiB),
