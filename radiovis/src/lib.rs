@@ -48,4 +48,4 @@ pub mod watchdog;
 
 pub use backend::{BusMessage, Cache, DirectoryApi, LogStore, MessageBus};
 pub use hub::HubConfig;
-pub use server::StompHub;
+pub use server::{Admitted, Refused, StompHub};
