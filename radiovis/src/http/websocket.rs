@@ -168,8 +168,12 @@ async fn ebu_session<B: MessageBus, D: DirectoryApi, C: Cache>(
 ) -> String {
     let write_timeout = hub.config().write_timeout;
     let kill = hub.session_token();
-    let mut watch = Watch::new(hub, peer, kill);
-    if send(&mut ws, "RADIOVISWEBSOCKET:HELLO\0".into(), write_timeout)
+    let mut watch = Watch::new(hub, peer, kill.clone());
+    let w = Writer {
+        limit: write_timeout,
+        kill,
+    };
+    if w.send(&mut ws, "RADIOVISWEBSOCKET:HELLO\0".into())
         .await
         .is_err()
     {
@@ -187,12 +191,9 @@ async fn ebu_session<B: MessageBus, D: DirectoryApi, C: Cache>(
             Err(e) => {
                 // The player splits on ':' and shows the third part.
                 let reason = e.to_string().replace(':', " ");
-                let _ = send(
-                    &mut ws,
-                    format!("RADIOVISWEBSOCKET:ERROR:{reason}\0"),
-                    write_timeout,
-                )
-                .await;
+                let _ = w
+                    .send(&mut ws, format!("RADIOVISWEBSOCKET:ERROR:{reason}\0"))
+                    .await;
                 let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
                 return e.to_string();
             }
@@ -200,7 +201,7 @@ async fn ebu_session<B: MessageBus, D: DirectoryApi, C: Cache>(
     }
     replays.sort_by_key(|(seq, _)| *seq);
     for (_, bytes) in replays {
-        if send_frames(&mut ws, bytes, write_timeout).await.is_err() {
+        if w.send_frames(&mut ws, bytes).await.is_err() {
             return "client gone".into();
         }
     }
@@ -210,7 +211,7 @@ async fn ebu_session<B: MessageBus, D: DirectoryApi, C: Cache>(
                 Ok(()) => {
                     // A write blocked past the write timeout is a slow consumer; so is
                     // an overflow of the queue meanwhile (the next `next`).
-                    if let Err(e) = send_frames(&mut ws, watch.take(), write_timeout).await {
+                    if let Err(e) = w.send_frames(&mut ws, watch.take()).await {
                         return e;
                     }
                 }
@@ -230,29 +231,38 @@ async fn ebu_session<B: MessageBus, D: DirectoryApi, C: Cache>(
     }
 }
 
-/// Sends queued MESSAGE frames, one text message each, without their NUL.
-async fn send_frames(
-    ws: &mut WebSocketStream<Upgraded>,
-    bytes: bytes::BytesMut,
+/// Writes to an EBU player's WebSocket, giving up when a write makes no progress for
+/// `limit` or the fan-out declares the client a slow consumer.
+struct Writer {
     limit: Duration,
-) -> Result<(), String> {
-    for frame in frames(bytes) {
-        let encoded = frame.to_bytes(Version::V1_0);
-        let without_nul = encoded.strip_suffix(b"\0").unwrap_or(&encoded);
-        let text = String::from_utf8_lossy(without_nul).into_owned();
-        send(ws, text, limit).await?;
-    }
-    Ok(())
+    kill: tokio_util::sync::CancellationToken,
 }
 
-async fn send(
-    ws: &mut WebSocketStream<Upgraded>,
-    text: String,
-    limit: Duration,
-) -> Result<(), String> {
-    match tokio::time::timeout(limit, ws.send(Message::text(text))).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("WebSocket error: {e}")),
-        Err(_) => Err(format!("slow consumer: no write progress within {limit:?}")),
+impl Writer {
+    /// Sends queued MESSAGE frames, one text message each, without their NUL.
+    async fn send_frames(
+        &self,
+        ws: &mut WebSocketStream<Upgraded>,
+        bytes: bytes::BytesMut,
+    ) -> Result<(), String> {
+        for frame in frames(bytes) {
+            let encoded = frame.to_bytes(Version::V1_0);
+            let without_nul = encoded.strip_suffix(b"\0").unwrap_or(&encoded);
+            let text = String::from_utf8_lossy(without_nul).into_owned();
+            self.send(ws, text).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&self, ws: &mut WebSocketStream<Upgraded>, text: String) -> Result<(), String> {
+        let limit = self.limit;
+        tokio::select! {
+            r = tokio::time::timeout(limit, ws.send(Message::text(text))) => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("WebSocket error: {e}")),
+                Err(_) => Err(format!("slow consumer: no write progress within {limit:?}")),
+            },
+            _ = self.kill.cancelled() => Err("slow consumer or shutdown while writing".into()),
+        }
     }
 }
