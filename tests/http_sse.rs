@@ -39,17 +39,25 @@ async fn replays_then_live_events_with_resumable_ids() {
     assert_eq!(e.data["link"], "https://example.org/");
     assert_eq!(e.id, "t-1|i-1");
 
-    b.publish(TEXT, b"TEXT live", &[("message-id", "t-2")]).await;
+    b.publish(TEXT, b"TEXT live", &[("message-id", "t-2")])
+        .await;
     let e = sse.event(WAIT).await;
-    assert_eq!((e.event.as_str(), e.data["body"].as_str()), ("text", Some("live")));
+    assert_eq!(
+        (e.event.as_str(), e.data["body"].as_str()),
+        ("text", Some("live"))
+    );
     assert_eq!(e.id, "t-2|i-1");
 
     // Resuming with the last id: nothing replayed the client has seen.
     drop(sse);
     let mut resumed = SseClient::open(&http, PATH, Some("t-2|i-1")).await;
     resumed.expect_no_event(Duration::from_millis(400)).await;
-    b.publish(IMAGE, b"SHOW https://example.org/b.png", &[("message-id", "i-2")])
-        .await;
+    b.publish(
+        IMAGE,
+        b"SHOW https://example.org/b.png",
+        &[("message-id", "i-2")],
+    )
+    .await;
     let e = resumed.event(WAIT).await;
     assert_eq!(e.data["src"], "https://example.org/b.png");
     assert_eq!(e.id, "t-2|i-2");

@@ -68,8 +68,12 @@ async fn ebu_mode_says_hello_replays_and_forwards_frames_the_player_understands(
     let hub = TestHub::start().await;
     let http = serve_http(&hub, HttpConfig::default()).await;
     let mut b = hub.broadcaster().await;
-    b.publish(IMAGE, b"SHOW https://example.org/a.png", &[("link", "https://example.org/")])
-        .await;
+    b.publish(
+        IMAGE,
+        b"SHOW https://example.org/a.png",
+        &[("link", "https://example.org/")],
+    )
+    .await;
 
     let (mut ws, _) = connect_async(format!("ws://{http}{SERVICE}"))
         .await
@@ -245,10 +249,14 @@ async fn stomp_over_websocket_runs_the_full_session() {
         ))
         .await;
     let (command, headers, _) = radio.frame().await;
-    assert_eq!((command.as_str(), headers["receipt-id"].as_str()), ("RECEIPT", "r1"));
+    assert_eq!(
+        (command.as_str(), headers["receipt-id"].as_str()),
+        ("RECEIPT", "r1")
+    );
 
     let mut b = hub.broadcaster().await;
-    b.publish(TEXT, b"TEXT over STOMP over WebSocket", &[]).await;
+    b.publish(TEXT, b"TEXT over STOMP over WebSocket", &[])
+        .await;
     let (command, headers, body) = radio.frame().await;
     assert_eq!(command, "MESSAGE");
     assert_eq!(headers["subscription"], "0");
@@ -270,7 +278,9 @@ async fn stomp_over_websocket_runs_the_full_session() {
     // Split across two WebSocket messages, one of them binary.
     caster
         .ws
-        .send(Message::binary(format!("SEND\ndestination:{IMAGE}\nrec").into_bytes()))
+        .send(Message::binary(
+            format!("SEND\ndestination:{IMAGE}\nrec").into_bytes(),
+        ))
         .await
         .expect("send");
     caster
@@ -297,6 +307,8 @@ async fn stomp_over_websocket_refuses_unknown_subprotocols() {
         .expect("request");
     req.headers_mut()
         .insert("Sec-WebSocket-Protocol", "mqtt".parse().expect("header"));
-    let err = connect_async(req).await.err().expect("refused");
+    let Err(err) = connect_async(req).await else {
+        panic!("accepted an unknown subprotocol");
+    };
     assert!(err.to_string().contains("400"), "{err}");
 }

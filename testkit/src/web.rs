@@ -179,9 +179,10 @@ impl SseClient {
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).await.expect("write");
         let mut reader = BufReader::new(stream);
-        let (status, headers) = tokio::time::timeout(Duration::from_secs(3), read_head(&mut reader))
-            .await
-            .expect("response head in time");
+        let (status, headers) =
+            tokio::time::timeout(Duration::from_secs(3), read_head(&mut reader))
+                .await
+                .expect("response head in time");
         SseClient {
             status,
             headers,
