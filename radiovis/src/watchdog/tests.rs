@@ -132,11 +132,13 @@ async fn quiet_channels_get_their_default_with_the_right_headers() {
     // The channel list is shared through the cache for the servers.
     let shared = f
         .cache
-        .get(CHANNELS_CACHE_KEY)
+        .get_item(CHANNELS_CACHE_KEY)
         .await
         .expect("cache")
         .expect("set");
-    let list: Vec<String> = serde_json::from_slice(&shared).expect("json");
+    // In the original's format (a pickled list, flags 1).
+    assert_eq!(shared.flags, crate::backend::pyvalue::FLAG_PICKLE);
+    let list = crate::backend::pyvalue::read_topic_list(&shared).expect("a list");
     assert!(list.contains(&"/topic/fm/4e1/4001/09580/".to_string()));
     f.stop.cancel();
 }
