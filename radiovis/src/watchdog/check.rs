@@ -329,7 +329,12 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Checker<B, D, C> {
                 headers.push(("link".to_owned(), link.clone()));
             }
             headers.extend([
-                ("message-id".to_owned(), uuid::Uuid::new_v4().to_string()),
+                // A random UUID as a decimal number, as the original's newest version
+                // writes it (`str(uuid4().int)`; docs/protocol.md#watchdog-defaults).
+                (
+                    "message-id".to_owned(),
+                    uuid::Uuid::new_v4().as_u128().to_string(),
+                ),
                 ("expires".to_owned(), "0".to_owned()),
                 ("priority".to_owned(), "0".to_owned()),
                 ("timestamp".to_owned(), millis.to_string()),
