@@ -523,3 +523,78 @@ async fn servers_take_the_channel_list_from_the_cache_whoever_wrote_it() {
     );
     stop.cancel();
 }
+
+/// The watchdog's defaults carry `message-id` as the original's newest version writes
+/// it (`str(uuid4().int)`, a decimal number), and the log entry PlugIt receives for them
+/// has the original's `headers` text: `json.dumps` of the `[name, value]` pairs.
+#[tokio::test]
+async fn the_watchdog_logs_and_sends_in_the_originals_shapes() {
+    let Some(m) = memcached("watchdog shapes").await else {
+        return;
+    };
+    let server = PlugitServer::start().await;
+    let bus = Arc::new(LocalBus::default());
+    let mut seen = bus.subscribe().await.expect("subscribe");
+    let wd = Watchdog::new(
+        bus.clone(),
+        plugit(&server),
+        cache(&m),
+        plugit(&server),
+        watchdog_config(),
+    );
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(wd.run(stop.clone()));
+    let sent = tokio::time::timeout(WAIT, async {
+        loop {
+            match seen.next().await {
+                Some(msg) if msg.topic == format!("{}text", CHANNELS[0]) => return msg,
+                Some(_) => {}
+                None => panic!("bus closed"),
+            }
+        }
+    })
+    .await
+    .expect("a default within 10 s");
+    let id = sent.header("message-id").expect("message-id").to_owned();
+    assert!(id.parse::<u128>().is_ok(), "decimal: {id}");
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let logged = loop {
+        let found = server.requests().into_iter().find(|r| {
+            r.action == "add_log"
+                && r.param("message") == Some("TEXT Radio One")
+                && r.param("headers").is_some_and(|h| h.contains(&id))
+        });
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never logged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stop.cancel();
+    let _ = task.await;
+    let text = logged.param("headers").expect("headers");
+    let pairs: Vec<(String, String)> = serde_json::from_str(text).expect("an array of pairs");
+    let expected: String = {
+        let quoted: Vec<String> = pairs
+            .iter()
+            .map(|(k, v)| format!("[\"{k}\", \"{v}\"]"))
+            .collect();
+        format!("[{}]", quoted.join(", "))
+    };
+    assert_eq!(text, expected, "json.dumps spacing");
+    let names: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "trigger-time",
+            "link",
+            "message-id",
+            "expires",
+            "priority",
+            "timestamp",
+            "when"
+        ]
+    );
+    assert_eq!(logged.param("topic"), Some(sent.topic.as_str()));
+}
