@@ -111,7 +111,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let stop_watchdog = tokio_util::sync::CancellationToken::new();
     let watchdog = if watchdog_on {
         let config = cli.fallback.watchdog_config()?;
-        tracing::info!("fallback watchdog running in process");
+        if standalone {
+            tracing::warn!(
+                mode = "standalone",
+                "fallback watchdog running in this process (RABBITMQ_HOST and RADIODNS_API_URL are not set; RADIOVIS_WATCHDOG=off turns it off): in a fleet, run radiovis-fallback instead"
+            );
+        } else {
+            tracing::info!("fallback watchdog running in process (RADIOVIS_WATCHDOG=on)");
+        }
         let wd = Watchdog::new(
             bus.clone(),
             directory.clone(),
