@@ -81,11 +81,18 @@ pub async fn request(
         let chunked = headers
             .iter()
             .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+        let length = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse::<usize>().ok());
         let mut body = Vec::new();
         if chunked {
             while let Some(chunk) = read_chunk(&mut reader).await {
                 body.extend_from_slice(&chunk);
             }
+        } else if let Some(n) = length {
+            body.resize(n, 0);
+            reader.read_exact(&mut body).await.expect("read body");
         } else {
             reader.read_to_end(&mut body).await.expect("read body");
         }
