@@ -37,6 +37,9 @@ const STOMP_PROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
 /// frames, bounded again by the session's own limits).
 const MAX_MESSAGE: usize = 1024 * 1024;
 
+/// tungstenite's read buffer per WebSocket (it grows for larger messages).
+const READ_BUFFER: usize = 4096;
+
 type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 
 /// Checks a WebSocket upgrade request; the `101` answer (with `protocol` chosen) and
@@ -84,7 +87,11 @@ fn accept<T>(
 async fn websocket(on_upgrade: OnUpgrade) -> Option<WebSocketStream<Upgraded>> {
     match on_upgrade.await {
         Ok(upgraded) => {
+            // Small buffers: tungstenite's defaults (128 KiB to read, 128 KiB to write)
+            // would make an idle player cost 25 times a STOMP radio (BENCHMARKS.md).
             let config = WebSocketConfig::default()
+                .read_buffer_size(READ_BUFFER)
+                .write_buffer_size(0)
                 .max_message_size(Some(MAX_MESSAGE))
                 .max_frame_size(Some(MAX_MESSAGE));
             Some(
