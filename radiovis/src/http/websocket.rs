@@ -24,7 +24,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::watch::{frames, Ended, Watch};
 use super::ws_bytes::WsBytes;
-use super::Body;
+use super::{Body, Place};
 use crate::backend::{Cache, DirectoryApi, MessageBus};
 use crate::hub::Hub;
 use crate::stomp::Version;
@@ -137,17 +137,22 @@ pub(super) fn stomp<T, B: MessageBus, D: DirectoryApi, C: Cache>(
         Err(refusal) => return *refusal,
     };
     let server = server.clone();
+    let place = Place::take(&req);
     tokio::spawn(async move {
         if let Some(ws) = websocket(on_upgrade).await {
+            // The session takes a place of its own: give back the HTTP connection's
+            // first, so that the connection is never counted twice.
+            drop(place);
             server.serve_stream(WsBytes::new(ws), peer, "websocket");
         }
     });
     response
 }
 
-/// EBU player mode for the service at `path` (`/topic/...`, without `/text`).
+/// EBU player mode for the service at `path` (`/topic/...`, without `/text`). The
+/// upgraded connection keeps the HTTP connection's place under the connection limits.
 pub(super) fn ebu<T, B: MessageBus, D: DirectoryApi, C: Cache>(
-    hub: &Arc<Hub<B, D, C>>,
+    server: &StompHub<B, D, C>,
     mut req: Request<T>,
     peer: SocketAddr,
 ) -> Response<Body> {
@@ -156,13 +161,17 @@ pub(super) fn ebu<T, B: MessageBus, D: DirectoryApi, C: Cache>(
         Ok(r) => r,
         Err(refusal) => return *refusal,
     };
-    let hub = hub.clone();
+    // The HTTP connection's place under the limits goes along with the player.
+    let place = Place::take(&req);
+    let hub = server.hub().clone();
     tokio::spawn(async move {
-        if let Some(ws) = websocket(on_upgrade).await {
-            tracing::info!(%peer, %path, "EBU player WebSocket connected");
-            let ended = ebu_session(hub, ws, peer, &path).await;
-            tracing::info!(%peer, %path, reason = %ended, "EBU player WebSocket closed");
-        }
+        let Some(ws) = websocket(on_upgrade).await else {
+            return;
+        };
+        tracing::info!(%peer, %path, "EBU player WebSocket connected");
+        let ended = ebu_session(hub, ws, peer, &path).await;
+        tracing::info!(%peer, %path, reason = %ended, "EBU player WebSocket closed");
+        drop(place);
     });
     response
 }
