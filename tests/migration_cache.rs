@@ -515,6 +515,7 @@ async fn servers_take_the_channel_list_from_the_cache_whoever_wrote_it() {
     let stop = CancellationToken::new();
     serving_hub(&m, &server, &stop).await;
     assert_eq!(server.calls("get_all_channels"), 1);
+    // Normalised (the PlugIt test server's channels are in GCC form already).
     let (flags, data) = wait_for(&m.addr(), "radiovis_channels_topics").await;
     assert_eq!(flags, 1);
     assert_eq!(
