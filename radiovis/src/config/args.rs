@@ -582,6 +582,10 @@ impl FallbackArgs {
 
 mod clients;
 pub use clients::ClientLimitArgs;
+#[cfg(feature = "http")]
+mod http;
+#[cfg(feature = "http")]
+pub use http::{HttpArgs, PortOrOff};
 
 #[cfg(test)]
 mod tests;

@@ -22,6 +22,8 @@ pub mod wiring;
 pub use args::{
     parse_bool, secs, DirectoryArgs, FallbackArgs, HubArgs, MonitoringArgs, RabbitArgs, StompArgs,
 };
+#[cfg(feature = "http")]
+pub use args::{HttpArgs, PortOrOff};
 pub use error::{BoxError, ConfigError, NotABool};
 pub use runtime::{error_chain, exit_code, init_logging, raise_open_files_limit, shutdown_signal};
 #[cfg(all(feature = "plugit", feature = "memcached"))]
