@@ -6,10 +6,10 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use radiovis::backend::rabbitmq::RabbitBus;
 use radiovis::config::{
-    ConfigError, DirectoryArgs, DirectoryBackends, FallbackArgs, HubArgs, MonitoringArgs,
+    ConfigError, DirectoryArgs, DirectoryBackends, FallbackArgs, HubArgs, LogArgs, MonitoringArgs,
     RabbitArgs, StompArgs,
 };
 use radiovis::monitoring::Monitor;
@@ -20,10 +20,12 @@ use tokio::net::TcpListener;
 /// RadioVis STOMP server. Every option can also be set through the environment
 /// variable named in brackets (the names of the original Python server).
 #[derive(Debug, Parser)]
-#[command(name = "radiovis-server", version, about)]
+#[command(name = "radiovis-server", version, about, after_help = radiovis::config::EXIT_CODES)]
 struct Cli {
     #[command(flatten)]
     stomp: StompArgs,
+    #[command(flatten)]
+    log: LogArgs,
     #[command(flatten)]
     rabbit: RabbitArgs,
     #[command(flatten)]
@@ -42,8 +44,9 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    radiovis::config::init_logging(cli.rabbit.rabbitmq_debug);
+    let (cli, matches) = radiovis::config::parse_cli::<Cli>();
+    radiovis::config::init_logging(cli.rabbit.rabbitmq_debug, cli.log.log_format);
+    radiovis::config::log_settings(&Cli::command(), &matches);
     radiovis::config::exit_code("radiovis-server", run(cli).await)
 }
 
