@@ -42,7 +42,7 @@ env_line=$(sed -n '/^ENV /,/[^\\]$/p' packaging/Dockerfile | tr -d '\\\n' | sed 
 env_args=$(echo $env_line | sed "s#/etc/radiovis/directory.toml#$PWD/examples/directory.toml#")
 echo "+ env $env_args STOMP_PORT=0"
 # shellcheck disable=SC2086
-env -i PATH="$PATH" $env_args STOMP_IP=127.0.0.1 STOMP_PORT=0 \
+env -i PATH="$PATH" $env_args STOMP_IP=127.0.0.1 STOMP_PORT=0 HTTP_PORT=off \
   "$target/release/radiovis-server" >"$tmp/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 1 100); do

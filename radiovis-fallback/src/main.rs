@@ -1,10 +1,12 @@
 //! `radiovis-fallback`: configuration -> backends -> [`Watchdog`], under a leader lock.
 //!
-//! Consumes the durable queue `FB_QUEUE` bound to the servers' exchange, logs every
-//! message to the PlugIt API and sends each quiet channel's default slide. Two (or
-//! more) may run: the one holding the broker-side lock is active, the others stand by
-//! and take over within `RADIOVIS_FALLBACK_TAKEOVER` seconds after it dies; messages
-//! wait in the durable queue meanwhile.
+//! Consumes the queue `FB_QUEUE` bound to the servers' exchange (adopted as it is when
+//! it exists, e.g. declared by the original Python watchdog; see
+//! docs/protocol.md#rabbitmq-queues), logs every message to the PlugIt API and sends
+//! each quiet channel's default slide. Two (or more) may run: the one holding the
+//! broker-side lock is active, the others stand by and take over within
+//! `RADIOVIS_FALLBACK_TAKEOVER` seconds after it dies; messages wait in the queue
+//! meanwhile.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -72,7 +74,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .rabbit_config(QueueKind::Durable(queue.clone()))?;
     // The log buffer holds what the broker may have in flight unacknowledged.
     rabbit.prefetch = 1000;
-    tracing::info!(host = %rabbit.host, port = rabbit.port, exchange = %rabbit.exchange, queue = %queue, "message bus: rabbitmq (durable queue)");
+    rabbit.durable_queue = cli.fallback.fb_queue_durable;
+    tracing::info!(host = %rabbit.host, port = rabbit.port, exchange = %rabbit.exchange, queue = %queue, durable_if_created = rabbit.durable_queue, "message bus: rabbitmq (shared queue FB_QUEUE)");
     let bus = Arc::new(RabbitBus::connect(rabbit.clone()).await?);
 
     let DirectoryBackends {

@@ -56,6 +56,7 @@ async fn json_logs_with_the_settings_and_no_secret() {
             format!("http://127.0.0.1:{closed}/plugIt/{API_SECRET}/"),
         ),
         ("RUST_LOG", "debug".to_owned()),
+        ("FB_HTTP_PORT", "off".to_owned()),
     ];
     let mut fallback = Process::spawn(
         "fallback",

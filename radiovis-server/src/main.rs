@@ -9,9 +9,10 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use radiovis::backend::rabbitmq::RabbitBus;
 use radiovis::config::{
-    ConfigError, DirectoryArgs, DirectoryBackends, FallbackArgs, HubArgs, LogArgs, MonitoringArgs,
-    RabbitArgs, StompArgs,
+    ConfigError, DirectoryArgs, DirectoryBackends, FallbackArgs, HttpArgs, HubArgs, LogArgs,
+    MonitoringArgs, RabbitArgs, StompArgs,
 };
+use radiovis::http::RadiovisRouter;
 use radiovis::monitoring::Monitor;
 use radiovis::watchdog::Watchdog;
 use radiovis::StompHub;
@@ -26,6 +27,8 @@ struct Cli {
     stomp: StompArgs,
     #[command(flatten)]
     log: LogArgs,
+    #[command(flatten)]
+    http: HttpArgs,
     #[command(flatten)]
     rabbit: RabbitArgs,
     #[command(flatten)]
@@ -90,6 +93,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let l = listen(addr).map_err(|source| ConfigError::Listen { addr, source })?;
         listeners.push(l);
     }
+    let http_config = cli.http.http_config()?;
+    let mut http_listeners = Vec::new();
+    for addr in cli.http.addresses(&cli.stomp) {
+        let l = listen(addr).map_err(|source| ConfigError::ListenHttp { addr, source })?;
+        http_listeners.push(l);
+    }
+    if http_listeners.is_empty() {
+        tracing::info!("HTTP listener off (HTTP_PORT=off)");
+    }
 
     // Fully standalone only: with PlugIt (or RabbitMQ) configured, the deployment has a
     // radiovis-fallback of its own, and a second watchdog would log every message twice.
@@ -102,7 +114,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let stop_watchdog = tokio_util::sync::CancellationToken::new();
     let watchdog = if watchdog_on {
         let config = cli.fallback.watchdog_config()?;
-        tracing::info!("fallback watchdog running in process");
+        if standalone {
+            tracing::warn!(
+                mode = "standalone",
+                "fallback watchdog running in this process (RABBITMQ_HOST and RADIODNS_API_URL are not set; RADIOVIS_WATCHDOG=off turns it off): in a fleet, run radiovis-fallback instead"
+            );
+        } else {
+            tracing::info!("fallback watchdog running in process (RADIOVIS_WATCHDOG=on)");
+        }
         let wd = Watchdog::new(
             bus.clone(),
             directory.clone(),
@@ -117,6 +136,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let hub = StompHub::new(bus, directory, cache, hub_config);
     let stop = tokio_util::sync::CancellationToken::new();
+    let router = RadiovisRouter::new(hub.clone(), http_config);
+    let http_tasks: Vec<_> = http_listeners
+        .into_iter()
+        .map(|l| tokio::spawn(radiovis::http::serve(l, router.clone(), stop.clone())))
+        .collect();
     let served = hub.run(listeners, stop.clone());
     tokio::pin!(served);
     let served = tokio::select! {
@@ -127,6 +151,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     served?;
+    for task in http_tasks {
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "HTTP listener task failed");
+        }
+    }
     stop_watchdog.cancel();
     stop_monitoring.cancel();
     if let Some(task) = monitoring_task {

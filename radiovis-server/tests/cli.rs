@@ -68,6 +68,7 @@ async fn exit_codes_tell_usage_from_configuration() {
         &[
             ("STOMP_IP", "127.0.0.1"),
             ("STOMP_PORT", "0"),
+            ("HTTP_PORT", "off"),
             ("RADIOVIS_MAX_CONNECTIONS", "0"),
         ],
     )
@@ -88,6 +89,7 @@ async fn server_with_secrets(args: &[&str], extra: &[(&str, String)]) -> (Proces
     let mut env = vec![
         ("STOMP_IP", "127.0.0.1".to_owned()),
         ("STOMP_PORT", "0".to_owned()),
+        ("HTTP_PORT", "off".to_owned()),
         ("RUST_LOG", "debug".to_owned()),
         (
             "RABBITMQ_URL",
@@ -204,6 +206,7 @@ async fn text_logs_into_a_pipe_have_no_colour_codes_and_no_secret() {
         .env_remove("RADIOVIS_LOG_FORMAT")
         .env("STOMP_IP", "127.0.0.1")
         .env("STOMP_PORT", "0")
+        .env("HTTP_PORT", "off")
         .env("RUST_LOG", "debug")
         .env("RABBITMQ_PASSWORD", RABBIT_PASSWORD)
         .env("RADIOVIS_WATCHDOG", "off")

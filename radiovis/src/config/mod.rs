@@ -24,6 +24,8 @@ pub mod wiring;
 pub use args::{
     parse_bool, secs, DirectoryArgs, FallbackArgs, HubArgs, MonitoringArgs, RabbitArgs, StompArgs,
 };
+#[cfg(feature = "http")]
+pub use args::{HttpArgs, PortOrOff};
 pub use error::{BoxError, ConfigError, NotABool};
 pub use logging::{
     effective_settings, init_logging, log_settings, parse_cli, redacted_url, LogArgs, LogFormat,
