@@ -6,6 +6,8 @@
 //! certificate in use. See docs/protocol.md#tls.
 
 use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +19,12 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 pub use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Longest a TLS handshake may take before the connection is dropped (a client that
 /// opens the port and sends nothing must not hold a connection slot).
@@ -209,10 +215,86 @@ impl TlsReloader {
     }
 }
 
+/// Most TLS handshakes in progress per listener: the accept loop waits (the kernel's
+/// backlog holds the next clients) rather than start more, so a reconnect storm or a
+/// flood of silent clients costs bounded memory and CPU.
+pub const MAX_HANDSHAKES: usize = 512;
+
+/// Accepts TCP connections on `listener` until `shutdown`, performs the TLS handshake
+/// (at most [`MAX_HANDSHAKES`] at once, each within [`HANDSHAKE_TIMEOUT`]) and runs
+/// `serve` on each TLS stream, e.g. a STOMP session
+/// ([`StompHub::serve_stream`](crate::StompHub::serve_stream)) or an HTTP connection.
+/// `what` names the listener in the logs (`STOMP over TLS`, `HTTPS`). A failed
+/// handshake is logged at debug level (scanners and clients that do not trust the
+/// certificate are common) and costs nothing else. On shutdown it stops accepting and
+/// waits at most 5 s for the connections it runs.
+pub async fn serve<F, Fut>(
+    listener: TcpListener,
+    tls: TlsReloader,
+    what: &'static str,
+    shutdown: CancellationToken,
+    serve: F,
+) where
+    F: Fn(TlsStream<TcpStream>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "listening for {what} connections");
+    }
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let tracker = TaskTracker::new();
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = handshakes.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, mostly: wait, do not spin.
+                    tracing::warn!(error = %e, "{what} accept failed; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
+        backoff = Duration::from_millis(10);
+        let _ = stream.set_nodelay(true);
+        let (tls, serve, shutdown) = (tls.clone(), serve.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = tls.accept(stream) => r,
+            };
+            drop(permit);
+            match accepted {
+                Ok(stream) => serve(stream, peer).await,
+                Err(e) => tracing::debug!(%peer, error = %e, "{what} handshake failed"),
+            }
+        });
+    }
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("{what}: shutdown grace elapsed with connections still open");
+    }
+}
+
 /// Reloads `tls` on every SIGHUP until `stop` (Unix; elsewhere it only waits for
 /// `stop`). Each reload is logged: `info` when the new certificate is in use, `error`
-/// (with the reason) when the old one is kept.
-pub async fn reload_on_sighup(tls: Vec<TlsReloader>, stop: tokio_util::sync::CancellationToken) {
+/// (with the reason) when the old one is kept. Run it even with nothing to reload:
+/// SIGHUP would otherwise end the process (its default action), and `systemctl
+/// reload` sends it.
+pub async fn reload_on_sighup(tls: Vec<TlsReloader>, stop: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -228,6 +310,9 @@ pub async fn reload_on_sighup(tls: Vec<TlsReloader>, stop: tokio_util::sync::Can
             tokio::select! {
                 () = stop.cancelled() => return,
                 got = hup.recv() => if got.is_none() { return },
+            }
+            if tls.is_empty() {
+                tracing::info!("SIGHUP: no TLS certificate to reload");
             }
             for t in &tls {
                 match t.reload() {

@@ -119,6 +119,20 @@ pub fn raise_open_files_limit(max_connections: usize) -> Option<u64> {
     }
 }
 
+/// Listens on `addr` with a deep accept queue: after a restart or a network blip
+/// thousands of radios reconnect at once, and the default backlog (128) made the kernel
+/// drop connection attempts that then waited a second to retry (seen in the benchmark).
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
