@@ -11,9 +11,9 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use radiovis::backend::rabbitmq::{LeaderLock, QueueKind, RabbitBus};
-use radiovis::config::{DirectoryArgs, DirectoryBackends, FallbackArgs, RabbitArgs};
+use radiovis::config::{DirectoryArgs, DirectoryBackends, FallbackArgs, LogArgs, RabbitArgs};
 use radiovis::watchdog::Watchdog;
 use tokio_util::sync::CancellationToken;
 
@@ -21,8 +21,10 @@ use tokio_util::sync::CancellationToken;
 /// variable named in brackets (the names of the original Python watchdog). RabbitMQ
 /// is required (RABBITMQ_HOST defaults to 127.0.0.1, as in the original).
 #[derive(Debug, Parser)]
-#[command(name = "radiovis-fallback", version, about)]
+#[command(name = "radiovis-fallback", version, about, after_help = radiovis::config::EXIT_CODES)]
 struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
     #[command(flatten)]
     rabbit: RabbitArgs,
     #[command(flatten)]
@@ -53,8 +55,9 @@ const LOG_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    radiovis::config::init_logging(cli.rabbit.rabbitmq_debug);
+    let (cli, matches) = radiovis::config::parse_cli::<Cli>();
+    radiovis::config::init_logging(cli.rabbit.rabbitmq_debug, cli.log.log_format);
+    radiovis::config::log_settings(&Cli::command(), &matches);
     radiovis::config::exit_code("radiovis-fallback", run(cli).await)
 }
 
