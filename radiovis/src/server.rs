@@ -60,6 +60,11 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> StompHub<B, D, C> {
         }
     }
 
+    /// The hub the sessions share (for the other transports of this crate).
+    pub(crate) fn hub(&self) -> &Arc<Hub<B, D, C>> {
+        &self.hub
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> StatsSnapshot {
         self.hub.stats().snapshot()

@@ -7,7 +7,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 
-use super::{Body, Router};
+use super::{longpoll, sse, websocket, Body, Router};
 use crate::backend::{Cache, DirectoryApi, MessageBus};
 use crate::server::{Admitted, Refused};
 use crate::StompHub;
@@ -64,10 +64,19 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Router for RadiovisRouter<B, D, C
         self.hub.admit(peer)
     }
 
-    async fn route(&self, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let path = req.uri().path().to_owned();
         tracing::debug!(method = %req.method(), %path, "HTTP request");
+        let hub = self.hub.hub();
         match (req.method(), path.as_str()) {
+            (&Method::GET, "/radiodns/vis/vis.json") => {
+                longpoll::handle(hub, &self.config, &req, peer).await
+            }
+            (&Method::GET, "/stomp") => websocket::stomp(&self.hub, req, peer),
+            (&Method::GET, p) if p.starts_with("/topic/") => websocket::ebu(hub, req, peer),
+            (&Method::GET, p) if p.starts_with(sse::PREFIX) => {
+                sse::handle(hub, &self.config, &req, peer).await
+            }
             (&Method::OPTIONS, _) => super::preflight(),
             // Operations (issue 12) add their arms here: /metrics, /healthz, /readyz,
             // /publish and the status page at /, from a module `ops`.
