@@ -7,6 +7,7 @@ mod report;
 mod scaleout;
 mod soak;
 mod sys;
+mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +56,8 @@ enum Cmd {
     SubLoader(scaleout::SubLoaderArgs),
     /// Soak run: the server's RSS, fds and threads over time under churn (BENCHMARKS.md).
     Soak(soak::SoakArgs),
+    /// Memory per client of each web transport against STOMP over TCP (BENCHMARKS.md).
+    WebMemory(web::WebArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -216,6 +219,7 @@ fn main() -> std::process::ExitCode {
         }),
         Some(Cmd::SubLoader(a)) => rt.block_on(scaleout::sub_loader(a)),
         Some(Cmd::Soak(a)) => rt.block_on(soak::run(a)),
+        Some(Cmd::WebMemory(a)) => rt.block_on(web::run(a)),
         None => rt.block_on(bench(cli.run)),
     };
     match result {
@@ -346,6 +350,12 @@ async fn start_server(
                     "127.0.0.1".into(),
                     "--stomp-port".into(),
                     port.to_string(),
+                    // Several servers run at once (scale-out): no HTTP listener
+                    // unless the run asks for one (HTTP_PORT in `env`).
+                    "--http-port".into(),
+                    env.iter()
+                        .find(|(k, _)| k == "HTTP_PORT")
+                        .map_or("off".into(), |(_, v)| v.clone()),
                     "--watchdog".into(),
                     "off".into(),
                     "--directory".into(),

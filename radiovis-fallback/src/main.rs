@@ -1,17 +1,19 @@
 //! `radiovis-fallback`: configuration -> backends -> [`Watchdog`], under a leader lock.
 //!
-//! Consumes the durable queue `FB_QUEUE` bound to the servers' exchange, logs every
-//! message to the PlugIt API and sends each quiet channel's default slide. Two (or
-//! more) may run: the one holding the broker-side lock is active, the others stand by
-//! and take over within `RADIOVIS_FALLBACK_TAKEOVER` seconds after it dies; messages
-//! wait in the durable queue meanwhile.
+//! Consumes the queue `FB_QUEUE` bound to the servers' exchange (adopted as it is when
+//! it exists, e.g. declared by the original Python watchdog; see
+//! docs/protocol.md#rabbitmq-queues), logs every message to the PlugIt API and sends
+//! each quiet channel's default slide. Two (or more) may run: the one holding the
+//! broker-side lock is active, the others stand by and take over within
+//! `RADIOVIS_FALLBACK_TAKEOVER` seconds after it dies; messages wait in the queue
+//! meanwhile.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use radiovis::backend::rabbitmq::{LeaderLock, QueueKind, RabbitBus};
-use radiovis::config::{DirectoryArgs, DirectoryBackends, FallbackArgs, RabbitArgs};
+use radiovis::config::{DirectoryArgs, DirectoryBackends, FallbackArgs, LogArgs, RabbitArgs};
 use radiovis::watchdog::Watchdog;
 use tokio_util::sync::CancellationToken;
 
@@ -19,8 +21,10 @@ use tokio_util::sync::CancellationToken;
 /// variable named in brackets (the names of the original Python watchdog). RabbitMQ
 /// is required (RABBITMQ_HOST defaults to 127.0.0.1, as in the original).
 #[derive(Debug, Parser)]
-#[command(name = "radiovis-fallback", version, about)]
+#[command(name = "radiovis-fallback", version, about, after_help = radiovis::config::EXIT_CODES)]
 struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
     #[command(flatten)]
     rabbit: RabbitArgs,
     #[command(flatten)]
@@ -51,8 +55,9 @@ const LOG_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    radiovis::config::init_logging(cli.rabbit.rabbitmq_debug);
+    let (cli, matches) = radiovis::config::parse_cli::<Cli>();
+    radiovis::config::init_logging(cli.rabbit.rabbitmq_debug, cli.log.log_format);
+    radiovis::config::log_settings(&Cli::command(), &matches);
     radiovis::config::exit_code("radiovis-fallback", run(cli).await)
 }
 
@@ -69,7 +74,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .rabbit_config(QueueKind::Durable(queue.clone()))?;
     // The log buffer holds what the broker may have in flight unacknowledged.
     rabbit.prefetch = 1000;
-    tracing::info!(host = %rabbit.host, port = rabbit.port, exchange = %rabbit.exchange, queue = %queue, "message bus: rabbitmq (durable queue)");
+    rabbit.durable_queue = cli.fallback.fb_queue_durable;
+    tracing::info!(host = %rabbit.host, port = rabbit.port, exchange = %rabbit.exchange, queue = %queue, durable_if_created = rabbit.durable_queue, "message bus: rabbitmq (shared queue FB_QUEUE)");
     let bus = Arc::new(RabbitBus::connect(rabbit.clone()).await?);
 
     let DirectoryBackends {

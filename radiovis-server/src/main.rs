@@ -6,24 +6,30 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use radiovis::backend::rabbitmq::RabbitBus;
 use radiovis::config::{
-    ConfigError, DirectoryArgs, DirectoryBackends, FallbackArgs, HubArgs, MonitoringArgs,
-    RabbitArgs, StompArgs,
+    listen, ConfigError, DirectoryArgs, DirectoryBackends, FallbackArgs, HttpArgs, HubArgs,
+    LogArgs, MonitoringArgs, RabbitArgs, StompArgs, TlsArgs,
 };
+use radiovis::http::RadiovisRouter;
 use radiovis::monitoring::Monitor;
 use radiovis::watchdog::Watchdog;
 use radiovis::StompHub;
-use tokio::net::TcpListener;
 
 /// RadioVis STOMP server. Every option can also be set through the environment
 /// variable named in brackets (the names of the original Python server).
 #[derive(Debug, Parser)]
-#[command(name = "radiovis-server", version, about)]
+#[command(name = "radiovis-server", version, about, after_help = radiovis::config::EXIT_CODES)]
 struct Cli {
     #[command(flatten)]
     stomp: StompArgs,
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(flatten)]
+    http: HttpArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(flatten)]
     rabbit: RabbitArgs,
     #[command(flatten)]
@@ -42,8 +48,9 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    radiovis::config::init_logging(cli.rabbit.rabbitmq_debug);
+    let (cli, matches) = radiovis::config::parse_cli::<Cli>();
+    radiovis::config::init_logging(cli.rabbit.rabbitmq_debug, cli.log.log_format);
+    radiovis::config::log_settings(&Cli::command(), &matches);
     radiovis::config::exit_code("radiovis-server", run(cli).await)
 }
 
@@ -87,6 +94,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let l = listen(addr).map_err(|source| ConfigError::Listen { addr, source })?;
         listeners.push(l);
     }
+    let http_config = cli.http.http_config()?;
+    let mut http_listeners = Vec::new();
+    for addr in cli.http.addresses(&cli.stomp) {
+        let l = listen(addr).map_err(|source| ConfigError::ListenHttp { addr, source })?;
+        http_listeners.push(l);
+    }
+    if http_listeners.is_empty() {
+        tracing::info!("HTTP listener off (HTTP_PORT=off)");
+    }
+    let http_ips: Vec<std::net::IpAddr> = cli
+        .http
+        .http_ip
+        .clone()
+        .unwrap_or_else(|| cli.stomp.stomp_ip.clone());
+    let tls = cli.tls.bind(&cli.stomp, &http_ips)?;
 
     // Fully standalone only: with PlugIt (or RabbitMQ) configured, the deployment has a
     // radiovis-fallback of its own, and a second watchdog would log every message twice.
@@ -99,7 +121,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let stop_watchdog = tokio_util::sync::CancellationToken::new();
     let watchdog = if watchdog_on {
         let config = cli.fallback.watchdog_config()?;
-        tracing::info!("fallback watchdog running in process");
+        if standalone {
+            tracing::warn!(
+                mode = "standalone",
+                "fallback watchdog running in this process (RABBITMQ_HOST and RADIODNS_API_URL are not set; RADIOVIS_WATCHDOG=off turns it off): in a fleet, run radiovis-fallback instead"
+            );
+        } else {
+            tracing::info!("fallback watchdog running in process (RADIOVIS_WATCHDOG=on)");
+        }
         let wd = Watchdog::new(
             bus.clone(),
             directory.clone(),
@@ -114,6 +143,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let hub = StompHub::new(bus, directory, cache, hub_config);
     let stop = tokio_util::sync::CancellationToken::new();
+    let router = RadiovisRouter::new(hub.clone(), http_config);
+    let http_tasks: Vec<_> = http_listeners
+        .into_iter()
+        .map(|l| tokio::spawn(radiovis::http::serve(l, router.clone(), stop.clone())))
+        .collect();
+    let sighup = tokio::spawn(radiovis::tls::reload_on_sighup(
+        tls.reloaders(),
+        stop.clone(),
+    ));
+    let mut tls_tasks = Vec::new();
+    if let Some((listeners, acceptor)) = tls.stomp {
+        for l in listeners {
+            let hub = hub.clone();
+            let serve = move |stream, peer| {
+                hub.serve_stream(stream, peer, "stomp_tls");
+                std::future::ready(())
+            };
+            let task =
+                radiovis::tls::serve(l, acceptor.clone(), "STOMP over TLS", stop.clone(), serve);
+            tls_tasks.push(tokio::spawn(task));
+        }
+    }
+    if let Some((listeners, acceptor)) = tls.http {
+        for l in listeners {
+            let (router, shutdown) = (router.clone(), stop.clone());
+            let serve = move |stream, peer| {
+                radiovis::http::serve_connection(router.clone(), stream, peer, shutdown.clone())
+            };
+            let task = radiovis::tls::serve(l, acceptor.clone(), "HTTPS", stop.clone(), serve);
+            tls_tasks.push(tokio::spawn(task));
+        }
+    }
     let served = hub.run(listeners, stop.clone());
     tokio::pin!(served);
     let served = tokio::select! {
@@ -124,6 +185,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     served?;
+    for task in http_tasks.into_iter().chain(tls_tasks).chain([sighup]) {
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "HTTP listener task failed");
+        }
+    }
     stop_watchdog.cancel();
     stop_monitoring.cancel();
     if let Some(task) = monitoring_task {
@@ -144,18 +210,4 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Listens with a deep accept queue: after a restart or a network blip thousands of
-/// radios reconnect at once, and the default backlog (128 here) made the kernel drop
-/// connection attempts that then waited a second to retry (seen in the benchmark).
-fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
 }

@@ -13,6 +13,7 @@ async fn the_startup_log_names_the_backends() {
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .env("STOMP_IP", "127.0.0.1")
         .env("STOMP_PORT", "0")
+        .env("HTTP_PORT", "0")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .env_remove("RABBITMQ_HOST")
@@ -39,16 +40,32 @@ async fn the_startup_log_names_the_backends() {
     .await;
     assert_eq!(listening, Ok(true), "{seen:#?}");
     let log = seen.join("\n");
-    assert!(log.contains(r#"message bus backend="in-process""#), "{log}");
     assert!(
         log.contains(r#"backend="file""#) && log.contains("examples/directory.toml"),
         "{log}"
     );
+    assert!(log.contains("monitoring events off"), "{log}");
+    // Every standalone piece and the demo directory are said at WARN, with the mode and
+    // why (issue 10: the original defaulted RABBITMQ_HOST and MEMCACHED_HOST to
+    // 127.0.0.1, radiovis treats them unset as standalone).
+    let warned = |text: &str, why: &str| {
+        seen.iter().any(|l| {
+            l.contains("WARN") && l.contains(text) && l.contains(why) && l.contains("mode=")
+        })
+    };
     assert!(
-        log.contains(r#"shared cache backend="in-process""#),
+        warned("message bus in this process only", "RABBITMQ_HOST"),
         "{log}"
     );
-    assert!(log.contains("monitoring events off"), "{log}");
+    assert!(
+        warned("shared cache in this process only", "MEMCACHED_HOST"),
+        "{log}"
+    );
+    assert!(warned("demo directory", "RADIODNS_API_URL"), "{log}");
+    assert!(
+        warned("fallback watchdog running in this process", "RABBITMQ_HOST"),
+        "{log}"
+    );
     let _ = child.start_kill();
 }
 
@@ -63,6 +80,7 @@ async fn a_bad_value_stops_startup_naming_the_variable() {
         let out = Command::new(env!("CARGO_BIN_EXE_radiovis-server"))
             .env("STOMP_IP", "127.0.0.1")
             .env("STOMP_PORT", "0")
+            .env("HTTP_PORT", "0")
             .env(var, value)
             .stdin(Stdio::null())
             .output()
@@ -100,6 +118,7 @@ async fn startup_errors_read_as_before_with_their_cause() {
     for (vars, expected) in cases {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_radiovis-server"));
         cmd.env("STOMP_IP", "127.0.0.1")
+            .env("HTTP_PORT", "0")
             .env("NO_COLOR", "1")
             .env_remove("RABBITMQ_HOST")
             .env_remove("RABBITMQ_URL")

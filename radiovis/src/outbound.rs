@@ -15,6 +15,7 @@ use std::task::{Poll, Waker};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use crate::stomp::frame::{needs_content_length, put_header_part};
 use crate::stomp::Version;
@@ -57,6 +58,9 @@ pub enum PushError {
 pub struct OutboundQueue {
     inner: Mutex<Inner>,
     capacity: usize,
+    /// Cancelled on a kill too: a web client's connection, closed even while a write to
+    /// it is blocked (STOMP sessions wait on the queue itself and have none).
+    abort: Option<CancellationToken>,
 }
 
 #[derive(Debug, Default)]
@@ -74,6 +78,15 @@ impl OutboundQueue {
         OutboundQueue {
             inner: Mutex::new(Inner::default()),
             capacity: capacity.max(1),
+            abort: None,
+        }
+    }
+
+    /// A queue that also cancels `abort` when it is killed.
+    pub fn with_abort(capacity: usize, abort: CancellationToken) -> OutboundQueue {
+        OutboundQueue {
+            abort: Some(abort),
+            ..OutboundQueue::new(capacity)
         }
     }
 
@@ -148,6 +161,9 @@ impl OutboundQueue {
         };
         if let Some(waker) = waker {
             waker.wake();
+        }
+        if let Some(abort) = &self.abort {
+            abort.cancel();
         }
         true
     }

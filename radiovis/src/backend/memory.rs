@@ -14,8 +14,8 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::{
-    BusError, BusMessage, BusStream, Cache, CacheError, ChannelDefault, ChannelRef, DirectoryApi,
-    DirectoryError, LogEntry, LogError, LogStore, MessageBus,
+    BusError, BusMessage, BusStream, Cache, CacheError, CacheItem, ChannelDefault, ChannelRef,
+    DirectoryApi, DirectoryError, LogEntry, LogError, LogStore, MessageBus,
 };
 
 /// A bus inside one process: every subscriber gets every message.
@@ -102,15 +102,20 @@ impl Station {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Channel {
+    /// The channel's id (what `get_channel_default` takes).
     pub id: String,
     /// Channel topic, ending with `/`.
     pub topic: String,
+    /// Default text, sent as `TEXT <radiotext>` by the watchdog.
     #[serde(default)]
     pub radiotext: Option<String>,
+    /// Default `link` header of the watchdog's messages.
     #[serde(default)]
     pub radiolink: Option<String>,
+    /// Default image file name, appended to `FB_IMAGE_LOCATIONS`.
     #[serde(default)]
     pub filename: Option<String>,
+    /// Default image URL, used when `FB_IMAGE_LOCATIONS` is empty.
     #[serde(default)]
     pub public_url: Option<String>,
 }
@@ -140,8 +145,10 @@ pub struct DirectoryData {
     /// ISO country code -> GCC (`ch = "4e1"`).
     #[serde(default)]
     pub gcc: HashMap<String, String>,
+    /// The stations (`[[station]]`).
     #[serde(default, rename = "station")]
     pub stations: Vec<Station>,
+    /// The channels (`[[channel]]`).
     #[serde(default, rename = "channel")]
     pub channels: Vec<Channel>,
 }
@@ -149,14 +156,20 @@ pub struct DirectoryData {
 /// Why a directory file could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryFileError {
+    /// The file could not be read.
     #[error("cannot read directory file {path}: {source}")]
     Read {
+        /// The file.
         path: String,
+        /// What the operating system said.
         source: std::io::Error,
     },
+    /// The file is not a valid directory (TOML syntax, unknown field, bad network).
     #[error("invalid directory file {path}: {source}")]
     Invalid {
+        /// The file.
         path: String,
+        /// What is wrong in it.
         #[source]
         source: DirectoryDataError,
     },
@@ -337,10 +350,11 @@ fn network_contains(net: &IpNet, ip: IpAddr) -> bool {
 /// A cache in process memory, with TTLs.
 #[derive(Debug, Default)]
 pub struct MemoryCache {
-    entries: Mutex<HashMap<String, (Bytes, Instant)>>,
+    entries: Mutex<HashMap<String, (CacheItem, Instant)>>,
 }
 
 impl MemoryCache {
+    /// An empty cache.
     pub fn new() -> MemoryCache {
         MemoryCache::default()
     }
@@ -349,6 +363,18 @@ impl MemoryCache {
 #[async_trait]
 impl Cache for MemoryCache {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+        Ok(self.get_item(key).await?.map(|item| item.data))
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
+        let item = CacheItem {
+            flags: 0,
+            data: value,
+        };
+        self.set_item(key, item, ttl).await
+    }
+
+    async fn get_item(&self, key: &str) -> Result<Option<CacheItem>, CacheError> {
         let mut entries = self.entries.lock();
         match entries.get(key) {
             Some((v, expires)) if *expires > Instant::now() => Ok(Some(v.clone())),
@@ -360,14 +386,14 @@ impl Cache for MemoryCache {
         }
     }
 
-    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
+    async fn set_item(&self, key: &str, item: CacheItem, ttl: Duration) -> Result<(), CacheError> {
         let now = Instant::now();
         let mut entries = self.entries.lock();
         // Keep the map from growing with dead entries.
         if entries.len() > 10_000 {
             entries.retain(|_, (_, expires)| *expires > now);
         }
-        entries.insert(key.to_owned(), (value, now + ttl));
+        entries.insert(key.to_owned(), (item, now + ttl));
         Ok(())
     }
 }
@@ -380,6 +406,7 @@ pub struct MemoryLogStore {
 }
 
 impl MemoryLogStore {
+    /// A store keeping the last `capacity` entries (at least one).
     pub fn new(capacity: usize) -> MemoryLogStore {
         MemoryLogStore {
             capacity: capacity.max(1),

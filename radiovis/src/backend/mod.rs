@@ -21,6 +21,7 @@ pub mod memcached;
 pub mod memory;
 #[cfg(feature = "plugit")]
 pub mod plugit;
+pub mod pyvalue;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
 
@@ -39,8 +40,11 @@ use serde::{Deserialize, Serialize};
 /// as a header (RabbitMQ) adds and removes it itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BusMessage {
+    /// The destination as the publisher wrote it (not normalised).
     pub topic: String,
+    /// The STOMP body, unchanged (`TEXT ...`, `SHOW ...`).
     pub body: Bytes,
+    /// The forwarded headers, in order.
     pub headers: Vec<(String, String)>,
 }
 
@@ -101,7 +105,10 @@ impl std::fmt::Debug for Ack {
 /// A bus message and its acknowledgement.
 #[derive(Debug)]
 pub struct Delivery {
+    /// The message.
     pub message: BusMessage,
+    /// Acknowledge once the message is handled for good (dropping it leaves the
+    /// message to be redelivered, on a bus that redelivers).
     pub ack: Ack,
 }
 
@@ -239,10 +246,6 @@ pub trait MessageBus: Send + Sync + 'static {
     /// after it (and, for a durable queue, those waiting in it).
     async fn subscribe(&self) -> Result<BusStream, BusError>;
 
-    /// Like [`MessageBus::subscribe`], for consumers that must not lose a message even
-    /// when they crash: a bus with redelivery (a durable RabbitMQ queue) forgets a
-    /// message only when its [`Ack`] is acknowledged. The default acknowledges nothing
-    /// (for buses without redelivery).
     /// Generations of the bus's connection to what carries messages between instances:
     /// the value changes each time the bus (re)connects and consumes again, after which
     /// messages published while it was disconnected were not seen by this instance (the
@@ -253,6 +256,10 @@ pub trait MessageBus: Send + Sync + 'static {
         tokio::sync::watch::channel(0).1
     }
 
+    /// Like [`MessageBus::subscribe`], for consumers that must not lose a message even
+    /// when they crash: a bus with redelivery (a durable RabbitMQ queue) forgets a
+    /// message only when its [`Ack`] is acknowledged. The default acknowledges nothing
+    /// (for buses without redelivery).
     async fn subscribe_acked(&self) -> Result<DeliveryStream, BusError> {
         use futures::StreamExt;
         let stream = self.subscribe().await?;
@@ -266,12 +273,16 @@ pub trait MessageBus: Send + Sync + 'static {
 /// Errors of the directory layer. Messages never contain a password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DirectoryError {
+    /// The directory could not be reached (connection refused, DNS, TLS).
     #[error("directory unreachable: {0}")]
     Unreachable(#[source] Reason),
+    /// No answer within the configured timeout.
     #[error("directory did not answer within {0:?}")]
     Timeout(Duration),
+    /// An HTTP status other than success.
     #[error("directory answered HTTP {0}")]
     Status(u16),
+    /// An answer that does not decode (docs/protocol.md#directory).
     #[error("directory answer not understood: {0}")]
     BadAnswer(#[source] Reason),
 }
@@ -280,7 +291,9 @@ pub enum DirectoryError {
 /// [`DirectoryApi::get_channel_default`] takes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelRef {
+    /// The channel topic, ending with `/`.
     pub topic: String,
+    /// The directory's id of the channel.
     pub id: String,
 }
 
@@ -334,22 +347,52 @@ pub trait DirectoryApi: Send + Sync + 'static {
 /// Errors of the shared cache layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CacheError {
+    /// The cache could not be reached or did not answer in time.
     #[error("cache unavailable: {0}")]
     Unavailable(#[source] Reason),
+    /// An answer outside the protocol.
     #[error("cache answer not understood: {0}")]
     BadAnswer(#[source] Reason),
 }
 
+/// A cache value as memcached keeps it: the bytes and the client's flags, which say how
+/// the bytes encode the value. The keys shared with the original Python server use
+/// pylibmc's flags (docs/protocol.md#cache-values, [`pyvalue`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheItem {
+    /// The client's flags (pylibmc's for the shared keys).
+    pub flags: u32,
+    /// The stored bytes.
+    pub data: Bytes,
+}
+
 /// State shared between instances and the watchdog (docs/protocol.md#cache). Values are
-/// opaque bytes; callers store JSON.
+/// bytes with flags: radiovis's own keys hold JSON with flags 0 ([`Cache::get`],
+/// [`Cache::set`]); the keys shared with the original hold what pylibmc wrote
+/// ([`Cache::get_item`], [`Cache::set_item`]).
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
 pub trait Cache: Send + Sync + 'static {
     /// The value under `key`, `None` when absent or expired.
     async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError>;
 
-    /// Stores `value` under `key` for `ttl`.
+    /// Stores `value` under `key` for `ttl`, with flags 0.
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError>;
+
+    /// The value under `key` with its flags. A cache that keeps no flags (this default)
+    /// answers flags 0; the readers of [`pyvalue`] also recognise a pickle by its bytes.
+    async fn get_item(&self, key: &str) -> Result<Option<CacheItem>, CacheError> {
+        Ok(self
+            .get(key)
+            .await?
+            .map(|data| CacheItem { flags: 0, data }))
+    }
+
+    /// Stores `item` under `key` for `ttl`. A cache that keeps no flags (this default)
+    /// drops them.
+    async fn set_item(&self, key: &str, item: CacheItem, ttl: Duration) -> Result<(), CacheError> {
+        self.set(key, item.data, ttl).await
+    }
 }
 
 /// One entry of the message log.
@@ -376,7 +419,12 @@ pub enum LogError {
     /// The store refused this entry (HTTP 4xx): sending it again gets the same answer.
     /// `reason` is the status's reason phrase, never the entry or the answer's body.
     #[error("log store refused the entry: HTTP {status} {reason}")]
-    Refused { status: u16, reason: String },
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// Its reason phrase.
+        reason: String,
+    },
 }
 
 impl LogError {
@@ -450,6 +498,12 @@ impl<T: Cache + ?Sized> Cache for std::sync::Arc<T> {
     }
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
         (**self).set(key, value, ttl).await
+    }
+    async fn get_item(&self, key: &str) -> Result<Option<CacheItem>, CacheError> {
+        (**self).get_item(key).await
+    }
+    async fn set_item(&self, key: &str, item: CacheItem, ttl: Duration) -> Result<(), CacheError> {
+        (**self).set_item(key, item, ttl).await
     }
 }
 

@@ -161,6 +161,8 @@ impl MonitoringArgs {
             user: self.monitoring_user.clone(),
             password: self.monitoring_password.clone(),
             vhost: self.monitoring_vhost.clone(),
+            // Created durable when missing, as before; an existing one is adopted.
+            durable_queue: true,
             ..RabbitConfig::default()
         }
         .with_exchange(self.monitoring_exchange.clone())
@@ -438,6 +440,7 @@ pub struct MonitoringArgs {
         value_name = "MONITORING_PORT",
         default_value_t = 5672
     )]
+    /// Monitoring RabbitMQ port.
     pub monitoring_port: u16,
     #[arg(
         long = "monitoring-user",
@@ -445,6 +448,7 @@ pub struct MonitoringArgs {
         value_name = "MONITORING_USER",
         default_value = "guest"
     )]
+    /// Monitoring RabbitMQ user.
     pub monitoring_user: String,
     #[arg(
         long = "monitoring-password",
@@ -454,6 +458,7 @@ pub struct MonitoringArgs {
         hide_env_values = true,
         hide_default_value = true
     )]
+    /// Monitoring RabbitMQ password.
     pub monitoring_password: String,
     #[arg(
         long = "monitoring-vhost",
@@ -461,8 +466,10 @@ pub struct MonitoringArgs {
         value_name = "MONITORING_VHOST",
         default_value = "/"
     )]
+    /// Monitoring RabbitMQ virtual host.
     pub monitoring_vhost: String,
     #[arg(long = "monitoring-debug", env = "MONITORING_DEBUG", value_name = "MONITORING_DEBUG", default_value = "True", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    /// Debug logs of the monitoring connection (True/False).
     pub monitoring_debug: bool,
     #[arg(
         long = "monitoring-exchange",
@@ -470,6 +477,7 @@ pub struct MonitoringArgs {
         value_name = "MONITORING_EXCHANGE",
         default_value = "monitoring.buffer"
     )]
+    /// Exchange monitoring events are published to.
     pub monitoring_exchange: String,
     #[arg(
         long = "monitoring-queue",
@@ -477,6 +485,7 @@ pub struct MonitoringArgs {
         value_name = "MONITORING_QUEUE",
         default_value = "radiovis"
     )]
+    /// Durable queue bound to the monitoring exchange.
     pub monitoring_queue: String,
     /// Server ids put in every event, comma-separated.
     #[arg(
@@ -500,7 +509,7 @@ pub struct FallbackArgs {
         default_value_t = 60
     )]
     pub fb_channel_cache: u64,
-    /// Durable queue the watchdog consumes.
+    /// Queue the watchdog consumes (shared with the original's watchdog).
     #[arg(
         long = "fb-queue",
         env = "FB_QUEUE",
@@ -508,6 +517,10 @@ pub struct FallbackArgs {
         default_value = "fallbacklogs"
     )]
     pub fb_queue: String,
+    /// Declare `FB_QUEUE` durable when it does not exist yet (True/False; False by
+    /// default, as the original declares it). An existing queue is used as it is.
+    #[arg(long = "fb-queue-durable", env = "RADIOVIS_FB_QUEUE_DURABLE", value_name = "RADIOVIS_FB_QUEUE_DURABLE", default_value = "False", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub fb_queue_durable: bool,
     /// Seconds between checks for quiet channels.
     #[arg(
         long = "fb-fallback-check",
@@ -576,6 +589,10 @@ impl FallbackArgs {
 
 mod clients;
 pub use clients::ClientLimitArgs;
+#[cfg(feature = "http")]
+mod http;
+#[cfg(feature = "http")]
+pub use http::{HttpArgs, PortOrOff};
 
 #[cfg(test)]
 mod tests;

@@ -82,6 +82,26 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The HTTP listener's socket could not be opened.
+    #[error("cannot listen on {addr} (HTTP_IP/HTTP_PORT; HTTP_PORT=off disables it)")]
+    ListenHttp {
+        /// The address from `HTTP_IP` and `HTTP_PORT`.
+        addr: SocketAddr,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another listening socket (TLS) could not be opened.
+    #[error("cannot listen on {addr} ({vars})")]
+    ListenOn {
+        /// The address.
+        addr: SocketAddr,
+        /// The variables that chose it, e.g. `STOMP_IP/STOMP_TLS_PORT`.
+        vars: &'static str,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The message bus could not be set up (its own message, as it always was).
     #[error("{source}")]
     MessageBus {

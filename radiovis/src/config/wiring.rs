@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::args::{DirectoryArgs, RabbitArgs};
 use super::error::ConfigError;
+use super::logging::redacted_url;
 use crate::backend::memory::{MemoryCache, MemoryLogStore, StaticDirectory};
 use crate::backend::{Cache, DirectoryApi, LogStore};
 
@@ -78,7 +79,8 @@ impl DirectoryArgs {
             None if demo.exists() => {
                 tracing::warn!(
                     path = DEMO_DIRECTORY,
-                    "no directory configured: using the demo directory {DEMO_DIRECTORY} (demo logins, any address may log in); it is for trying the server out: set RADIOVIS_DIRECTORY or RADIODNS_API_URL in production"
+                    mode = "demo directory",
+                    "no directory configured (RADIODNS_API_URL and RADIOVIS_DIRECTORY are not set): using the demo directory {DEMO_DIRECTORY} (demo logins, any address may log in); it is for trying the server out: set RADIOVIS_DIRECTORY or RADIODNS_API_URL in production"
                 );
                 (
                     StaticDirectory::from_file(demo).map_err(ConfigError::DemoDirectoryFile)?,
@@ -96,7 +98,8 @@ impl DirectoryArgs {
                 "directory (message log in memory)"
             ),
             None => tracing::warn!(
-                "no directory file: no station can log in, anonymous radios only (set RADIOVIS_DIRECTORY)"
+                mode = "standalone",
+                "no directory file: no station can log in, anonymous radios only (RADIODNS_API_URL and RADIOVIS_DIRECTORY are not set)"
             ),
         }
         Ok(dir)
@@ -112,28 +115,17 @@ impl DirectoryArgs {
                 Arc::new(c)
             }
             None => {
-                tracing::info!(backend = "in-process", "shared cache");
+                // The original defaulted MEMCACHED_HOST to 127.0.0.1: an operator who
+                // relied on that must hear that this process shares no cache
+                // (docs/protocol.md#configuration).
+                tracing::warn!(
+                    backend = "in-process",
+                    mode = "standalone",
+                    "shared cache in this process only: MEMCACHED_HOST is not set (the original Python server defaulted it to 127.0.0.1; radiovis does not), so conversions, channel lists and defaults are not shared with other processes; set MEMCACHED_HOST to share them"
+                );
                 Arc::new(MemoryCache::new())
             }
         })
-    }
-}
-
-/// `url` with only its scheme, host and port: the path (where PlugIt's API secret
-/// is) and any user information are hidden.
-pub fn redacted_url(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit('@').next().unwrap_or(authority);
-    let hidden = if rest.len() > authority.len() + 1 {
-        "/***"
-    } else {
-        "/"
-    };
-    if scheme.is_empty() {
-        format!("{host}{hidden}")
-    } else {
-        format!("{scheme}://{host}{hidden}")
     }
 }
 
@@ -147,7 +139,14 @@ impl RabbitArgs {
         use crate::backend::memory::LocalBus;
         use crate::backend::rabbitmq::{QueueKind, RabbitBus};
         if !self.configured() {
-            tracing::info!(backend = "in-process", "message bus");
+            // The original defaulted RABBITMQ_HOST to 127.0.0.1: instances swapped in
+            // for it would no longer share messages, and nothing else would say so
+            // (docs/protocol.md#configuration).
+            tracing::warn!(
+                backend = "in-process",
+                mode = "standalone",
+                "message bus in this process only: neither RABBITMQ_HOST nor RABBITMQ_URL is set (the original Python server defaulted RABBITMQ_HOST to 127.0.0.1; radiovis does not), so this instance shares messages with no other instance or watchdog; set RABBITMQ_HOST to join a fleet"
+            );
             return Ok(Arc::new(LocalBus::default()));
         }
         let config = self.rabbit_config(QueueKind::Instance)?;
@@ -161,27 +160,5 @@ impl RabbitArgs {
             );
         }
         Ok(Arc::new(bus))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redacted_url;
-
-    #[test]
-    fn urls_are_logged_without_path_or_credentials() {
-        assert_eq!(
-            redacted_url("https://manager.example/plugIt/S3cret/"),
-            "https://manager.example/***"
-        );
-        assert_eq!(
-            redacted_url("http://user:pw@127.0.0.1:8000/x?k=S3cret"),
-            "http://127.0.0.1:8000/***"
-        );
-        assert_eq!(
-            redacted_url("http://127.0.0.1:8000/"),
-            "http://127.0.0.1:8000/"
-        );
-        assert_eq!(redacted_url("http://h"), "http://h/");
     }
 }

@@ -355,6 +355,12 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
         self.shutdown.cancelled().await
     }
 
+    /// A token for a web client's writer: cancelled when the hub stops (STOMP sessions
+    /// are told through their queue, see [`Hub::register_session`]).
+    pub fn session_token(&self) -> CancellationToken {
+        self.shutdown.child_token()
+    }
+
     /// Registers a session's queue, killed ([`Kill::Shutdown`]) when the hub stops (at
     /// once when it has stopped already); returns the key to [`Hub::unregister_session`].
     pub fn register_session(&self, queue: &Arc<OutboundQueue>) -> usize {

@@ -11,7 +11,7 @@ use crate::stomp::{v10_safe, Command, Frame, Version};
 use crate::topic::{self, TopicError};
 
 use super::subscriptions::SubRecord;
-use super::{Session, SessionError};
+use super::{Session, SessionError, SessionIo};
 
 /// Why one frame was refused; the Display text is the ERROR's `message` header.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +52,7 @@ pub(super) enum Flow {
     Close,
 }
 
-impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
+impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C> {
     /// Handles one frame of a connected client.
     pub(super) async fn handle(&mut self, frame: Frame) -> Result<Flow, SessionError> {
         tracing::debug!(

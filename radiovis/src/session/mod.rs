@@ -20,10 +20,14 @@
 //! | `connect.rs` | CONNECT negotiation: version, credentials, heart-beats |
 //! | `commands.rs` | SUBSCRIBE, UNSUBSCRIBE, SEND and their receipts and ERRORs |
 //! | `subscriptions.rs` | the session's own list of subscriptions |
+//! | `io.rs` | the connection: a TCP socket, or any byte stream (TLS, WebSocket) |
 
 mod commands;
 mod connect;
+mod io;
 mod subscriptions;
+
+pub use io::{Generic, SessionIo};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,8 +38,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tracing::Instrument;
 
@@ -92,32 +94,33 @@ pub enum SessionError {
     FrameFailed(String),
 }
 
-/// Runs a session to its end and cleans up after it.
+/// Runs a session to its end and cleans up after it. `transport` names the
+/// connection's kind in the logs (`tcp`, `tls`, `websocket`).
 ///
 /// Not an `async fn`: its arguments would be held twice in the future (as arguments and
 /// as the body's locals), and every connection holds this future.
-pub(crate) fn run<B, D, C>(
+pub(crate) fn run<I, B, D, C>(
     hub: Arc<Hub<B, D, C>>,
-    mut stream: TcpStream,
+    io: I,
     peer: SocketAddr,
+    transport: &'static str,
 ) -> impl Future<Output = ()>
 where
+    I: SessionIo,
     B: MessageBus,
     D: DirectoryApi,
     C: Cache,
 {
     let conn = hub.next_id();
-    let span = tracing::info_span!("session", %peer, conn);
+    let span = tracing::info_span!("session", %peer, conn, transport);
     async move {
         hub.stats().connections.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(OutboundQueue::new(hub.config().outbound_queue));
         let registered = hub.register_session(&queue);
-        let (reader, writer) = stream.split();
         let mut session = Session {
             decoder: Decoder::new(hub.config().limits),
             hub: hub.clone(),
-            reader,
-            writer,
+            io,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             version: Version::V1_0,
@@ -153,11 +156,10 @@ where
     .instrument(span)
 }
 
-/// One connection: its socket halves, buffers, negotiated settings and subscriptions.
-struct Session<'a, B, D, C> {
+/// One connection: its socket, buffers, negotiated settings and subscriptions.
+struct Session<I, B, D, C> {
     hub: Arc<Hub<B, D, C>>,
-    reader: ReadHalf<'a>,
-    writer: WriteHalf<'a>,
+    io: I,
     rbuf: BytesMut,
     wbuf: BytesMut,
     decoder: Decoder,
@@ -188,7 +190,7 @@ struct Session<'a, B, D, C> {
 /// Largest chunk written at once when draining the queue.
 const WRITE_BATCH: usize = 64 * 1024;
 
-impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
+impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C> {
     async fn run(&mut self) -> SessionError {
         // Boxed: the CONNECT phase (directory calls) is large and runs once; keeping it
         // out of the session's future keeps every idle connection small.
@@ -256,11 +258,9 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
                     Some(kill) => Wake::Killed(kill),
                     None => Wake::Queued,
                 },
-                // Readiness polled in place: `readable()` would hold a future of ~150
-                // bytes in every idle session (docs: BENCHMARKS.md, memory).
-                r = std::future::poll_fn(|cx| self.reader.as_ref().poll_read_ready(cx)) => {
-                    Wake::Readable(r)
-                }
+                // Readiness polled in place: TcpStream::readable() would hold a future
+                // of ~150 bytes in every idle session.
+                r = std::future::poll_fn(|cx| self.io.poll_readable(cx)) => Wake::Readable(r),
                 _ = wait_timer(&mut timer) => Wake::Timer,
             };
             match event {
@@ -322,7 +322,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
             self.rbuf
                 .reserve(if self.rbuf.is_empty() { 1024 } else { 4096 });
         }
-        match self.reader.try_read_buf(&mut self.rbuf) {
+        match self.io.try_read_buf(&mut self.rbuf) {
             Ok(0) => Err(SessionError::PeerClosed),
             Ok(_) => {
                 self.last_read = Instant::now();
@@ -339,7 +339,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
             if let Some(f) = self.decoder.decode(&mut self.rbuf)? {
                 return Ok(f);
             }
-            self.reader.readable().await?;
+            self.io.readable().await?;
             self.read_some()?;
         }
     }
@@ -371,7 +371,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
             let error = Frame::error(message);
             let _ = tokio::time::timeout(Duration::from_secs(1), self.write_frame(&error)).await;
         }
-        linger(&self.reader, &mut self.writer).await;
+        linger(&mut self.io).await;
     }
 
     /// Writes queued MESSAGE frames, coalesced into one write (up to `WRITE_BATCH`).
@@ -381,8 +381,15 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
     /// buffer. So no connection holds a write buffer between writes, and a write
     /// allocates nothing.
     async fn write_queued(&mut self) -> Result<(), SessionError> {
+        if I::BUFFERED {
+            // TLS, WebSocket: written and flushed through the session's buffer.
+            if self.queue.drain_into(&mut self.wbuf, WRITE_BATCH) == 0 {
+                return Ok(());
+            }
+            return self.flush_wbuf().await;
+        }
         let queue = &self.queue;
-        let writer = &self.writer;
+        let writer = &mut self.io;
         let written = with_write_buf(|buf| {
             if queue.drain_into(buf, WRITE_BATCH) == 0 {
                 return Ok(None);
@@ -438,7 +445,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
         // needs no waiting future (this runs once per delivery batch).
         let mut written = 0;
         let result = loop {
-            match self.writer.try_write(&self.wbuf[written..]) {
+            match self.io.try_write(&self.wbuf[written..]) {
                 Ok(n) => {
                     written += n;
                     if written >= self.wbuf.len() {
@@ -455,6 +462,11 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
                 }
                 Err(e) => break Err(e.into()),
             }
+        };
+        // TLS and WebSocket streams hold what they accepted until flushed.
+        let result = match result {
+            Ok(()) if I::BUFFERED => Box::pin(self.flush_blocked()).await,
+            r => r,
         };
         // An idle connection holds no write buffer (a burst left it kilobytes large).
         self.wbuf = BytesMut::new();
@@ -477,7 +489,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
         let limit = self.hub.config().write_timeout;
         while written < self.wbuf.len() {
             let step = tokio::select! {
-                r = tokio::time::timeout(limit, self.writer.write(&self.wbuf[written..])) => r,
+                r = tokio::time::timeout(limit, self.io.write(&self.wbuf[written..])) => r,
                 kill = self.queue.killed() => return Err(match kill {
                     Kill::Shutdown => SessionError::Shutdown,
                     Kill::SlowConsumer => SessionError::SlowConsumer,
@@ -499,14 +511,36 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
         Ok(())
     }
 
+    /// Flushes a buffered stream, within `write_timeout` and unless killed.
+    async fn flush_blocked(&mut self) -> Result<(), SessionError> {
+        let limit = self.hub.config().write_timeout;
+        let step = tokio::select! {
+            r = tokio::time::timeout(limit, self.io.flush()) => r,
+            kill = self.queue.killed() => return Err(match kill {
+                Kill::Shutdown => SessionError::Shutdown,
+                Kill::SlowConsumer => SessionError::SlowConsumer,
+            }),
+        };
+        match step {
+            Ok(r) => Ok(r?),
+            Err(_) => {
+                self.hub
+                    .stats()
+                    .slow_consumers
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(SessionError::WriteTimeout(limit))
+            }
+        }
+    }
+
     /// Best effort at shutdown: write what is queued, bounded in time.
     async fn flush_queue_on_shutdown(&mut self) {
         let mut buf = std::mem::take(&mut self.wbuf);
         self.queue.drain_into(&mut buf, usize::MAX);
         if !buf.is_empty() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.write_all(&buf)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.io.write_all(&buf)).await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.shutdown()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
     }
 }
 
@@ -537,17 +571,18 @@ fn with_write_buf<R>(f: impl FnOnce(&mut BytesMut) -> R) -> R {
 /// so that its kernel does not answer our close with a reset that destroys the ERROR
 /// we wrote last (docs/protocol.md#limits). Also used by the server for the
 /// connections it refuses.
-pub(crate) async fn linger(reader: &ReadHalf<'_>, writer: &mut WriteHalf<'_>) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
-    let mut sink = [0u8; 8192];
+pub(crate) async fn linger<I: SessionIo>(io: &mut I) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+    let mut sink = BytesMut::with_capacity(8192);
     let deadline = Instant::now() + Duration::from_secs(1);
     let mut discarded = 0usize;
     while discarded < 16 * 1024 * 1024 {
-        match tokio::time::timeout_at(deadline, reader.readable()).await {
+        match tokio::time::timeout_at(deadline, io.readable()).await {
             Ok(Ok(())) => {}
             _ => return,
         }
-        match reader.try_read(&mut sink) {
+        sink.clear();
+        match io.try_read_buf(&mut sink) {
             Ok(0) => return,
             Ok(n) => discarded += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -612,8 +647,8 @@ mod tests {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        let future = run(hub, stream, addr);
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let future = run(hub, stream, addr, "tcp");
         let size = std::mem::size_of_val(&future);
         // Plus, on the heap, one boxed `Sleep` once a deadline applies (idle timeout on).
         println!(

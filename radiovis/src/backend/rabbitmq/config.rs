@@ -30,23 +30,37 @@ pub enum QueueKind {
     /// back at the same moment) are delivered late instead of lost
     /// (docs/protocol.md#rabbitmq-queues).
     Instance,
-    /// A named durable queue (the watchdog's `FB_QUEUE`): messages wait in it while no
-    /// consumer is attached. Consumption starts with the first `subscribe()`.
+    /// A named queue that outlives its consumer (the watchdog's `FB_QUEUE`): messages
+    /// wait in it while no consumer is attached. Consumption starts with the first
+    /// `subscribe()`. An existing queue of that name is adopted as it is, whoever
+    /// declared it and however; a missing one is declared not exclusive, not
+    /// auto-delete, and durable only with [`RabbitConfig::durable_queue`] (the
+    /// original declares it non-durable; docs/protocol.md#rabbitmq-queues).
     Durable(String),
 }
 
 /// Where and how to connect. `Debug` never shows the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RabbitConfig {
+    /// Broker host name or address.
     pub host: String,
+    /// Broker port (5672).
     pub port: u16,
+    /// AMQP user.
     pub user: String,
+    /// AMQP password (never logged).
     pub password: String,
     /// Virtual host, `/` by default.
     pub vhost: String,
     /// Fanout exchange every instance publishes to and consumes from.
     pub exchange: String,
+    /// The queue this connection consumes from.
     pub queue: QueueKind,
+    /// Whether a [`QueueKind::Durable`] queue that does not exist yet is declared
+    /// durable (survives a broker restart). `false` by default, as the original's
+    /// haigha declares `FB_QUEUE`, so that either implementation can declare it after
+    /// the other. An existing queue is used as it is either way.
+    pub durable_queue: bool,
     /// Bound on one connection attempt (TCP, handshake, declarations).
     pub connect_timeout: Duration,
     /// Bound on waiting for the broker's publisher confirm.
@@ -56,6 +70,7 @@ pub struct RabbitConfig {
     pub heartbeat: u16,
     /// First reconnection delay; doubles on each failure up to `max_backoff`.
     pub min_backoff: Duration,
+    /// Longest reconnection delay.
     pub max_backoff: Duration,
     /// Messages buffered per subscriber stream (backpressure beyond that).
     pub stream_capacity: usize,
@@ -73,6 +88,7 @@ impl Default for RabbitConfig {
             vhost: "/".to_owned(),
             exchange: DEFAULT_EXCHANGE.to_owned(),
             queue: QueueKind::Instance,
+            durable_queue: false,
             connect_timeout: Duration::from_secs(10),
             confirm_timeout: Duration::from_secs(5),
             heartbeat: 10,
@@ -94,6 +110,7 @@ impl fmt::Debug for RabbitConfig {
             .field("vhost", &self.vhost)
             .field("exchange", &self.exchange)
             .field("queue", &self.queue)
+            .field("durable_queue", &self.durable_queue)
             .field("connect_timeout", &self.connect_timeout)
             .field("confirm_timeout", &self.confirm_timeout)
             .field("heartbeat", &self.heartbeat)

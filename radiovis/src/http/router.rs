@@ -1,0 +1,86 @@
+//! [`RadiovisRouter`]: what the server's HTTP listener answers, as one `match` on
+//! (method, path) that hands each request to its module.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+
+use super::{longpoll, sse, websocket, Body, Router};
+use crate::backend::{Cache, DirectoryApi, MessageBus};
+use crate::server::{Admitted, Refused};
+use crate::StompHub;
+
+/// Settings of the web transports.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// How long a long-poll request is held when there is nothing newer to answer
+    /// (docs/protocol.md#http-long-poll).
+    pub poll_hold: Duration,
+    /// Interval of the keep-alive comments of a server-sent event stream.
+    pub sse_keepalive: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            poll_hold: Duration::from_secs(10),
+            sse_keepalive: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The radio and web transports of a [`StompHub`], over HTTP. Each HTTP connection
+/// counts against the hub's connection limits, like a STOMP connection.
+pub struct RadiovisRouter<B, D, C> {
+    hub: StompHub<B, D, C>,
+    config: std::sync::Arc<HttpConfig>,
+}
+
+impl<B, D, C> Clone for RadiovisRouter<B, D, C> {
+    fn clone(&self) -> Self {
+        RadiovisRouter {
+            hub: self.hub.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<B, D, C> RadiovisRouter<B, D, C> {
+    /// The transports of `hub` with these settings.
+    pub fn new(hub: StompHub<B, D, C>, config: HttpConfig) -> Self {
+        RadiovisRouter {
+            hub,
+            config: std::sync::Arc::new(config),
+        }
+    }
+}
+
+impl<B: MessageBus, D: DirectoryApi, C: Cache> Router for RadiovisRouter<B, D, C> {
+    type Guard = Admitted;
+
+    fn admit(&self, peer: SocketAddr) -> Result<Admitted, Refused> {
+        self.hub.admit(peer)
+    }
+
+    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let path = req.uri().path().to_owned();
+        tracing::debug!(method = %req.method(), %path, "HTTP request");
+        let hub = self.hub.hub();
+        match (req.method(), path.as_str()) {
+            (&Method::GET, "/radiodns/vis/vis.json") => {
+                longpoll::handle(hub, &self.config, &req, peer).await
+            }
+            (&Method::GET, "/stomp") => websocket::stomp(&self.hub, req, peer),
+            (&Method::GET, p) if p.starts_with("/topic/") => websocket::ebu(&self.hub, req, peer),
+            (&Method::GET, p) if p.starts_with(sse::PREFIX) => {
+                sse::handle(hub, &self.config, &req, peer).await
+            }
+            (&Method::OPTIONS, _) => super::preflight(),
+            // Operations (issue 12) add their arms here: /metrics, /healthz, /readyz,
+            // /publish and the status page at /, from a module `ops`.
+            _ => super::not_found(),
+        }
+    }
+}
