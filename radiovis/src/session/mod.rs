@@ -113,35 +113,40 @@ where
 {
     let conn = hub.next_id();
     let span = tracing::info_span!("session", %peer, conn, transport);
+    // Made here and moved into the future whole: built inside it, its parts would be
+    // held twice (as captured values and as the struct's fields).
+    let mut session = Session {
+        decoder: Decoder::new(hub.config().limits),
+        queue: Arc::new(OutboundQueue::new(hub.config().outbound_queue)),
+        hub,
+        io,
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::new(),
+        version: Version::V1_0,
+        peer,
+        conn,
+        station: None,
+        subs: Subscriptions::default(),
+        hb_send: None,
+        hb_recv: None,
+        last_read: Instant::now(),
+        last_write: Instant::now(),
+        frame_started: None,
+        info: None,
+        connected: false,
+    };
     async move {
-        hub.stats().connections.fetch_add(1, Ordering::Relaxed);
-        let queue = Arc::new(OutboundQueue::new(hub.config().outbound_queue));
-        let registered = hub.register_session(&queue);
-        let mut session = Session {
-            decoder: Decoder::new(hub.config().limits),
-            hub: hub.clone(),
-            io,
-            rbuf: BytesMut::new(),
-            wbuf: BytesMut::new(),
-            version: Version::V1_0,
-            peer,
-            conn,
-            station: None,
-            subs: Subscriptions::default(),
-            queue,
-            hb_send: None,
-            hb_recv: None,
-            last_read: Instant::now(),
-            last_write: Instant::now(),
-            frame_started: None,
-            info: None,
-            connected: false,
-        };
+        session
+            .hub
+            .stats()
+            .connections
+            .fetch_add(1, Ordering::Relaxed);
+        let registered = session.hub.register_session(&session.queue);
         let reason = session.run().await;
         session.queue.close();
         session.unsubscribe_all();
         if let Some(info) = session.info.take() {
-            hub.monitor().emit(Event::Disconnection(info));
+            session.hub.monitor().emit(Event::Disconnection(info));
         }
         match &reason {
             SessionError::PeerClosed | SessionError::Disconnected | SessionError::Shutdown => {
@@ -149,9 +154,12 @@ where
             }
             _ => tracing::warn!(reason = %reason, "session closed"),
         }
-        drop(session);
-        hub.unregister_session(registered);
-        hub.stats().connections.fetch_sub(1, Ordering::Relaxed);
+        session.hub.unregister_session(registered);
+        session
+            .hub
+            .stats()
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
     }
     .instrument(span)
 }
