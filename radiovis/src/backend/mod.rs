@@ -253,6 +253,12 @@ pub trait MessageBus: Send + Sync + 'static {
         tokio::sync::watch::channel(0).1
     }
 
+    /// Whether the bus can carry messages between instances now (readiness,
+    /// docs/protocol.md#health). The default: always (buses that never disconnect).
+    fn is_connected(&self) -> bool {
+        true
+    }
+
     async fn subscribe_acked(&self) -> Result<DeliveryStream, BusError> {
         use futures::StreamExt;
         let stream = self.subscribe().await?;
@@ -410,6 +416,9 @@ impl<T: MessageBus + ?Sized> MessageBus for std::sync::Arc<T> {
     }
     fn connection_generations(&self) -> tokio::sync::watch::Receiver<u64> {
         (**self).connection_generations()
+    }
+    fn is_connected(&self) -> bool {
+        (**self).is_connected()
     }
 }
 

@@ -40,12 +40,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backend::{Cache, DirectoryApi, MessageBus};
-use crate::hub::Hub;
+use crate::hub::{Hub, Transport};
 use crate::monitoring::{Event, SessionInfo};
 use crate::outbound::{Outbound, OutboundQueue};
 use crate::stomp::{CodecError, Decoder, Frame, Version};
 
 use commands::Flow;
+#[cfg(feature = "http")]
+pub(crate) use connect::canonical_ip;
 use subscriptions::Subscriptions;
 
 /// Why a session ended (logged when it closes).
@@ -102,6 +104,7 @@ where
     let conn = hub.next_id();
     let span = tracing::info_span!("session", %peer, conn);
     hub.stats().connections.fetch_add(1, Ordering::Relaxed);
+    hub.stats().opened(Transport::Stomp);
     async {
         let (reader, writer) = stream.split();
         let mut session = Session {
@@ -142,6 +145,7 @@ where
     .instrument(span)
     .await;
     hub.stats().connections.fetch_sub(1, Ordering::Relaxed);
+    hub.stats().closed(Transport::Stomp);
 }
 
 /// One connection: its socket halves, buffers, negotiated settings and subscriptions.
