@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{Cache, DirectoryApi, MessageBus};
-use crate::hub::{address_key, Hub, HubConfig, HubError, StatsSnapshot};
+use crate::hub::{address_key, Hub, HubConfig, HubError, StatsSnapshot, TopicStatus};
 use crate::metrics::{CallMetrics, HubCollector, Metrics};
 use crate::stomp::{Frame, Version};
 
@@ -70,6 +70,12 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> StompHub<B, D, C> {
     /// Counters so far.
     pub fn stats(&self) -> StatsSnapshot {
         self.hub.stats().snapshot()
+    }
+
+    /// The `max` topics whose last message is newest (newest first), each with its
+    /// subscriptions on this instance: what the status page shows.
+    pub fn topic_status(&self, max: usize) -> Vec<TopicStatus> {
+        self.hub.topic_status(max)
     }
 
     /// Adds this server's counters, bus state and monitoring drops to `metrics`

@@ -576,6 +576,10 @@ impl FallbackArgs {
 
 mod clients;
 pub use clients::ClientLimitArgs;
+#[cfg(feature = "http")]
+mod ops;
+#[cfg(feature = "http")]
+pub use ops::OpsArgs;
 
 #[cfg(test)]
 mod tests;

@@ -19,6 +19,8 @@ pub mod runtime;
 #[cfg(all(feature = "plugit", feature = "memcached"))]
 pub mod wiring;
 
+#[cfg(feature = "http")]
+pub use args::OpsArgs;
 pub use args::{
     parse_bool, secs, DirectoryArgs, FallbackArgs, HubArgs, MonitoringArgs, RabbitArgs, StompArgs,
 };

@@ -185,7 +185,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Ops<B, D, C> {
                 }
             },
         );
-        let mut response = Response::new(StreamBody::new(stream).boxed());
+        let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,

@@ -6,14 +6,14 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::{header, Response, StatusCode};
 use serde_json::json;
 
 use crate::metrics::{Metrics, CONTENT_TYPE};
 
 /// The body of every operations response.
-pub type OpsBody = BoxBody<Bytes, Infallible>;
+pub type OpsBody = UnsyncBoxBody<Bytes, Infallible>;
 
 /// A whole response with this status, content type and body.
 pub fn respond(
@@ -21,7 +21,7 @@ pub fn respond(
     content_type: &str,
     body: impl Into<Bytes>,
 ) -> Response<OpsBody> {
-    let mut response = Response::new(Full::new(body.into()).boxed());
+    let mut response = Response::new(Full::new(body.into()).boxed_unsync());
     *response.status_mut() = status;
     if let Ok(v) = header::HeaderValue::from_str(content_type) {
         response.headers_mut().insert(header::CONTENT_TYPE, v);

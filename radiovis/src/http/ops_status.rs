@@ -79,7 +79,7 @@ pub fn snapshot<B: MessageBus, D: DirectoryApi, C: Cache>(
     let stats = inner.stats();
     // Channel -> its text and image topics' last messages.
     let mut channels: BTreeMap<String, Value> = BTreeMap::new();
-    for t in inner.topic_status(MAX_TOPICS) {
+    for t in hub.topic_status(MAX_TOPICS) {
         let (channel, kind) = match t.last.topic.rsplit_once('/') {
             Some((c, k)) => (format!("{c}/"), k.to_owned()),
             None => (t.last.topic.clone(), String::new()),
