@@ -171,6 +171,9 @@ async fn faults_lose_no_confirmed_message_and_drop_no_radio() {
     for name in ["fallback-1", "fallback-2"] {
         let mut env = common.clone();
         env.push(("FB_QUEUE", fb_queue.clone()));
+        // A radiovis-only fleet: the queue outlives the broker restart below, so no
+        // message is lost to the log (the original's non-durable queue would be).
+        env.push(("RADIOVIS_FB_QUEUE_DURABLE", "True".to_owned()));
         env.push(("FB_FALLBACK_CHECK", "1".to_owned()));
         env.push(("FB_FALLBACK_TIME", "5".to_owned()));
         env.push(("RADIOVIS_FALLBACK_TAKEOVER", "0.5".to_owned()));

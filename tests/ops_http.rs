@@ -37,7 +37,10 @@ async fn metrics_move_with_stomp_traffic() {
     let hub = TestHub::start().await;
     let http = serve_http(&hub, Default::default()).await;
     let before = scrape(&http).await;
-    assert_eq!(value(&before, "radiovis_connections{transport=\"stomp\"}"), 0.0);
+    assert_eq!(
+        value(&before, "radiovis_connections{transport=\"stomp\"}"),
+        0.0
+    );
     assert_eq!(value(&before, "radiovis_listeners"), 1.0);
 
     let mut radio = hub.radio().await;
@@ -56,10 +59,19 @@ async fn metrics_move_with_stomp_traffic() {
 
     let after = scrape(&http).await;
     let delta = |series: &str| value(&after, series) - value(&before, series);
-    assert_eq!(value(&after, "radiovis_connections{transport=\"stomp\"}"), 3.0);
-    assert_eq!(delta("radiovis_connections_accepted_total{transport=\"stomp\"}"), 3.0);
+    assert_eq!(
+        value(&after, "radiovis_connections{transport=\"stomp\"}"),
+        3.0
+    );
+    assert_eq!(
+        delta("radiovis_connections_accepted_total{transport=\"stomp\"}"),
+        3.0
+    );
     assert_eq!(value(&after, "radiovis_subscriptions"), 2.0);
-    assert_eq!(delta("radiovis_messages_published_total{transport=\"stomp\"}"), 1.0);
+    assert_eq!(
+        delta("radiovis_messages_published_total{transport=\"stomp\"}"),
+        1.0
+    );
     assert_eq!(delta("radiovis_bus_messages_received_total"), 1.0);
     assert_eq!(delta("radiovis_deliveries_total"), 1.0);
     assert_eq!(delta("radiovis_replays_total"), 1.0);
@@ -75,7 +87,10 @@ async fn metrics_move_with_stomp_traffic() {
             assert_eq!(value(&now, "radiovis_subscriptions"), 0.0);
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "connections stay open:\n{now}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connections stay open:\n{now}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -88,7 +103,12 @@ async fn health_answers() {
     assert_eq!(live.status, 200);
     assert_eq!(live.json()["status"], "alive");
     let ready = get(&http, "/readyz", WAIT).await;
-    assert_eq!(ready.status, 200, "{:?}", String::from_utf8_lossy(&ready.body));
+    assert_eq!(
+        ready.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&ready.body)
+    );
     let body = ready.json();
     assert_eq!(body["status"], "ready");
     assert_eq!(body["checks"]["bus"], "connected");
@@ -98,7 +118,10 @@ async fn health_answers() {
 #[tokio::test]
 async fn a_slide_published_with_curl_reaches_a_stomp_radio() {
     if !curl_installed().await {
-        testkit::services::skip("a_slide_published_with_curl_reaches_a_stomp_radio", "curl is not installed");
+        testkit::services::skip(
+            "a_slide_published_with_curl_reaches_a_stomp_radio",
+            "curl is not installed",
+        );
         return;
     }
     let hub = TestHub::start().await;
@@ -164,14 +187,29 @@ async fn a_slide_published_with_curl_reaches_a_stomp_radio() {
     assert_eq!(image.body, b"SHOW https://radio1.example/next.jpg");
 
     let metrics = scrape(&http).await;
-    assert_eq!(value(&metrics, "radiovis_messages_published_total{transport=\"http\"}"), 3.0);
-    assert_eq!(value(&metrics, "radiovis_connections_accepted_total{transport=\"http\"}"), 2.0);
+    assert_eq!(
+        value(
+            &metrics,
+            "radiovis_messages_published_total{transport=\"http\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &metrics,
+            "radiovis_connections_accepted_total{transport=\"http\"}"
+        ),
+        2.0
+    );
 }
 
 #[tokio::test]
 async fn http_publish_refuses_as_stomp_does() {
     if !curl_installed().await {
-        testkit::services::skip("http_publish_refuses_as_stomp_does", "curl is not installed");
+        testkit::services::skip(
+            "http_publish_refuses_as_stomp_does",
+            "curl is not installed",
+        );
         return;
     }
     let config = radiovis::HubConfig {
@@ -188,18 +226,34 @@ async fn http_publish_refuses_as_stomp_does() {
     let (status, _) = curl(&["-d", "text=x", &url]).await.expect("curl");
     assert_eq!(status, 401);
     let (_, head) = curl(&["-i", "-d", "text=x", &url]).await.expect("curl");
-    assert!(head.to_ascii_lowercase().contains("www-authenticate: basic"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: basic"),
+        "{head}"
+    );
     // No rights on another station's channel: 403, nothing published.
     let other = format!("http://{http}/publish?topic=/topic/fm/ch/4002/10110/");
-    let (status, body) = curl(&["-u", &good, "-d", "text=x", &other]).await.expect("curl");
+    let (status, body) = curl(&["-u", &good, "-d", "text=x", &other])
+        .await
+        .expect("curl");
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("no rights"), "{body}");
     // Bad requests: nothing to publish, a raw body that is not RadioVis.
-    let (status, _) = curl(&["-u", &good, "-X", "POST", &url]).await.expect("curl");
-    assert_eq!(status, 400);
-    let (status, _) = curl(&["-u", &good, "-H", "Content-Type: text/plain", "--data-binary", "hello", &url])
+    let (status, _) = curl(&["-u", &good, "-X", "POST", &url])
         .await
         .expect("curl");
+    assert_eq!(status, 400);
+    let (status, _) = curl(&[
+        "-u",
+        &good,
+        "-H",
+        "Content-Type: text/plain",
+        "--data-binary",
+        "hello",
+        &url,
+    ])
+    .await
+    .expect("curl");
     assert_eq!(status, 400);
 
     // Wrong passcodes: 401 twice, then the address is throttled: 429 even with the
@@ -211,10 +265,17 @@ async fn http_publish_refuses_as_stomp_does() {
         assert_eq!(status, 401, "{body}");
         assert!(body.contains("Wrong credentials"), "{body}");
     }
-    let (status, body) = curl(&["-u", &good, "-d", "text=x", &url]).await.expect("curl");
+    let (status, body) = curl(&["-u", &good, "-d", "text=x", &url])
+        .await
+        .expect("curl");
     assert_eq!(status, 429, "{body}");
-    let (_, head) = curl(&["-i", "-u", &good, "-d", "text=x", &url]).await.expect("curl");
-    assert!(head.to_ascii_lowercase().contains("retry-after: 300"), "{head}");
+    let (_, head) = curl(&["-i", "-u", &good, "-d", "text=x", &url])
+        .await
+        .expect("curl");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 300"),
+        "{head}"
+    );
     let mut c = hub.conn().await;
     c.send_frame("CONNECT", &[("login", LOGIN), ("passcode", PASSCODE)], b"")
         .await;
@@ -222,9 +283,18 @@ async fn http_publish_refuses_as_stomp_does() {
     assert_eq!(err.message(), "Too many failed logins: try again later");
 
     let metrics = scrape(&http).await;
-    assert_eq!(value(&metrics, "radiovis_logins_total{result=\"failure\"}"), 2.0);
+    assert_eq!(
+        value(&metrics, "radiovis_logins_total{result=\"failure\"}"),
+        2.0
+    );
     assert!(value(&metrics, "radiovis_logins_total{result=\"throttled\"}") >= 3.0);
-    assert_eq!(value(&metrics, "radiovis_messages_published_total{transport=\"http\"}"), 0.0);
+    assert_eq!(
+        value(
+            &metrics,
+            "radiovis_messages_published_total{transport=\"http\"}"
+        ),
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -232,7 +302,9 @@ async fn status_events_carry_a_slide_published_after_they_started() {
     use tokio::io::{AsyncWriteExt, BufReader};
     let hub = TestHub::start().await;
     let http = serve_http(&hub, Default::default()).await;
-    let stream = tokio::net::TcpStream::connect(&http).await.expect("connect");
+    let stream = tokio::net::TcpStream::connect(&http)
+        .await
+        .expect("connect");
     let (read, mut write) = stream.into_split();
     write
         .write_all(format!("GET /status/events HTTP/1.1\r\nHost: {http}\r\n\r\n").as_bytes())

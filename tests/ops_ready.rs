@@ -52,9 +52,19 @@ async fn readyz_follows_the_broker() {
     config.min_backoff = Duration::from_millis(100);
     config.max_backoff = Duration::from_millis(500);
     let bus = Arc::new(RabbitBus::connect(config).await.expect("bus"));
-    assert!(bus.wait_connected(Duration::from_secs(10)).await, "bus connects through the proxy");
-    let hub = StompHub::new(bus.clone(), static_directory(), MemoryCache::new(), test_config());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    assert!(
+        bus.wait_connected(Duration::from_secs(10)).await,
+        "bus connects through the proxy"
+    );
+    let hub = StompHub::new(
+        bus.clone(),
+        static_directory(),
+        MemoryCache::new(),
+        test_config(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let stop = tokio_util::sync::CancellationToken::new();
     let _stop_on_drop = stop.clone().drop_guard();
     tokio::spawn({
@@ -62,7 +72,9 @@ async fn readyz_follows_the_broker() {
         let stop = stop.clone();
         async move { hub.run(vec![listener], stop).await }
     });
-    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let http = http_listener.local_addr().expect("addr").to_string();
     let router = radiovis::http::RadiovisRouter::new(hub.clone(), Default::default());
     tokio::spawn(radiovis::http::serve(http_listener, router, stop.clone()));

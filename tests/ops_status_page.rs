@@ -54,7 +54,8 @@ async fn headless(browser: &PathBuf, args: &[&str], url: &str) -> String {
 
 /// A fresh directory under the target directory's `tmp`.
 fn tempdir(what: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{what}-{}", uuid::Uuid::new_v4()));
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{what}-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("create temp dir");
     dir
 }
@@ -62,11 +63,17 @@ fn tempdir(what: &str) -> PathBuf {
 #[tokio::test]
 async fn the_status_page_shows_a_slide_just_published() {
     let Some(browser) = chromium() else {
-        testkit::services::skip("the_status_page_shows_a_slide_just_published", "chromium is not installed");
+        testkit::services::skip(
+            "the_status_page_shows_a_slide_just_published",
+            "chromium is not installed",
+        );
         return;
     };
     if !curl_installed().await {
-        testkit::services::skip("the_status_page_shows_a_slide_just_published", "curl is not installed");
+        testkit::services::skip(
+            "the_status_page_shows_a_slide_just_published",
+            "curl is not installed",
+        );
         return;
     }
     let hub = TestHub::start().await;
@@ -90,13 +97,24 @@ async fn the_status_page_shows_a_slide_just_published() {
     .await
     .expect("curl");
     assert_eq!(status, 200, "{body}");
-    assert_eq!(radio.expect("MESSAGE").await.body, b"TEXT Status page <test> & slide");
+    assert_eq!(
+        radio.expect("MESSAGE").await.body,
+        b"TEXT Status page <test> & slide"
+    );
 
     let url = format!("http://{http}/");
     // The DOM after the page's script ran (and applied a live event).
-    let dom = headless(&browser, &["--virtual-time-budget=3000", "--dump-dom"], &url).await;
+    let dom = headless(
+        &browser,
+        &["--virtual-time-budget=3000", "--dump-dom"],
+        &url,
+    )
+    .await;
     assert!(dom.contains("/topic/fm/4e1/4001/09580/"), "{dom}");
-    assert!(dom.contains("Status page &lt;test&gt; &amp; slide"), "text shown as text: {dom}");
+    assert!(
+        dom.contains("Status page &lt;test&gt; &amp; slide"),
+        "text shown as text: {dom}"
+    );
     assert!(
         dom.contains("src=\"https://radio1.example/status-slide.jpg\""),
         "the image is shown: {dom}"

@@ -1,18 +1,27 @@
 //! `radiovis-fallback`: configuration -> backends -> [`Watchdog`], under a leader lock.
 //!
-//! Consumes the durable queue `FB_QUEUE` bound to the servers' exchange, logs every
-//! message to the PlugIt API and sends each quiet channel's default slide. Two (or
-//! more) may run: the one holding the broker-side lock is active, the others stand by
-//! and take over within `RADIOVIS_FALLBACK_TAKEOVER` seconds after it dies; messages
-//! wait in the durable queue meanwhile.
+//! Consumes the queue `FB_QUEUE` bound to the servers' exchange (adopted as it is when
+//! it exists, e.g. declared by the original Python watchdog; see
+//! docs/protocol.md#rabbitmq-queues), logs every message to the PlugIt API and sends
+//! each quiet channel's default slide. Two (or more) may run: the one holding the
+//! broker-side lock is active, the others stand by and take over within
+//! `RADIOVIS_FALLBACK_TAKEOVER` seconds after it dies; messages wait in the queue
+//! meanwhile.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::Parser;
 use radiovis::backend::rabbitmq::{LeaderLock, QueueKind, RabbitBus};
-use radiovis::config::{DirectoryArgs, DirectoryBackends, FallbackArgs, RabbitArgs};
+use radiovis::config::{
+    ConfigError, DirectoryArgs, DirectoryBackends, FallbackArgs, FallbackHttpArgs, RabbitArgs,
+};
+use radiovis::http::ops_respond::ReadyReport;
+use radiovis::http::ProcessRouter;
+use radiovis::metrics::{Metrics, WatchdogCollector};
 use radiovis::watchdog::Watchdog;
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 /// RadioVis fallback watchdog. Every option can also be set through the environment
@@ -27,6 +36,8 @@ struct Cli {
     directory: DirectoryArgs,
     #[command(flatten)]
     fallback: FallbackArgs,
+    #[command(flatten)]
+    http: FallbackHttpArgs,
     /// Name of the broker-side lock (an exclusive queue) that elects the active
     /// watchdog [default: <FB_QUEUE>.lock].
     #[arg(
@@ -69,14 +80,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .rabbit_config(QueueKind::Durable(queue.clone()))?;
     // The log buffer holds what the broker may have in flight unacknowledged.
     rabbit.prefetch = 1000;
-    tracing::info!(host = %rabbit.host, port = rabbit.port, exchange = %rabbit.exchange, queue = %queue, "message bus: rabbitmq (durable queue)");
+    rabbit.durable_queue = cli.fallback.fb_queue_durable;
+    tracing::info!(host = %rabbit.host, port = rabbit.port, exchange = %rabbit.exchange, queue = %queue, durable_if_created = rabbit.durable_queue, "message bus: rabbitmq (shared queue FB_QUEUE)");
     let bus = Arc::new(RabbitBus::connect(rabbit.clone()).await?);
 
+    // Every directory and cache call is timed for /metrics; the watchdog's counters
+    // live in its configuration, shared by every term as leader.
+    let metrics = Metrics::new();
+    metrics.register(WatchdogCollector(watchdog_config.stats.clone()));
     let DirectoryBackends {
         directory,
         log,
         cache,
-    } = cli.directory.backends()?;
+    } = cli.directory.backends()?.timed(&metrics);
     if cli.directory.radiodns_api_url.is_none() {
         tracing::warn!("message log kept in memory only: set RADIODNS_API_URL for PlugIt");
     }
@@ -90,11 +106,60 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     });
 
+    // /metrics, /healthz, /readyz on FB_HTTP_IP / FB_HTTP_PORT (docs/protocol.md#health):
+    // ready while the broker connection is up, active or standby.
+    let active = Arc::new(AtomicBool::new(false));
+    let ready = {
+        let bus = bus.clone();
+        let active = active.clone();
+        Arc::new(move || {
+            let connected = bus.is_connected();
+            let mut checks = serde_json::Map::new();
+            checks.insert(
+                "bus".into(),
+                json!(if connected {
+                    "connected"
+                } else {
+                    "disconnected"
+                }),
+            );
+            checks.insert(
+                "role".into(),
+                json!(if active.load(Ordering::Relaxed) {
+                    "active"
+                } else {
+                    "standby"
+                }),
+            );
+            ReadyReport {
+                ready: connected,
+                reason: (!connected).then(|| "message bus not connected".to_owned()),
+                checks,
+            }
+        })
+    };
+    let router = ProcessRouter::new(metrics, ready);
+    let mut http_tasks = Vec::new();
+    for addr in cli.http.addresses() {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ConfigError::ListenFallbackHttp { addr, source })?;
+        http_tasks.push(tokio::spawn(radiovis::http::serve(
+            listener,
+            router.clone(),
+            shutdown.clone(),
+        )));
+    }
+    if http_tasks.is_empty() {
+        tracing::info!("operations listener off (FB_HTTP_PORT=off)");
+    }
+
     let lock_name = cli.lock.clone().unwrap_or_else(|| format!("{queue}.lock"));
     loop {
         let Some(lock) = LeaderLock::acquire(&rabbit, &lock_name, takeover, &shutdown).await else {
             break;
         };
+        active.store(true, Ordering::Relaxed);
         let watchdog = Watchdog::new(
             bus.clone(),
             directory.clone(),
@@ -123,6 +188,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let _ = run.await;
             }
         }
+        active.store(false, Ordering::Relaxed);
+    }
+    shutdown.cancel();
+    for task in http_tasks {
+        let _ = task.await;
     }
     bus.shutdown().await;
     tracing::info!("stopped");

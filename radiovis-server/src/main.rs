@@ -9,9 +9,12 @@ use anyhow::Context;
 use clap::Parser;
 use radiovis::backend::rabbitmq::RabbitBus;
 use radiovis::config::{
-    ConfigError, DirectoryArgs, DirectoryBackends, FallbackArgs, HubArgs, MonitoringArgs,
-    RabbitArgs, StompArgs,
+    ConfigError, DirectoryArgs, DirectoryBackends, FallbackArgs, HttpArgs, HubArgs, MonitoringArgs,
+    OpsArgs, RabbitArgs, StompArgs,
 };
+use radiovis::http::ops::Ops;
+use radiovis::http::RadiovisRouter;
+use radiovis::metrics::{Metrics, WatchdogCollector};
 use radiovis::monitoring::Monitor;
 use radiovis::watchdog::Watchdog;
 use radiovis::StompHub;
@@ -24,6 +27,10 @@ use tokio::net::TcpListener;
 struct Cli {
     #[command(flatten)]
     stomp: StompArgs,
+    #[command(flatten)]
+    http: HttpArgs,
+    #[command(flatten)]
+    ops: OpsArgs,
     #[command(flatten)]
     rabbit: RabbitArgs,
     #[command(flatten)]
@@ -52,11 +59,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     radiovis::config::raise_open_files_limit(hub_config.max_connections);
 
     let bus = cli.rabbit.server_bus().await?;
+    // Every directory and cache call is timed for /metrics (and /readyz).
+    let metrics = Metrics::new();
     let DirectoryBackends {
         directory,
         log,
         cache,
-    } = cli.directory.backends()?;
+    } = cli.directory.backends()?.timed(&metrics);
     let stop_monitoring = tokio_util::sync::CancellationToken::new();
     let mut monitoring_task = None;
     let mut hub_config = hub_config;
@@ -87,6 +96,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let l = listen(addr).map_err(|source| ConfigError::Listen { addr, source })?;
         listeners.push(l);
     }
+    let http_config = cli.http.http_config()?;
+    let mut http_listeners = Vec::new();
+    for addr in cli.http.addresses(&cli.stomp) {
+        let l = listen(addr).map_err(|source| ConfigError::ListenHttp { addr, source })?;
+        http_listeners.push(l);
+    }
+    if http_listeners.is_empty() {
+        tracing::info!("HTTP listener off (HTTP_PORT=off)");
+    }
 
     // Fully standalone only: with PlugIt (or RabbitMQ) configured, the deployment has a
     // radiovis-fallback of its own, and a second watchdog would log every message twice.
@@ -97,9 +115,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         _ => standalone,
     };
     let stop_watchdog = tokio_util::sync::CancellationToken::new();
+    let mut watchdog_stats = None;
     let watchdog = if watchdog_on {
         let config = cli.fallback.watchdog_config()?;
-        tracing::info!("fallback watchdog running in process");
+        metrics.register(WatchdogCollector(config.stats.clone()));
+        watchdog_stats = Some(config.stats.clone());
+        if standalone {
+            tracing::warn!(
+                mode = "standalone",
+                "fallback watchdog running in this process (RABBITMQ_HOST and RADIODNS_API_URL are not set; RADIOVIS_WATCHDOG=off turns it off): in a fleet, run radiovis-fallback instead"
+            );
+        } else {
+            tracing::info!("fallback watchdog running in process (RADIOVIS_WATCHDOG=on)");
+        }
         let wd = Watchdog::new(
             bus.clone(),
             directory.clone(),
@@ -114,6 +142,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let hub = StompHub::new(bus, directory, cache, hub_config);
     let stop = tokio_util::sync::CancellationToken::new();
+    let ops = Ops::new(hub.clone(), metrics, cli.ops.admin(), watchdog_stats);
+    let router = RadiovisRouter::new(hub.clone(), http_config).with_ops(ops);
+    let http_tasks: Vec<_> = http_listeners
+        .into_iter()
+        .map(|l| tokio::spawn(radiovis::http::serve(l, router.clone(), stop.clone())))
+        .collect();
     let served = hub.run(listeners, stop.clone());
     tokio::pin!(served);
     let served = tokio::select! {
@@ -124,6 +158,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     served?;
+    for task in http_tasks {
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "HTTP listener task failed");
+        }
+    }
     stop_watchdog.cancel();
     stop_monitoring.cancel();
     if let Some(task) = monitoring_task {

@@ -39,16 +39,32 @@ async fn the_startup_log_names_the_backends() {
     .await;
     assert_eq!(listening, Ok(true), "{seen:#?}");
     let log = seen.join("\n");
-    assert!(log.contains(r#"message bus backend="in-process""#), "{log}");
     assert!(
         log.contains(r#"backend="file""#) && log.contains("examples/directory.toml"),
         "{log}"
     );
+    assert!(log.contains("monitoring events off"), "{log}");
+    // Every standalone piece and the demo directory are said at WARN, with the mode and
+    // why (issue 10: the original defaulted RABBITMQ_HOST and MEMCACHED_HOST to
+    // 127.0.0.1, radiovis treats them unset as standalone).
+    let warned = |text: &str, why: &str| {
+        seen.iter().any(|l| {
+            l.contains("WARN") && l.contains(text) && l.contains(why) && l.contains("mode=")
+        })
+    };
     assert!(
-        log.contains(r#"shared cache backend="in-process""#),
+        warned("message bus in this process only", "RABBITMQ_HOST"),
         "{log}"
     );
-    assert!(log.contains("monitoring events off"), "{log}");
+    assert!(
+        warned("shared cache in this process only", "MEMCACHED_HOST"),
+        "{log}"
+    );
+    assert!(warned("demo directory", "RADIODNS_API_URL"), "{log}");
+    assert!(
+        warned("fallback watchdog running in this process", "RABBITMQ_HOST"),
+        "{log}"
+    );
     let _ = child.start_kill();
 }
 

@@ -13,6 +13,7 @@
 //! | [`topic`] | topic shapes, CC -> GCC normalisation, `*` matching, FM fallback |
 //! | [`server`] | [`StompHub`]: accept, connection limit, one session task per connection, shutdown |
 //! | [`session`] | one connection's life: CONNECT -> frames -> close |
+//! | `http` | the HTTP listener and the web transports: long-poll, server-sent events, WebSocket (feature `http`) |
 //! | [`hub`] | shared state: subscription index, fan-out, last messages, channel rights |
 //! | [`outbound`] | per-message encoding shared by all subscribers, outbound queue items |
 //! | [`watchdog`] | the fallback watchdog: message log, defaults for quiet channels |
@@ -52,4 +53,4 @@ pub mod watchdog;
 
 pub use backend::{BusMessage, Cache, DirectoryApi, LogStore, MessageBus};
 pub use hub::HubConfig;
-pub use server::StompHub;
+pub use server::{Admitted, Refused, StompHub};

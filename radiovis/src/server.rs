@@ -11,15 +11,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{Cache, DirectoryApi, MessageBus};
 use crate::hub::{address_key, Hub, HubConfig, HubError, StatsSnapshot, TopicStatus};
 use crate::metrics::{CallMetrics, HubCollector, Metrics};
+use crate::session::{Generic, SessionIo};
 use crate::stomp::{Frame, Version};
 
 /// Idle time before the kernel probes a client connection (TCP keepalive).
@@ -188,54 +189,97 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> StompHub<B, D, C> {
         if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
             tracing::debug!(%peer, error = %e, "cannot enable TCP keepalive");
         }
+        self.serve_io(stream, peer, "tcp");
+    }
+
+    /// Runs a STOMP session on an already accepted byte stream of any kind (a TLS
+    /// stream, a WebSocket byte adapter). `transport` names it in the logs. Counts
+    /// against `max_connections` and `max_connections_per_address`.
+    pub fn serve_stream<S>(&self, stream: S, peer: SocketAddr, transport: &'static str)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.serve_io(Generic::new(stream), peer, transport);
+    }
+
+    fn serve_io<I: SessionIo>(&self, io: I, peer: SocketAddr, transport: &'static str) {
+        match self.admit(peer) {
+            Ok(admitted) => {
+                let hub = self.hub.clone();
+                self.tracker.spawn(async move {
+                    crate::session::run(hub, io, peer, transport).await;
+                    drop(admitted);
+                });
+            }
+            Err(refused) => self.refuse(io, refused.to_string()),
+        }
+    }
+
+    /// A place for one more connection from `peer` under `max_connections` and
+    /// `max_connections_per_address` (logged and counted when refused). Held for as
+    /// long as the connection is open, whatever its transport.
+    pub fn admit(&self, peer: SocketAddr) -> Result<Admitted, Refused> {
         let address = match PerAddress::admit(&self.per_address, peer.ip()) {
             Some(guard) => guard,
             None => {
                 let limit = self.hub.config().max_connections_per_address;
                 tracing::warn!(%peer, limit, "connection refused: too many connections from this address");
-                return self.refuse(
-                    stream,
-                    format!("too many connections from your address: limit is {limit}"),
-                );
+                return Err(self.refused(Refused::PerAddress(limit)));
             }
         };
         match self.connections.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let hub = self.hub.clone();
-                self.tracker.spawn(async move {
-                    crate::session::run(hub, stream, peer).await;
-                    drop(permit);
-                    drop(address);
-                });
-            }
+            Ok(permit) => Ok(Admitted {
+                _permit: permit,
+                _address: address,
+            }),
             Err(_) => {
                 let limit = self.hub.config().max_connections;
                 tracing::warn!(%peer, limit, "connection refused: too many connections");
-                self.refuse(stream, format!("too many connections: limit is {limit}"));
+                Err(self.refused(Refused::Total(limit)))
             }
         }
+    }
+
+    fn refused(&self, refused: Refused) -> Refused {
+        self.hub
+            .stats()
+            .refused_connections
+            .fetch_add(1, Ordering::Relaxed);
+        refused
     }
 
     /// Refuses a connection over a limit: an ERROR saying which, then a graceful close
     /// (what the client sent must not turn our close into a reset that destroys the
     /// ERROR).
-    fn refuse(&self, stream: TcpStream, message: String) {
-        self.hub
-            .stats()
-            .refused_connections
-            .fetch_add(1, Ordering::Relaxed);
+    fn refuse<I: SessionIo>(&self, io: I, message: String) {
         self.tracker.spawn(async move {
-            let mut stream = stream;
-            let (reader, mut writer) = stream.split();
+            let mut io = io;
             let frame = Frame::error(message);
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                writer.write_all(&frame.to_bytes(Version::V1_0)),
-            )
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                io.write_all(&frame.to_bytes(Version::V1_0)).await?;
+                io.flush().await
+            })
             .await;
-            crate::session::linger(&reader, &mut writer).await;
+            crate::session::linger(&mut io).await;
         });
     }
+}
+
+/// A connection admitted by [`StompHub::admit`]; dropping it gives its places back.
+pub struct Admitted {
+    _permit: OwnedSemaphorePermit,
+    _address: AddressGuard,
+}
+
+/// Why [`StompHub::admit`] refused a connection; the Display text tells the client.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+pub enum Refused {
+    /// `max_connections_per_address` connections from that address are open.
+    #[error("too many connections from your address: limit is {0}")]
+    PerAddress(usize),
+    /// `max_connections` connections are open.
+    #[error("too many connections: limit is {0}")]
+    Total(usize),
 }
 
 /// Open connections per client address, bounded by `max_connections_per_address`: one

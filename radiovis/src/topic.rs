@@ -10,11 +10,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::backend::{Cache, DirectoryApi, DirectoryError};
+use crate::backend::{pyvalue, Cache, DirectoryApi, DirectoryError};
 use crate::singleflight::SingleFlight;
 
 /// TTL of CC -> GCC conversions, in process and in the shared cache (docs/protocol.md#topic-normalisation).
@@ -327,20 +326,27 @@ impl<D: DirectoryApi, C: Cache> Lookup<D, C> {
 
     /// The shared cache, then the directory.
     async fn ask(&self, cc: &str, key: &str) -> Result<Option<String>, DirectoryError> {
-        if let Ok(Some(v)) = self.cache.get(key).await {
-            let cached = std::str::from_utf8(&v)
-                .ok()
+        if let Ok(Some(v)) = self.cache.get_item(key).await {
+            // Plain text or pylibmc's unicode or pickle (docs/protocol.md#cache-values).
+            let cached = pyvalue::read_text(&v);
+            let gcc = cached
+                .as_deref()
                 .and_then(|t| t.strip_prefix("/topic/fm/"))
                 .and_then(|r| r.split('/').next())
                 .filter(|g| g.len() == 3);
-            if let Some(gcc) = cached {
+            if let Some(gcc) = gcc {
                 return Ok(Some(gcc.to_owned()));
             }
         }
         let gcc = self.directory.get_gcc(cc).await?;
         if let Some(g) = &gcc {
             let value = with_country(key.trim_start_matches("radiovis_isoecc_"), g);
-            if let Err(e) = self.cache.set(key, Bytes::from(value), GCC_TTL).await {
+            // A unicode string, as the original's pylibmc writes it.
+            if let Err(e) = self
+                .cache
+                .set_item(key, pyvalue::text(&value), GCC_TTL)
+                .await
+            {
                 tracing::warn!(error = %e, "cannot store CC -> GCC conversion in cache");
             }
         }
@@ -431,10 +437,10 @@ mod tests {
         use crate::backend::{CacheError, MockCache};
         let mut cache = MockCache::new();
         cache
-            .expect_get()
+            .expect_get_item()
             .returning(|_| Err(CacheError::Unavailable("down".into())));
         cache
-            .expect_set()
+            .expect_set_item()
             .returning(|_, _, _| Err(CacheError::Unavailable("down".into())));
         let mut dir = MockDirectoryApi::new();
         dir.expect_get_gcc()

@@ -159,6 +159,11 @@ impl TestHub {
             .expect("hub task panicked")
     }
 
+    /// The token that stops the hub (and an HTTP listener started on it).
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
     /// Whether `run` is still running (it must not end because of a client).
     pub fn is_running(&self) -> bool {
         self.handle.as_ref().is_some_and(|h| !h.is_finished())

@@ -14,8 +14,8 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::{
-    BusError, BusMessage, BusStream, Cache, CacheError, ChannelDefault, ChannelRef, DirectoryApi,
-    DirectoryError, LogEntry, LogError, LogStore, MessageBus,
+    BusError, BusMessage, BusStream, Cache, CacheError, CacheItem, ChannelDefault, ChannelRef,
+    DirectoryApi, DirectoryError, LogEntry, LogError, LogStore, MessageBus,
 };
 
 /// A bus inside one process: every subscriber gets every message.
@@ -337,7 +337,7 @@ fn network_contains(net: &IpNet, ip: IpAddr) -> bool {
 /// A cache in process memory, with TTLs.
 #[derive(Debug, Default)]
 pub struct MemoryCache {
-    entries: Mutex<HashMap<String, (Bytes, Instant)>>,
+    entries: Mutex<HashMap<String, (CacheItem, Instant)>>,
 }
 
 impl MemoryCache {
@@ -349,6 +349,18 @@ impl MemoryCache {
 #[async_trait]
 impl Cache for MemoryCache {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+        Ok(self.get_item(key).await?.map(|item| item.data))
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
+        let item = CacheItem {
+            flags: 0,
+            data: value,
+        };
+        self.set_item(key, item, ttl).await
+    }
+
+    async fn get_item(&self, key: &str) -> Result<Option<CacheItem>, CacheError> {
         let mut entries = self.entries.lock();
         match entries.get(key) {
             Some((v, expires)) if *expires > Instant::now() => Ok(Some(v.clone())),
@@ -360,14 +372,14 @@ impl Cache for MemoryCache {
         }
     }
 
-    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
+    async fn set_item(&self, key: &str, item: CacheItem, ttl: Duration) -> Result<(), CacheError> {
         let now = Instant::now();
         let mut entries = self.entries.lock();
         // Keep the map from growing with dead entries.
         if entries.len() > 10_000 {
             entries.retain(|_, (_, expires)| *expires > now);
         }
-        entries.insert(key.to_owned(), (value, now + ttl));
+        entries.insert(key.to_owned(), (item, now + ttl));
         Ok(())
     }
 }

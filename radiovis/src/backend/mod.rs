@@ -21,6 +21,7 @@ pub mod memcached;
 pub mod memory;
 #[cfg(feature = "plugit")]
 pub mod plugit;
+pub mod pyvalue;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
 
@@ -346,16 +347,42 @@ pub enum CacheError {
     BadAnswer(#[source] Reason),
 }
 
+/// A cache value as memcached keeps it: the bytes and the client's flags, which say how
+/// the bytes encode the value. The keys shared with the original Python server use
+/// pylibmc's flags (docs/protocol.md#cache-values, [`pyvalue`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheItem {
+    pub flags: u32,
+    pub data: Bytes,
+}
+
 /// State shared between instances and the watchdog (docs/protocol.md#cache). Values are
-/// opaque bytes; callers store JSON.
+/// bytes with flags: radiovis's own keys hold JSON with flags 0 ([`Cache::get`],
+/// [`Cache::set`]); the keys shared with the original hold what pylibmc wrote
+/// ([`Cache::get_item`], [`Cache::set_item`]).
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
 pub trait Cache: Send + Sync + 'static {
     /// The value under `key`, `None` when absent or expired.
     async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError>;
 
-    /// Stores `value` under `key` for `ttl`.
+    /// Stores `value` under `key` for `ttl`, with flags 0.
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError>;
+
+    /// The value under `key` with its flags. A cache that keeps no flags (this default)
+    /// answers flags 0; the readers of [`pyvalue`] also recognise a pickle by its bytes.
+    async fn get_item(&self, key: &str) -> Result<Option<CacheItem>, CacheError> {
+        Ok(self
+            .get(key)
+            .await?
+            .map(|data| CacheItem { flags: 0, data }))
+    }
+
+    /// Stores `item` under `key` for `ttl`. A cache that keeps no flags (this default)
+    /// drops them.
+    async fn set_item(&self, key: &str, item: CacheItem, ttl: Duration) -> Result<(), CacheError> {
+        self.set(key, item.data, ttl).await
+    }
 }
 
 /// One entry of the message log.
@@ -459,6 +486,12 @@ impl<T: Cache + ?Sized> Cache for std::sync::Arc<T> {
     }
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
         (**self).set(key, value, ttl).await
+    }
+    async fn get_item(&self, key: &str) -> Result<Option<CacheItem>, CacheError> {
+        (**self).get_item(key).await
+    }
+    async fn set_item(&self, key: &str, item: CacheItem, ttl: Duration) -> Result<(), CacheError> {
+        (**self).set_item(key, item, ttl).await
     }
 }
 

@@ -28,7 +28,6 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde_json::Value;
 
 use self::answer::Action;
 use super::{
@@ -36,6 +35,7 @@ use super::{
 };
 
 pub mod answer;
+mod pyjson;
 
 /// Largest answer body accepted (the channel lists of a big directory fit easily).
 const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
@@ -345,15 +345,17 @@ impl DirectoryApi for PlugitDirectory {
     }
 }
 
-/// The headers of a log entry as the JSON text of an object (the first of repeated
-/// headers wins, as in STOMP).
+/// The headers of a log entry as the original sends them: the JSON text of an array of
+/// `[name, value]` pairs, in the message's order (the first of repeated names wins, as
+/// in STOMP), written as Python's `json.dumps` writes it (docs/protocol.md#directory).
 fn headers_json(headers: &[(String, String)]) -> String {
-    let mut map = serde_json::Map::new();
-    for (k, v) in headers {
-        map.entry(k.clone())
-            .or_insert_with(|| Value::String(v.clone()));
-    }
-    Value::Object(map).to_string()
+    let mut seen = std::collections::HashSet::with_capacity(headers.len());
+    let pairs: Vec<(&str, &str)> = headers
+        .iter()
+        .filter(|(k, _)| seen.insert(k.as_str()))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    pyjson::dumps(&pairs)
 }
 
 /// A failed log call. A 4xx answer is PlugIt refusing this entry: sending it again gets
@@ -468,14 +470,15 @@ mod tests {
     }
 
     #[test]
-    fn headers_become_a_json_object_first_wins() {
+    fn headers_become_a_json_array_of_pairs_first_wins() {
         let h = vec![
             ("link".to_string(), "a".to_string()),
             ("link".to_string(), "b".to_string()),
             ("trigger-time".to_string(), "NOW".to_string()),
         ];
-        let v: Value = serde_json::from_str(&headers_json(&h)).expect("json");
-        assert_eq!(v["link"], "a");
-        assert_eq!(v["trigger-time"], "NOW");
+        assert_eq!(
+            headers_json(&h),
+            r#"[["link", "a"], ["trigger-time", "NOW"]]"#
+        );
     }
 }

@@ -161,6 +161,8 @@ impl MonitoringArgs {
             user: self.monitoring_user.clone(),
             password: self.monitoring_password.clone(),
             vhost: self.monitoring_vhost.clone(),
+            // Created durable when missing, as before; an existing one is adopted.
+            durable_queue: true,
             ..RabbitConfig::default()
         }
         .with_exchange(self.monitoring_exchange.clone())
@@ -500,7 +502,7 @@ pub struct FallbackArgs {
         default_value_t = 60
     )]
     pub fb_channel_cache: u64,
-    /// Durable queue the watchdog consumes.
+    /// Queue the watchdog consumes (shared with the original's watchdog).
     #[arg(
         long = "fb-queue",
         env = "FB_QUEUE",
@@ -508,6 +510,10 @@ pub struct FallbackArgs {
         default_value = "fallbacklogs"
     )]
     pub fb_queue: String,
+    /// Declare `FB_QUEUE` durable when it does not exist yet (True/False; False by
+    /// default, as the original declares it). An existing queue is used as it is.
+    #[arg(long = "fb-queue-durable", env = "RADIOVIS_FB_QUEUE_DURABLE", value_name = "RADIOVIS_FB_QUEUE_DURABLE", default_value = "False", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub fb_queue_durable: bool,
     /// Seconds between checks for quiet channels.
     #[arg(
         long = "fb-fallback-check",
@@ -577,9 +583,13 @@ impl FallbackArgs {
 mod clients;
 pub use clients::ClientLimitArgs;
 #[cfg(feature = "http")]
+mod http;
+#[cfg(feature = "http")]
+pub use http::{HttpArgs, PortOrOff};
+#[cfg(feature = "http")]
 mod ops;
 #[cfg(feature = "http")]
-pub use ops::OpsArgs;
+pub use ops::{FallbackHttpArgs, OpsArgs};
 
 #[cfg(test)]
 mod tests;

@@ -82,6 +82,24 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The HTTP listener's socket could not be opened.
+    #[error("cannot listen on {addr} (HTTP_IP/HTTP_PORT; HTTP_PORT=off disables it)")]
+    ListenHttp {
+        /// The address from `HTTP_IP` and `HTTP_PORT`.
+        addr: SocketAddr,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The watchdog's operations listener could not be opened.
+    #[error("cannot listen on {addr} (FB_HTTP_IP/FB_HTTP_PORT; FB_HTTP_PORT=off disables it)")]
+    ListenFallbackHttp {
+        /// The address from `FB_HTTP_IP` and `FB_HTTP_PORT`.
+        addr: SocketAddr,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The message bus could not be set up (its own message, as it always was).
     #[error("{source}")]
     MessageBus {

@@ -19,11 +19,13 @@ pub mod runtime;
 #[cfg(all(feature = "plugit", feature = "memcached"))]
 pub mod wiring;
 
-#[cfg(feature = "http")]
-pub use args::OpsArgs;
 pub use args::{
     parse_bool, secs, DirectoryArgs, FallbackArgs, HubArgs, MonitoringArgs, RabbitArgs, StompArgs,
 };
+#[cfg(feature = "http")]
+pub use args::{FallbackHttpArgs, OpsArgs};
+#[cfg(feature = "http")]
+pub use args::{HttpArgs, PortOrOff};
 pub use error::{BoxError, ConfigError, NotABool};
 pub use runtime::{error_chain, exit_code, init_logging, raise_open_files_limit, shutdown_signal};
 #[cfg(all(feature = "plugit", feature = "memcached"))]

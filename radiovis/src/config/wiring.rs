@@ -91,7 +91,8 @@ impl DirectoryArgs {
             None if demo.exists() => {
                 tracing::warn!(
                     path = DEMO_DIRECTORY,
-                    "no directory configured: using the demo directory {DEMO_DIRECTORY} (demo logins, any address may log in); it is for trying the server out: set RADIOVIS_DIRECTORY or RADIODNS_API_URL in production"
+                    mode = "demo directory",
+                    "no directory configured (RADIODNS_API_URL and RADIOVIS_DIRECTORY are not set): using the demo directory {DEMO_DIRECTORY} (demo logins, any address may log in); it is for trying the server out: set RADIOVIS_DIRECTORY or RADIODNS_API_URL in production"
                 );
                 (
                     StaticDirectory::from_file(demo).map_err(ConfigError::DemoDirectoryFile)?,
@@ -109,7 +110,8 @@ impl DirectoryArgs {
                 "directory (message log in memory)"
             ),
             None => tracing::warn!(
-                "no directory file: no station can log in, anonymous radios only (set RADIOVIS_DIRECTORY)"
+                mode = "standalone",
+                "no directory file: no station can log in, anonymous radios only (RADIODNS_API_URL and RADIOVIS_DIRECTORY are not set)"
             ),
         }
         Ok(dir)
@@ -125,7 +127,14 @@ impl DirectoryArgs {
                 Arc::new(c)
             }
             None => {
-                tracing::info!(backend = "in-process", "shared cache");
+                // The original defaulted MEMCACHED_HOST to 127.0.0.1: an operator who
+                // relied on that must hear that this process shares no cache
+                // (docs/protocol.md#configuration).
+                tracing::warn!(
+                    backend = "in-process",
+                    mode = "standalone",
+                    "shared cache in this process only: MEMCACHED_HOST is not set (the original Python server defaulted it to 127.0.0.1; radiovis does not), so conversions, channel lists and defaults are not shared with other processes; set MEMCACHED_HOST to share them"
+                );
                 Arc::new(MemoryCache::new())
             }
         })
@@ -160,7 +169,14 @@ impl RabbitArgs {
         use crate::backend::memory::LocalBus;
         use crate::backend::rabbitmq::{QueueKind, RabbitBus};
         if !self.configured() {
-            tracing::info!(backend = "in-process", "message bus");
+            // The original defaulted RABBITMQ_HOST to 127.0.0.1: instances swapped in
+            // for it would no longer share messages, and nothing else would say so
+            // (docs/protocol.md#configuration).
+            tracing::warn!(
+                backend = "in-process",
+                mode = "standalone",
+                "message bus in this process only: neither RABBITMQ_HOST nor RABBITMQ_URL is set (the original Python server defaulted RABBITMQ_HOST to 127.0.0.1; radiovis does not), so this instance shares messages with no other instance or watchdog; set RABBITMQ_HOST to join a fleet"
+            );
             return Ok(Arc::new(LocalBus::default()));
         }
         let config = self.rabbit_config(QueueKind::Instance)?;

@@ -1,6 +1,209 @@
-//! HTTP endpoints (feature `http`).
+//! The HTTP listener (feature `http`): one hyper server per address, serving a
+//! [`Router`] on every connection it accepts, with graceful shutdown.
+//!
+//! [`serve`] accepts on a `TcpListener`; [`serve_connection`] serves one already
+//! accepted stream of any kind (a TLS stream, for instance). Both take any
+//! [`Router`]: [`RadiovisRouter`] serves the radio and web transports of a
+//! [`StompHub`](crate::StompHub); other binaries can bring their own.
+//!
+//! | module | job |
+//! |---|---|
+//! | `router` | [`RadiovisRouter`]: one `match` on (method, path) -> handler modules |
+//! | `longpoll` | RadioVIS HTTP long-poll `/radiodns/vis/vis.json` (docs/protocol.md#http-long-poll) |
+//! | `sse` | server-sent events `/radiodns/push/1.0/<path>` (docs/protocol.md#server-sent-events) |
+//! | `websocket` | EBU player mode on `/topic/...` and STOMP over WebSocket on `/stomp` |
+//! | `watch` | a web client's subscriptions on the hub: the same topic rules, replay and slow-consumer rule as a STOMP session |
+//! | [`ops`] | operations endpoints: `/metrics`, `/healthz`, `/readyz`, HTTP publish, status page (docs/protocol.md#operations) |
+//! | `ops_publish` | `POST /publish`, `POST /services/<channel>` (docs/protocol.md#http-publish) |
+//! | `ops_status` | the status page, its snapshot and live events (docs/protocol.md#status-page) |
+//! | [`ops_respond`] | whole responses, `/metrics`, `/healthz`, `/readyz`, HTTP Basic credentials |
+//! | [`ops_process`] | [`ProcessRouter`]: `/metrics` and health of a process without a hub (radiovis-fallback) |
 
 pub mod ops;
+pub mod ops_process;
 mod ops_publish;
 pub mod ops_respond;
 mod ops_status;
+mod router;
+
+pub use ops_process::ProcessRouter;
+pub use router::{HttpConfig, RadiovisRouter};
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::server::Refused;
+
+/// The body of every response: whole (JSON, text) or streamed (server-sent events).
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Time a client has to send a request's headers, and that an idle keep-alive
+/// connection is kept (docs/protocol.md#http-listener).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most bytes of a request's head the server buffers.
+const MAX_HEAD: usize = 16 * 1024;
+/// How long [`serve`] waits at shutdown for open connections to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Answers the requests of an HTTP listener. Cheap to clone (one per connection).
+pub trait Router: Clone + Send + Sync + 'static {
+    /// Held for as long as a connection is open (the connection limits).
+    type Guard: Send + 'static;
+    /// Admits a new connection from `peer`, or refuses it (it is closed at once).
+    fn admit(&self, peer: SocketAddr) -> Result<Self::Guard, Refused>;
+    /// Answers one request.
+    fn route(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Response<Body>> + Send;
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting,
+/// lets open connections finish their requests (at most 5 s) and returns.
+pub async fn serve<R: Router>(listener: TcpListener, router: R, shutdown: CancellationToken) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "listening for HTTP connections");
+    }
+    let tracker = TaskTracker::new();
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(10);
+                let _ = stream.set_nodelay(true);
+                let router = router.clone();
+                let shutdown = shutdown.clone();
+                tracker.spawn(serve_connection(router, stream, peer, shutdown));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTP accept failed; retrying in {:?}", backoff);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP shutdown grace elapsed with connections still open");
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades to WebSocket) on one accepted stream until the
+/// client closes it or `shutdown` is cancelled (requests in progress finish first).
+pub async fn serve_connection<R, S>(
+    router: R,
+    stream: S,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) where
+    R: Router,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(guard) = router.admit(peer) else {
+        // Logged and counted by `admit`; the client sees the connection closed.
+        return;
+    };
+    let service = hyper::service::service_fn(move |req| {
+        let router = router.clone();
+        async move { Ok::<_, Infallible>(router.route(req, peer).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD);
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended");
+    }
+    drop(guard);
+}
+
+/// A whole body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed_unsync()
+}
+
+/// A JSON response with the headers every answer to a web client carries.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(full(value.to_string()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    headers.insert(
+        hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        hyper::header::HeaderValue::from_static("*"),
+    );
+    response
+}
+
+/// `{"error": message}` with `status` (docs/protocol.md#http-listener).
+pub fn error(status: StatusCode, message: &str) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+/// The answer to a path no handler serves.
+pub fn not_found() -> Response<Body> {
+    error(StatusCode::NOT_FOUND, "not found")
+}
+
+/// The answer to a CORS preflight: any origin may call the listener's endpoints
+/// (docs/protocol.md#http-listener).
+pub fn preflight() -> Response<Body> {
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        (
+            hyper::header::ACCESS_CONTROL_ALLOW_METHODS,
+            "GET, POST, OPTIONS",
+        ),
+        (
+            hyper::header::ACCESS_CONTROL_ALLOW_HEADERS,
+            "Content-Type, Authorization, Last-Event-ID",
+        ),
+        (hyper::header::ACCESS_CONTROL_MAX_AGE, "86400"),
+    ] {
+        headers.insert(name, hyper::header::HeaderValue::from_static(value));
+    }
+    response
+}

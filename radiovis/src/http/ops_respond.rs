@@ -2,18 +2,17 @@
 //! `GET /healthz`, `GET /readyz`, and what every operations handler shares: whole
 //! responses, JSON errors, HTTP Basic credentials.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::{header, Response, StatusCode};
 use serde_json::json;
 
 use crate::metrics::{Metrics, CONTENT_TYPE};
 
-/// The body of every operations response.
-pub type OpsBody = UnsyncBoxBody<Bytes, Infallible>;
+/// The body of every operations response (the listener's).
+pub type OpsBody = super::Body;
 
 /// A whole response with this status, content type and body.
 pub fn respond(

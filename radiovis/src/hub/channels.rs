@@ -4,11 +4,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use super::index::IndexKey;
 use super::{Hub, CHANNELS_CACHE_KEY};
-use crate::backend::{Cache, DirectoryApi, DirectoryError, MessageBus};
+use crate::backend::{pyvalue, Cache, DirectoryApi, DirectoryError, MessageBus};
 use crate::topic;
 
 /// A channel a station may publish to, as the directory wrote it and normalised.
@@ -94,17 +92,28 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
         self.known_channels.read().clone()
     }
 
-    /// Reloads the known channel topics: from the directory at start-up (and then
-    /// shares them through the cache), from the cache afterwards (the watchdog keeps it
-    /// fresh), falling back to the directory. On failure the previous list stays.
+    /// Reloads the known channel topics: from the cache, whoever wrote it (a watchdog,
+    /// radiovis's or the original's, keeps it fresh), else from the directory, and then
+    /// shares them through the cache, so that a fleet asks the directory no more often
+    /// than the original's did (docs/protocol.md#cache-values). On failure the previous
+    /// list stays.
     pub(super) async fn refresh_known_channels(&self, at_start: bool) {
         let mut topics: Option<Vec<String>> = None;
-        if !at_start {
-            match self.cache.get(CHANNELS_CACHE_KEY).await {
-                Ok(Some(v)) => topics = serde_json::from_slice(&v).ok(),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot read known channels from cache"),
+        match self.cache.get_item(CHANNELS_CACHE_KEY).await {
+            Ok(Some(v)) => {
+                topics = pyvalue::read_topic_list(&v);
+                if topics.is_none() {
+                    tracing::warn!(
+                        flags = v.flags,
+                        "known channels in the cache not understood, asking the directory"
+                    );
+                }
             }
+            Ok(None) => {}
+            Err(e) if at_start => {
+                tracing::debug!(error = %e, "cannot read known channels from cache")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read known channels from cache"),
         }
         if topics.is_none() {
             match tokio::time::timeout(
@@ -115,14 +124,12 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
             {
                 Ok(Ok(list)) => {
                     let t: Vec<String> = list.into_iter().map(|c| c.topic).collect();
-                    if let Ok(json) = serde_json::to_vec(&t) {
-                        if let Err(e) = self
-                            .cache
-                            .set(CHANNELS_CACHE_KEY, Bytes::from(json), topic::GCC_TTL)
-                            .await
-                        {
-                            tracing::warn!(error = %e, "cannot share known channels through cache");
-                        }
+                    if let Err(e) = self
+                        .cache
+                        .set_item(CHANNELS_CACHE_KEY, pyvalue::topic_list(&t), topic::GCC_TTL)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot share known channels through cache");
                     }
                     topics = Some(t);
                 }

@@ -44,6 +44,16 @@ impl Transport {
         }
     }
 
+    /// The transport a STOMP session's stream is named after in the logs (`tcp`,
+    /// `tls`, `websocket`; anything else counts as plain STOMP).
+    pub fn of_stream(name: &str) -> Transport {
+        match name {
+            "tls" => Transport::StompTls,
+            "websocket" | "ws" => Transport::WebSocket,
+            _ => Transport::Stomp,
+        }
+    }
+
     fn index(self) -> usize {
         self as usize
     }

@@ -5,14 +5,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::backend::{Cache, DirectoryApi, MessageBus};
-use crate::hub::{Publication, PublishError, SubEntry, SubscribeLimit, Transport};
+use crate::hub::{Publication, PublishError, SubEntry, SubscribeLimit};
 use crate::monitoring::Event;
 use crate::outbound::{encode_head, Outbound};
 use crate::stomp::{Command, Frame, Version};
 use crate::topic::{self, TopicError};
 
 use super::subscriptions::SubRecord;
-use super::{Session, SessionError};
+use super::{Session, SessionError, SessionIo};
 
 /// Why one frame was refused; the Display text is the ERROR's `message` header.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +44,7 @@ pub(super) enum Flow {
     Close,
 }
 
-impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
+impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C> {
     /// Handles one frame of a connected client.
     pub(super) async fn handle(&mut self, frame: Frame) -> Result<Flow, SessionError> {
         tracing::debug!(
@@ -254,7 +254,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
             message_id: frame.get("message-id"),
         };
         self.hub
-            .publish_as(&station, &publication, Transport::Stomp)
+            .publish_as(&station, &publication, self.transport)
             .await?;
         Ok(Flow::Continue)
     }

@@ -10,9 +10,9 @@ use crate::hub::LoginRefused;
 use crate::monitoring::{Event, SessionInfo};
 use crate::stomp::{Command, Frame, Version};
 
-use super::{Session, SessionError};
+use super::{Session, SessionError, SessionIo};
 
-impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
+impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C> {
     /// Waits for CONNECT (bounded in time) and answers it.
     pub(super) async fn connect_phase(&mut self) -> Result<(), SessionError> {
         let limit = self.hub.config().connect_timeout;
@@ -110,7 +110,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
     }
 }
 
-impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
+impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C> {
     /// Checks a station's credentials with the directory, throttled per address
     /// (docs/protocol.md#connect): an ERROR and `Err` when refused.
     async fn log_in(&mut self, login: &str, passcode: &str) -> Result<(), SessionError> {

@@ -20,10 +20,14 @@
 //! | `connect.rs` | CONNECT negotiation: version, credentials, heart-beats |
 //! | `commands.rs` | SUBSCRIBE, UNSUBSCRIBE, SEND and their receipts and ERRORs |
 //! | `subscriptions.rs` | the session's own list of subscriptions |
+//! | `io.rs` | the connection: a TCP socket, or any byte stream (TLS, WebSocket) |
 
 mod commands;
 mod connect;
+mod io;
 mod subscriptions;
+
+pub use io::{Generic, SessionIo};
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -33,8 +37,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -94,24 +96,30 @@ pub enum SessionError {
     FrameFailed(String),
 }
 
-/// Runs a session to its end and cleans up after it.
-pub(crate) async fn run<B, D, C>(hub: Arc<Hub<B, D, C>>, mut stream: TcpStream, peer: SocketAddr)
-where
+/// Runs a session to its end and cleans up after it. `transport` names the
+/// connection's kind in the logs (`tcp`, `tls`, `websocket`).
+pub(crate) async fn run<I, B, D, C>(
+    hub: Arc<Hub<B, D, C>>,
+    io: I,
+    peer: SocketAddr,
+    transport: &'static str,
+) where
+    I: SessionIo,
     B: MessageBus,
     D: DirectoryApi,
     C: Cache,
 {
     let conn = hub.next_id();
-    let span = tracing::info_span!("session", %peer, conn);
+    let span = tracing::info_span!("session", %peer, conn, transport);
     hub.stats().connections.fetch_add(1, Ordering::Relaxed);
-    hub.stats().opened(Transport::Stomp);
+    let counted = Transport::of_stream(transport);
+    hub.stats().opened(counted);
     async {
-        let (reader, writer) = stream.split();
         let mut session = Session {
+            transport: counted,
             decoder: Decoder::new(hub.config().limits),
             hub: hub.clone(),
-            reader,
-            writer,
+            io,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             version: Version::V1_0,
@@ -145,14 +153,15 @@ where
     .instrument(span)
     .await;
     hub.stats().connections.fetch_sub(1, Ordering::Relaxed);
-    hub.stats().closed(Transport::Stomp);
+    hub.stats().closed(counted);
 }
 
-/// One connection: its socket halves, buffers, negotiated settings and subscriptions.
-struct Session<'a, B, D, C> {
+/// One connection: its socket, buffers, negotiated settings and subscriptions.
+struct Session<I, B, D, C> {
+    /// How the client reached the server (metrics).
+    transport: Transport,
     hub: Arc<Hub<B, D, C>>,
-    reader: ReadHalf<'a>,
-    writer: WriteHalf<'a>,
+    io: I,
     rbuf: BytesMut,
     wbuf: BytesMut,
     decoder: Decoder,
@@ -183,7 +192,7 @@ struct Session<'a, B, D, C> {
 /// Largest chunk written at once when draining the queue.
 const WRITE_BATCH: usize = 64 * 1024;
 
-impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
+impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C> {
     async fn run(&mut self) -> SessionError {
         // Boxed: the CONNECT phase (directory calls) is large and runs once; keeping it
         // out of the session's future keeps every idle connection small.
@@ -251,7 +260,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
                 biased;
                 _ = &mut killed => Wake::Killed,
                 _ = self.queue.ready() => Wake::Queued,
-                r = self.reader.readable() => Wake::Readable(r),
+                r = self.io.readable() => Wake::Readable(r),
                 _ = wait_timer(&mut timer) => Wake::Timer,
             };
             match event {
@@ -309,7 +318,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
         if self.rbuf.capacity() - self.rbuf.len() < 1024 {
             self.rbuf.reserve(4096);
         }
-        match self.reader.try_read_buf(&mut self.rbuf) {
+        match self.io.try_read_buf(&mut self.rbuf) {
             Ok(0) => Err(SessionError::PeerClosed),
             Ok(_) => {
                 self.last_read = Instant::now();
@@ -326,7 +335,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
             if let Some(f) = self.decoder.decode(&mut self.rbuf)? {
                 return Ok(f);
             }
-            self.reader.readable().await?;
+            self.io.readable().await?;
             self.read_some()?;
         }
     }
@@ -358,7 +367,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
             let error = Frame::error(message);
             let _ = tokio::time::timeout(Duration::from_secs(1), self.write_frame(&error)).await;
         }
-        linger(&self.reader, &mut self.writer).await;
+        linger(&mut self.io).await;
     }
 
     /// Writes queued MESSAGE frames, coalesced into one write (up to `WRITE_BATCH`).
@@ -393,7 +402,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
         // needs no waiting future (this runs once per delivery batch).
         let mut written = 0;
         let result = loop {
-            match self.writer.try_write(&self.wbuf[written..]) {
+            match self.io.try_write(&self.wbuf[written..]) {
                 Ok(n) => {
                     written += n;
                     if written >= self.wbuf.len() {
@@ -411,6 +420,11 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
                 Err(e) => break Err(e.into()),
             }
         };
+        // TLS and WebSocket streams hold what they accepted until flushed.
+        let result = match result {
+            Ok(()) if I::BUFFERED => Box::pin(self.flush_blocked()).await,
+            r => r,
+        };
         self.wbuf.clear();
         if self.wbuf.capacity() > 2 * WRITE_BATCH {
             self.wbuf = BytesMut::new();
@@ -426,7 +440,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
         let limit = self.hub.config().write_timeout;
         while written < self.wbuf.len() {
             let step = tokio::select! {
-                r = tokio::time::timeout(limit, self.writer.write(&self.wbuf[written..])) => r,
+                r = tokio::time::timeout(limit, self.io.write(&self.wbuf[written..])) => r,
                 _ = self.kill.cancelled() => return Err(if self.hub.is_stopping() {
                     SessionError::Shutdown
                 } else {
@@ -449,14 +463,37 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
         Ok(())
     }
 
+    /// Flushes a buffered stream, within `write_timeout` and unless killed.
+    async fn flush_blocked(&mut self) -> Result<(), SessionError> {
+        let limit = self.hub.config().write_timeout;
+        let step = tokio::select! {
+            r = tokio::time::timeout(limit, self.io.flush()) => r,
+            _ = self.kill.cancelled() => return Err(if self.hub.is_stopping() {
+                SessionError::Shutdown
+            } else {
+                SessionError::SlowConsumer
+            }),
+        };
+        match step {
+            Ok(r) => Ok(r?),
+            Err(_) => {
+                self.hub
+                    .stats()
+                    .slow_consumers
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(SessionError::WriteTimeout(limit))
+            }
+        }
+    }
+
     /// Best effort at shutdown: write what is queued, bounded in time.
     async fn flush_queue_on_shutdown(&mut self) {
         let mut buf = std::mem::take(&mut self.wbuf);
         self.queue.drain_into(&mut buf, usize::MAX);
         if !buf.is_empty() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.write_all(&buf)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.io.write_all(&buf)).await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.shutdown()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
     }
 }
 
@@ -464,17 +501,18 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Session<'_, B, D, C> {
 /// so that its kernel does not answer our close with a reset that destroys the ERROR
 /// we wrote last (docs/protocol.md#limits). Also used by the server for the
 /// connections it refuses.
-pub(crate) async fn linger(reader: &ReadHalf<'_>, writer: &mut WriteHalf<'_>) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
-    let mut sink = [0u8; 8192];
+pub(crate) async fn linger<I: SessionIo>(io: &mut I) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+    let mut sink = BytesMut::with_capacity(8192);
     let deadline = Instant::now() + Duration::from_secs(1);
     let mut discarded = 0usize;
     while discarded < 16 * 1024 * 1024 {
-        match tokio::time::timeout_at(deadline, reader.readable()).await {
+        match tokio::time::timeout_at(deadline, io.readable()).await {
             Ok(Ok(())) => {}
             _ => return,
         }
-        match reader.try_read(&mut sink) {
+        sink.clear();
+        match io.try_read_buf(&mut sink) {
             Ok(0) => return,
             Ok(n) => discarded += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -539,8 +577,8 @@ mod tests {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        let future = run(hub, stream, addr);
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let future = run(hub, stream, addr, "tcp");
         let size = std::mem::size_of_val(&future);
         // Plus, on the heap, one boxed `Sleep` once a deadline applies (idle timeout on).
         println!(

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 
 use super::{Clock, WatchdogConfig, CACHE_TTL};
 use crate::backend::{
-    BusMessage, Cache, ChannelDefault, ChannelRef, DirectoryApi, LogEntry, MessageBus,
+    pyvalue, BusMessage, Cache, ChannelDefault, ChannelRef, DirectoryApi, LogEntry, MessageBus,
 };
 use crate::hub::{CHANNELS_CACHE_KEY, LAST_MESSAGE_PREFIX};
 use crate::topic::{self, Normaliser};
@@ -152,15 +152,14 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Checker<B, D, C> {
     /// then is cut short with a warning; the next one goes on from there).
     pub(super) async fn check_round(self: Arc<Self>, deadline: Duration) {
         let channels = self.channels.lock().clone();
-        let topics: Vec<&str> = channels.iter().map(|c| c.topic.as_str()).collect();
-        if let Ok(json) = serde_json::to_vec(&topics) {
-            if let Err(e) = self
-                .cache
-                .set(CHANNELS_CACHE_KEY, Bytes::from(json), CACHE_TTL)
-                .await
-            {
-                tracing::warn!(error = %e, "cannot share the channel list through the cache");
-            }
+        let topics: Vec<String> = channels.iter().map(|c| c.topic.clone()).collect();
+        // In the original's format, which its servers read (docs/protocol.md#cache-values).
+        if let Err(e) = self
+            .cache
+            .set_item(CHANNELS_CACHE_KEY, pyvalue::topic_list(&topics), CACHE_TTL)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot share the channel list through the cache");
         }
         let now = self.clock.secs();
         self.prune(&channels, now);
@@ -275,8 +274,8 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Checker<B, D, C> {
             }
         }
         let key = format!("get_channel_default_{id}");
-        if let Ok(Some(v)) = self.cache.get(&key).await {
-            if let Ok(d) = serde_json::from_slice::<Option<ChannelDefault>>(&v) {
+        if let Ok(Some(v)) = self.cache.get_item(&key).await {
+            if let Some(d) = pyvalue::read_channel_default(&v) {
                 self.defaults
                     .lock()
                     .insert(id.to_owned(), (tokio::time::Instant::now(), d.clone()));
@@ -285,10 +284,10 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Checker<B, D, C> {
         }
         match self.directory.get_channel_default(id).await {
             Ok(d) => {
-                if let Ok(json) = serde_json::to_vec(&d) {
-                    if let Err(e) = self.cache.set(&key, Bytes::from(json), CACHE_TTL).await {
-                        tracing::debug!(error = %e, "cannot cache channel default");
-                    }
+                // In the original's format: its watchdog reads it (docs/protocol.md#cache-values).
+                let item = pyvalue::channel_default(d.as_ref());
+                if let Err(e) = self.cache.set_item(&key, item, CACHE_TTL).await {
+                    tracing::debug!(error = %e, "cannot cache channel default");
                 }
                 self.defaults
                     .lock()
@@ -330,7 +329,12 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Checker<B, D, C> {
                 headers.push(("link".to_owned(), link.clone()));
             }
             headers.extend([
-                ("message-id".to_owned(), uuid::Uuid::new_v4().to_string()),
+                // A random UUID as a decimal number, as the original's newest version
+                // writes it (`str(uuid4().int)`; docs/protocol.md#watchdog-defaults).
+                (
+                    "message-id".to_owned(),
+                    uuid::Uuid::new_v4().as_u128().to_string(),
+                ),
                 ("expires".to_owned(), "0".to_owned()),
                 ("priority".to_owned(), "0".to_owned()),
                 ("timestamp".to_owned(), millis.to_string()),

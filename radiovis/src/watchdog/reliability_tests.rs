@@ -417,6 +417,12 @@ async fn after_a_takeover_with_the_cache_down_defaults_wait_a_full_fallback_time
     cache
         .expect_set()
         .returning(|_, _, _| Err(CacheError::Unavailable("down".into())));
+    cache
+        .expect_get_item()
+        .returning(|_| Err(CacheError::Unavailable("down".into())));
+    cache
+        .expect_set_item()
+        .returning(|_, _, _| Err(CacheError::Unavailable("down".into())));
     let dir = StaticDirectory::from_toml(DIR).expect("directory");
     let log = Arc::new(RefusingLog::default());
     let wd = Watchdog::new(bus.clone(), dir, cache, log, config());

@@ -30,8 +30,12 @@ pub enum QueueKind {
     /// back at the same moment) are delivered late instead of lost
     /// (docs/protocol.md#rabbitmq-queues).
     Instance,
-    /// A named durable queue (the watchdog's `FB_QUEUE`): messages wait in it while no
-    /// consumer is attached. Consumption starts with the first `subscribe()`.
+    /// A named queue that outlives its consumer (the watchdog's `FB_QUEUE`): messages
+    /// wait in it while no consumer is attached. Consumption starts with the first
+    /// `subscribe()`. An existing queue of that name is adopted as it is, whoever
+    /// declared it and however; a missing one is declared not exclusive, not
+    /// auto-delete, and durable only with [`RabbitConfig::durable_queue`] (the
+    /// original declares it non-durable; docs/protocol.md#rabbitmq-queues).
     Durable(String),
 }
 
@@ -47,6 +51,11 @@ pub struct RabbitConfig {
     /// Fanout exchange every instance publishes to and consumes from.
     pub exchange: String,
     pub queue: QueueKind,
+    /// Whether a [`QueueKind::Durable`] queue that does not exist yet is declared
+    /// durable (survives a broker restart). `false` by default, as the original's
+    /// haigha declares `FB_QUEUE`, so that either implementation can declare it after
+    /// the other. An existing queue is used as it is either way.
+    pub durable_queue: bool,
     /// Bound on one connection attempt (TCP, handshake, declarations).
     pub connect_timeout: Duration,
     /// Bound on waiting for the broker's publisher confirm.
@@ -73,6 +82,7 @@ impl Default for RabbitConfig {
             vhost: "/".to_owned(),
             exchange: DEFAULT_EXCHANGE.to_owned(),
             queue: QueueKind::Instance,
+            durable_queue: false,
             connect_timeout: Duration::from_secs(10),
             confirm_timeout: Duration::from_secs(5),
             heartbeat: 10,
@@ -94,6 +104,7 @@ impl fmt::Debug for RabbitConfig {
             .field("vhost", &self.vhost)
             .field("exchange", &self.exchange)
             .field("queue", &self.queue)
+            .field("durable_queue", &self.durable_queue)
             .field("connect_timeout", &self.connect_timeout)
             .field("confirm_timeout", &self.confirm_timeout)
             .field("heartbeat", &self.heartbeat)

@@ -64,7 +64,7 @@ use wire::encode_headers;
 
 /// Default exchange, as the original (`RABBITMQ_EXCHANGE`).
 pub const DEFAULT_EXCHANGE: &str = "amq.fanout";
-/// Default durable queue of the watchdog (`FB_QUEUE`).
+/// Default queue of the watchdog (`FB_QUEUE`).
 pub const DEFAULT_FALLBACK_QUEUE: &str = "fallbacklogs";
 
 /// Why [`RabbitBus::connect`] refused to start.

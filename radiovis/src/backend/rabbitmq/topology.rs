@@ -67,28 +67,11 @@ pub(super) async fn declare_consumer(
                         &e,
                     )
                 })?
+                .name()
+                .clone()
         }
-        QueueKind::Durable(name) => consumer_channel
-            .queue_declare(
-                name.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| match reply_code(&e) {
-                Some(PRECONDITION_FAILED) => AttemptError::Config(Reason::caused_by(
-                    format!(
-                        "queue {name:?} exists with other properties than a durable queue: {e}"
-                    ),
-                    e,
-                )),
-                _ => classify(&format!("declare the durable queue {name:?}"), &e),
-            })?,
+        QueueKind::Durable(name) => adopt_named_queue(config, connection, name).await?,
     };
-    let queue = queue.name().clone();
     consumer_channel
         .queue_bind(
             queue.clone(),
@@ -100,6 +83,104 @@ pub(super) async fn declare_consumer(
         .await
         .map_err(|e| classify(&format!("bind queue {:?}", queue.as_str()), &e))?;
     Ok((consumer_channel, queue))
+}
+
+/// The watchdog's named queue (`FB_QUEUE`), shared with the original Python watchdog
+/// during a migration (docs/protocol.md#rabbitmq-queues): a queue that exists is used as
+/// it is, whoever declared it and with whatever properties (a passive declare first; a
+/// full declare of an existing queue with other properties would be refused, and the
+/// original retries its own declare for ever when ours differs). A missing queue is
+/// declared not exclusive, not auto-delete, without arguments, durable only with
+/// [`RabbitConfig::durable_queue`]. What was found is logged. Every declare runs on a
+/// throwaway channel, since a refused one closes its channel.
+async fn adopt_named_queue(
+    config: &RabbitConfig,
+    connection: &Connection,
+    name: &str,
+) -> Result<ShortString, AttemptError> {
+    let ours = QueueDeclareOptions {
+        durable: config.durable_queue,
+        ..Default::default()
+    };
+    let ours_text = if config.durable_queue {
+        "durable"
+    } else {
+        "non-durable"
+    };
+    // Twice at most: a queue declared by someone else between our passive declare
+    // (not found) and our declare (refused) is adopted on the second pass.
+    for _ in 0..2 {
+        let ch = new_channel(connection).await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        match ch
+            .queue_declare(name.into(), passive, FieldTable::default())
+            .await
+        {
+            Ok(found) => {
+                let _ = ch.close(200, "ok".into()).await;
+                // Whether it matches what we would declare: an equivalent declare is
+                // accepted, another is refused (and only closes its throwaway channel).
+                let probe = new_channel(connection).await?;
+                let same = probe
+                    .queue_declare(name.into(), ours, FieldTable::default())
+                    .await;
+                let _ = probe.close(200, "ok".into()).await;
+                let (messages, consumers) = (found.message_count(), found.consumer_count());
+                match same {
+                    Ok(_) => info!(
+                        queue = name,
+                        messages, consumers, "using the existing {ours_text} queue"
+                    ),
+                    Err(e) if reply_code(&e) == Some(PRECONDITION_FAILED) => info!(
+                        queue = name,
+                        messages,
+                        consumers,
+                        found = %e,
+                        "using the existing queue as it is: it was declared with other \
+                         properties than ours ({ours_text}, e.g. by the original Python \
+                         watchdog)"
+                    ),
+                    Err(e) => {
+                        return Err(classify(&format!("check the queue {name:?}"), &e));
+                    }
+                }
+                return Ok(name.into());
+            }
+            Err(e) if reply_code(&e) == Some(NOT_FOUND) => {}
+            Err(e) => return Err(classify(&format!("check the queue {name:?}"), &e)),
+        }
+        let ch = new_channel(connection).await?;
+        match ch
+            .queue_declare(name.into(), ours, FieldTable::default())
+            .await
+        {
+            Ok(_) => {
+                let _ = ch.close(200, "ok".into()).await;
+                info!(
+                    queue = name,
+                    "declared the {ours_text} queue (it did not exist)"
+                );
+                return Ok(name.into());
+            }
+            Err(e) if reply_code(&e) == Some(PRECONDITION_FAILED) => {
+                debug!(queue = name, error = %e, "queue declared meanwhile by someone else");
+            }
+            Err(e) => return Err(classify(&format!("declare the queue {name:?}"), &e)),
+        }
+    }
+    Err(AttemptError::Transient(
+        format!("queue {name:?} kept changing while it was declared").into(),
+    ))
+}
+
+async fn new_channel(connection: &Connection) -> Result<Channel, AttemptError> {
+    connection
+        .create_channel()
+        .await
+        .map_err(|e| classify("open channel", &e))
 }
 
 /// A channel to consume on, with the prefetch set.

@@ -31,7 +31,8 @@
 //!   (`%25`, `%20`, ...), and a result over 250 bytes becomes its first 180 bytes, `%#`
 //!   and the hex SHA-256 of the whole original key. The mapping is injective in practice
 //!   (escaping is injective; `%#` never appears in an escaped key; SHA-256).
-//! * Values are opaque bytes, stored with flags 0.
+//! * Values are bytes with flags (docs/protocol.md#cache-values): radiovis's own keys
+//!   use flags 0, the keys shared with the original Python server pylibmc's flags.
 
 use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -40,17 +41,16 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::BufReader;
 use tokio::net::TcpStream;
 
-use super::{Cache, CacheError, Reason};
+use super::{Cache, CacheError, CacheItem, Reason};
+
+mod conn;
+use conn::{Conn, OpError};
 
 /// memcached's longest key.
 const MAX_KEY_LEN: usize = 250;
-/// Longest reply line read (a `VALUE` line with a 250-byte key is ~290 bytes).
-const MAX_LINE_LEN: usize = 2048;
-/// Largest value read back (memcached's default item limit is 1 MiB).
-const MAX_VALUE_LEN: usize = 64 * 1024 * 1024;
 /// Idle connections kept for reuse.
 const MAX_IDLE: usize = 8;
 /// Expiration times above this many seconds are absolute Unix times for memcached.
@@ -160,109 +160,6 @@ pub fn memcached_key(key: &str) -> String {
         out.push_str(&format!("{b:02x}"));
     }
     out
-}
-
-/// One connection to memcached.
-struct Conn {
-    stream: BufReader<TcpStream>,
-}
-
-/// What went wrong in one operation.
-enum OpError {
-    /// Connection-level failure: the connection is dropped, the cache may be down.
-    Io(Reason),
-    /// memcached answered with an error; the connection is still usable.
-    Server(String),
-    /// A reply we do not understand: the connection is dropped.
-    Protocol(String),
-}
-
-/// A connection-level failure, its text that of the I/O error, as before the error was
-/// kept as the cause.
-fn io_error(e: std::io::Error) -> OpError {
-    OpError::Io(Reason::caused_by(e.to_string(), e))
-}
-
-impl Conn {
-    async fn read_line(&mut self) -> Result<String, OpError> {
-        let mut line = Vec::with_capacity(64);
-        let n = (&mut self.stream)
-            .take(MAX_LINE_LEN as u64)
-            .read_until(b'\n', &mut line)
-            .await
-            .map_err(io_error)?;
-        if n == 0 {
-            return Err(OpError::Io("connection closed by memcached".into()));
-        }
-        if !line.ends_with(b"\r\n") {
-            return Err(OpError::Protocol("reply line too long or truncated".into()));
-        }
-        line.truncate(line.len() - 2);
-        String::from_utf8(line).map_err(|_| OpError::Protocol("reply line is not UTF-8".into()))
-    }
-
-    /// Interprets an error reply line; `None` when the line is not an error.
-    fn error_reply(line: &str) -> Option<OpError> {
-        if line == "ERROR" || line.starts_with("CLIENT_ERROR") || line.starts_with("SERVER_ERROR") {
-            Some(OpError::Server(line.to_owned()))
-        } else {
-            None
-        }
-    }
-
-    async fn get(&mut self, key: &str) -> Result<Option<Bytes>, OpError> {
-        let cmd = format!("get {key}\r\n");
-        self.stream
-            .get_mut()
-            .write_all(cmd.as_bytes())
-            .await
-            .map_err(io_error)?;
-        let mut value = None;
-        loop {
-            let line = self.read_line().await?;
-            if line == "END" {
-                return Ok(value);
-            }
-            if let Some(e) = Conn::error_reply(&line) {
-                return Err(e);
-            }
-            // VALUE <key> <flags> <bytes> [<cas>]
-            let mut parts = line.split(' ');
-            let len = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-                (Some("VALUE"), Some(_), Some(_), Some(len)) => len
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|l| *l <= MAX_VALUE_LEN)
-                    .ok_or_else(|| OpError::Protocol(format!("bad VALUE line {line:?}")))?,
-                _ => return Err(OpError::Protocol(format!("unexpected reply {line:?}"))),
-            };
-            let mut data = vec![0u8; len + 2];
-            self.stream.read_exact(&mut data).await.map_err(io_error)?;
-            if !data.ends_with(b"\r\n") {
-                return Err(OpError::Protocol("value not followed by CRLF".into()));
-            }
-            data.truncate(len);
-            value = Some(Bytes::from(data));
-        }
-    }
-
-    async fn set(&mut self, key: &str, value: &[u8], exptime: i64) -> Result<(), OpError> {
-        let mut cmd = Vec::with_capacity(key.len() + value.len() + 48);
-        cmd.extend_from_slice(format!("set {key} 0 {exptime} {}\r\n", value.len()).as_bytes());
-        cmd.extend_from_slice(value);
-        cmd.extend_from_slice(b"\r\n");
-        self.stream
-            .get_mut()
-            .write_all(&cmd)
-            .await
-            .map_err(io_error)?;
-        let line = self.read_line().await?;
-        if line == "STORED" {
-            return Ok(());
-        }
-        Err(Conn::error_reply(&line)
-            .unwrap_or_else(|| OpError::Protocol(format!("unexpected reply {line:?}"))))
-    }
 }
 
 /// The memcached exptime for a TTL: at least one second (0 would mean "never"),
@@ -482,6 +379,18 @@ impl MemcachedCache {
 #[async_trait]
 impl Cache for MemcachedCache {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+        Ok(self.get_item(key).await?.map(|item| item.data))
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
+        let item = CacheItem {
+            flags: 0,
+            data: value,
+        };
+        self.set_item(key, item, ttl).await
+    }
+
+    async fn get_item(&self, key: &str) -> Result<Option<CacheItem>, CacheError> {
         let key = memcached_key(key);
         self.run(move |c| {
             let key = key.clone();
@@ -490,12 +399,12 @@ impl Cache for MemcachedCache {
         .await
     }
 
-    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
+    async fn set_item(&self, key: &str, item: CacheItem, ttl: Duration) -> Result<(), CacheError> {
         let key = memcached_key(key);
         let exptime = exptime(ttl);
         self.run(move |c| {
-            let (key, value) = (key.clone(), value.clone());
-            Box::pin(async move { c.set(&key, &value, exptime).await })
+            let (key, item) = (key.clone(), item.clone());
+            Box::pin(async move { c.set(&key, &item, exptime).await })
         })
         .await
     }

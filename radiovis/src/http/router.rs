@@ -1,0 +1,91 @@
+//! [`RadiovisRouter`]: what the server's HTTP listener answers, as one `match` on
+//! (method, path) that hands each request to its module.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+
+use super::ops::Ops;
+use super::{Body, Router};
+use crate::backend::{Cache, DirectoryApi, MessageBus};
+use crate::metrics::Metrics;
+use crate::server::{Admitted, Refused};
+use crate::StompHub;
+
+/// Settings of the web transports.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// How long a long-poll request is held when there is nothing newer to answer
+    /// (docs/protocol.md#http-long-poll).
+    pub poll_hold: Duration,
+    /// Interval of the keep-alive comments of a server-sent event stream.
+    pub sse_keepalive: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            poll_hold: Duration::from_secs(10),
+            sse_keepalive: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The radio and web transports of a [`StompHub`], over HTTP. Each HTTP connection
+/// counts against the hub's connection limits, like a STOMP connection.
+pub struct RadiovisRouter<B, D, C> {
+    hub: StompHub<B, D, C>,
+    config: std::sync::Arc<HttpConfig>,
+    /// Metrics, health, HTTP publish, status page (docs/protocol.md#operations).
+    ops: std::sync::Arc<Ops<B, D, C>>,
+}
+
+impl<B, D, C> Clone for RadiovisRouter<B, D, C> {
+    fn clone(&self) -> Self {
+        RadiovisRouter {
+            hub: self.hub.clone(),
+            config: self.config.clone(),
+            ops: self.ops.clone(),
+        }
+    }
+}
+
+impl<B: MessageBus, D: DirectoryApi, C: Cache> RadiovisRouter<B, D, C> {
+    /// The transports of `hub` with these settings, and its operations endpoints
+    /// with metrics of their own (no admin page; see [`RadiovisRouter::with_ops`]).
+    pub fn new(hub: StompHub<B, D, C>, config: HttpConfig) -> Self {
+        let ops = Ops::new(hub.clone(), Metrics::new(), None, None);
+        RadiovisRouter {
+            hub,
+            config: std::sync::Arc::new(config),
+            ops,
+        }
+    }
+
+    /// The same router with these operations endpoints (the binary's metrics with
+    /// its timed backends, admin credentials, in-process watchdog).
+    pub fn with_ops(mut self, ops: std::sync::Arc<Ops<B, D, C>>) -> Self {
+        self.ops = ops;
+        self
+    }
+}
+
+impl<B: MessageBus, D: DirectoryApi, C: Cache> Router for RadiovisRouter<B, D, C> {
+    type Guard = Admitted;
+
+    fn admit(&self, peer: SocketAddr) -> Result<Admitted, Refused> {
+        self.hub.admit(peer)
+    }
+
+    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let path = req.uri().path().to_owned();
+        tracing::debug!(method = %req.method(), %path, "HTTP request");
+        match (req.method(), path.as_str()) {
+            (&Method::OPTIONS, _) => super::preflight(),
+            (m, p) if Ops::<B, D, C>::handles(m, p) => self.ops.route(req, peer).await,
+            _ => super::not_found(),
+        }
+    }
+}
