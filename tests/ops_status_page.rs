@@ -104,12 +104,7 @@ async fn the_status_page_shows_a_slide_just_published() {
 
     let url = format!("http://{http}/");
     // The DOM after the page's script ran (and applied a live event).
-    let dom = headless(
-        &browser,
-        &["--virtual-time-budget=3000", "--dump-dom"],
-        &url,
-    )
-    .await;
+    let dom = headless(&browser, &["--dump-dom"], &url).await;
     assert!(dom.contains("/topic/fm/4e1/4001/09580/"), "{dom}");
     assert!(
         dom.contains("Status page &lt;test&gt; &amp; slide"),
@@ -128,7 +123,6 @@ async fn the_status_page_shows_a_slide_just_published() {
         &browser,
         &[
             "--window-size=1200,800",
-            "--virtual-time-budget=3000",
             &format!("--screenshot={}", shot.display()),
         ],
         &url,

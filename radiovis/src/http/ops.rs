@@ -51,12 +51,15 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Ops<B, D, C> {
         watchdog: Option<Arc<WatchdogStats>>,
     ) -> Arc<Self> {
         hub.register_metrics(&metrics);
+        // The first sample: messages per minute count from now on.
+        let rate = MessageRate::default();
+        rate.sample(hub.stats().bus_messages);
         Arc::new(Ops {
             hub,
             metrics,
             admin,
             watchdog,
-            rate: MessageRate::default(),
+            rate,
             streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
         })
     }
