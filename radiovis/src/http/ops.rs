@@ -12,11 +12,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::{header, Method, Request, Response, StatusCode};
+use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
@@ -28,8 +30,12 @@ use crate::metrics::Metrics;
 use crate::server::StompHub;
 use crate::watchdog::WatchdogStats;
 
-/// Most status pages following live events at once (each costs a snapshot per push).
+/// Most status pages following live events at once.
 const MAX_EVENT_STREAMS: usize = 64;
+
+/// How long a status snapshot is reused: however many pages watch, the hub is looked
+/// at about once a second.
+const SNAPSHOT_TTL: Duration = Duration::from_secs(1);
 
 /// What the operations endpoints of a server need.
 pub struct Ops<B, D, C> {
@@ -39,6 +45,8 @@ pub struct Ops<B, D, C> {
     watchdog: Option<Arc<WatchdogStats>>,
     rate: MessageRate,
     streams: Arc<Semaphore>,
+    /// The last snapshot and when it was made.
+    last_snapshot: Mutex<Option<(Instant, serde_json::Value)>>,
 }
 
 impl<B: MessageBus, D: DirectoryApi, C: Cache> Ops<B, D, C> {
@@ -61,6 +69,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Ops<B, D, C> {
             watchdog,
             rate,
             streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
+            last_snapshot: Mutex::new(None),
         })
     }
 
@@ -154,13 +163,22 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Ops<B, D, C> {
         }
     }
 
+    /// The status snapshot, made at most once per [`SNAPSHOT_TTL`].
     fn snapshot(&self) -> serde_json::Value {
-        ops_status::snapshot(
+        let mut last = self.last_snapshot.lock();
+        if let Some((at, snapshot)) = last.as_ref() {
+            if at.elapsed() < SNAPSHOT_TTL {
+                return snapshot.clone();
+            }
+        }
+        let snapshot = ops_status::snapshot(
             &self.hub,
             &self.metrics,
             self.watchdog.as_deref(),
             &self.rate,
-        )
+        );
+        *last = Some((Instant::now(), snapshot.clone()));
+        snapshot
     }
 
     /// `GET /status/events`: a snapshot now and every [`PUSH_EVERY`], until the client

@@ -270,8 +270,12 @@ impl LastMessages {
     /// The `max` newest last messages, newest first (the status page).
     pub fn newest(&self, max: usize) -> Vec<Arc<Published>> {
         let mut all: Vec<Arc<Published>> = self.store.read().by_topic.values().cloned().collect();
-        all.sort_unstable_by_key(|p| std::cmp::Reverse(p.seq));
+        // Linear selection of the newest `max`, then a sort of those only.
+        if all.len() > max && max > 0 {
+            all.select_nth_unstable_by_key(max - 1, |p| std::cmp::Reverse(p.seq));
+        }
         all.truncate(max);
+        all.sort_unstable_by_key(|p| std::cmp::Reverse(p.seq));
         all
     }
 
