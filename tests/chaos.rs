@@ -162,6 +162,7 @@ async fn faults_lose_no_confirmed_message_and_drop_no_radio() {
         let mut env = common.clone();
         env.push(("STOMP_IP", "127.0.0.1".to_owned()));
         env.push(("STOMP_PORT", port.to_string()));
+        env.push(("HTTP_PORT", "off".to_owned()));
         env.push(("RADIOVIS_WATCHDOG", "off".to_owned()));
         let p = Process::spawn(name, &server_bin, &[], &env).unwrap_or_else(|e| panic!("{e}"));
         servers.push(p);

@@ -323,6 +323,12 @@ async fn start_server(
                     "127.0.0.1".into(),
                     "--stomp-port".into(),
                     port.to_string(),
+                    // Several servers run at once (scale-out): no HTTP listener
+                    // unless the run asks for one (HTTP_PORT in `env`).
+                    "--http-port".into(),
+                    env.iter()
+                        .find(|(k, _)| k == "HTTP_PORT")
+                        .map_or("off".into(), |(_, v)| v.clone()),
                     "--watchdog".into(),
                     "off".into(),
                     "--directory".into(),

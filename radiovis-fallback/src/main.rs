@@ -12,10 +12,11 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use radiovis::backend::rabbitmq::{LeaderLock, QueueKind, RabbitBus};
 use radiovis::config::{
-    ConfigError, DirectoryArgs, DirectoryBackends, FallbackArgs, FallbackHttpArgs, RabbitArgs,
+    ConfigError, DirectoryArgs, DirectoryBackends, FallbackArgs, FallbackHttpArgs, LogArgs,
+    RabbitArgs,
 };
 use radiovis::http::ops_respond::ReadyReport;
 use radiovis::http::ProcessRouter;
@@ -28,8 +29,10 @@ use tokio_util::sync::CancellationToken;
 /// variable named in brackets (the names of the original Python watchdog). RabbitMQ
 /// is required (RABBITMQ_HOST defaults to 127.0.0.1, as in the original).
 #[derive(Debug, Parser)]
-#[command(name = "radiovis-fallback", version, about)]
+#[command(name = "radiovis-fallback", version, about, after_help = radiovis::config::EXIT_CODES)]
 struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
     #[command(flatten)]
     rabbit: RabbitArgs,
     #[command(flatten)]
@@ -62,8 +65,9 @@ const LOG_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    radiovis::config::init_logging(cli.rabbit.rabbitmq_debug);
+    let (cli, matches) = radiovis::config::parse_cli::<Cli>();
+    radiovis::config::init_logging(cli.rabbit.rabbitmq_debug, cli.log.log_format);
+    radiovis::config::log_settings(&Cli::command(), &matches);
     radiovis::config::exit_code("radiovis-fallback", run(cli).await)
 }
 
@@ -143,7 +147,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     for addr in cli.http.addresses() {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|source| ConfigError::ListenFallbackHttp { addr, source })?;
+            .map_err(|source| ConfigError::ListenOn {
+                addr,
+                vars: "FB_HTTP_IP/FB_HTTP_PORT; FB_HTTP_PORT=off disables it",
+                source,
+            })?;
         http_tasks.push(tokio::spawn(radiovis::http::serve(
             listener,
             router.clone(),

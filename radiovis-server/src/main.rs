@@ -6,11 +6,11 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use radiovis::backend::rabbitmq::RabbitBus;
 use radiovis::config::{
-    ConfigError, DirectoryArgs, DirectoryBackends, FallbackArgs, HttpArgs, HubArgs, MonitoringArgs,
-    OpsArgs, RabbitArgs, StompArgs,
+    listen, ConfigError, DirectoryArgs, DirectoryBackends, FallbackArgs, HttpArgs, HubArgs,
+    LogArgs, MonitoringArgs, OpsArgs, RabbitArgs, StompArgs, TlsArgs,
 };
 use radiovis::http::ops::Ops;
 use radiovis::http::RadiovisRouter;
@@ -18,19 +18,22 @@ use radiovis::metrics::{Metrics, WatchdogCollector};
 use radiovis::monitoring::Monitor;
 use radiovis::watchdog::Watchdog;
 use radiovis::StompHub;
-use tokio::net::TcpListener;
 
 /// RadioVis STOMP server. Every option can also be set through the environment
 /// variable named in brackets (the names of the original Python server).
 #[derive(Debug, Parser)]
-#[command(name = "radiovis-server", version, about)]
+#[command(name = "radiovis-server", version, about, after_help = radiovis::config::EXIT_CODES)]
 struct Cli {
     #[command(flatten)]
     stomp: StompArgs,
     #[command(flatten)]
+    log: LogArgs,
+    #[command(flatten)]
     http: HttpArgs,
     #[command(flatten)]
     ops: OpsArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(flatten)]
     rabbit: RabbitArgs,
     #[command(flatten)]
@@ -49,8 +52,9 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    radiovis::config::init_logging(cli.rabbit.rabbitmq_debug);
+    let (cli, matches) = radiovis::config::parse_cli::<Cli>();
+    radiovis::config::init_logging(cli.rabbit.rabbitmq_debug, cli.log.log_format);
+    radiovis::config::log_settings(&Cli::command(), &matches);
     radiovis::config::exit_code("radiovis-server", run(cli).await)
 }
 
@@ -105,6 +109,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if http_listeners.is_empty() {
         tracing::info!("HTTP listener off (HTTP_PORT=off)");
     }
+    let http_ips: Vec<std::net::IpAddr> = cli
+        .http
+        .http_ip
+        .clone()
+        .unwrap_or_else(|| cli.stomp.stomp_ip.clone());
+    let tls = cli.tls.bind(&cli.stomp, &http_ips)?;
 
     // Fully standalone only: with PlugIt (or RabbitMQ) configured, the deployment has a
     // radiovis-fallback of its own, and a second watchdog would log every message twice.
@@ -148,6 +158,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .into_iter()
         .map(|l| tokio::spawn(radiovis::http::serve(l, router.clone(), stop.clone())))
         .collect();
+    let sighup = tokio::spawn(radiovis::tls::reload_on_sighup(
+        tls.reloaders(),
+        stop.clone(),
+    ));
+    let mut tls_tasks = Vec::new();
+    if let Some((listeners, acceptor)) = tls.stomp {
+        for l in listeners {
+            let hub = hub.clone();
+            let serve = move |stream, peer| {
+                hub.serve_stream(stream, peer, "stomp_tls");
+                std::future::ready(())
+            };
+            let task =
+                radiovis::tls::serve(l, acceptor.clone(), "STOMP over TLS", stop.clone(), serve);
+            tls_tasks.push(tokio::spawn(task));
+        }
+    }
+    if let Some((listeners, acceptor)) = tls.http {
+        for l in listeners {
+            let (router, shutdown) = (router.clone(), stop.clone());
+            let serve = move |stream, peer| {
+                radiovis::http::serve_connection(router.clone(), stream, peer, shutdown.clone())
+            };
+            let task = radiovis::tls::serve(l, acceptor.clone(), "HTTPS", stop.clone(), serve);
+            tls_tasks.push(tokio::spawn(task));
+        }
+    }
     let served = hub.run(listeners, stop.clone());
     tokio::pin!(served);
     let served = tokio::select! {
@@ -158,7 +195,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     served?;
-    for task in http_tasks {
+    for task in http_tasks.into_iter().chain(tls_tasks).chain([sighup]) {
         if let Err(e) = task.await {
             tracing::warn!(error = %e, "HTTP listener task failed");
         }
@@ -183,18 +220,4 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Listens with a deep accept queue: after a restart or a network blip thousands of
-/// radios reconnect at once, and the default backlog (128 here) made the kernel drop
-/// connection attempts that then waited a second to retry (seen in the benchmark).
-fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
 }

@@ -13,6 +13,7 @@ async fn the_startup_log_names_the_backends() {
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .env("STOMP_IP", "127.0.0.1")
         .env("STOMP_PORT", "0")
+        .env("HTTP_PORT", "0")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .env_remove("RABBITMQ_HOST")
@@ -79,6 +80,7 @@ async fn a_bad_value_stops_startup_naming_the_variable() {
         let out = Command::new(env!("CARGO_BIN_EXE_radiovis-server"))
             .env("STOMP_IP", "127.0.0.1")
             .env("STOMP_PORT", "0")
+            .env("HTTP_PORT", "0")
             .env(var, value)
             .stdin(Stdio::null())
             .output()
@@ -116,6 +118,7 @@ async fn startup_errors_read_as_before_with_their_cause() {
     for (vars, expected) in cases {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_radiovis-server"));
         cmd.env("STOMP_IP", "127.0.0.1")
+            .env("HTTP_PORT", "0")
             .env("NO_COLOR", "1")
             .env_remove("RABBITMQ_HOST")
             .env_remove("RABBITMQ_URL")

@@ -48,6 +48,8 @@ pub mod server;
 pub mod session;
 pub mod singleflight;
 pub mod stomp;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod topic;
 pub mod watchdog;
 

@@ -62,8 +62,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> StompHub<B, D, C> {
         }
     }
 
-    /// The shared state (for the HTTP endpoints of this crate).
-    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    /// The hub the sessions share (for the other transports of this crate).
     pub(crate) fn hub(&self) -> &Arc<Hub<B, D, C>> {
         &self.hub
     }

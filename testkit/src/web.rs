@@ -81,11 +81,18 @@ pub async fn request(
         let chunked = headers
             .iter()
             .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+        let length = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse::<usize>().ok());
         let mut body = Vec::new();
         if chunked {
             while let Some(chunk) = read_chunk(&mut reader).await {
                 body.extend_from_slice(&chunk);
             }
+        } else if let Some(n) = length {
+            body.resize(n, 0);
+            reader.read_exact(&mut body).await.expect("read body");
         } else {
             reader.read_to_end(&mut body).await.expect("read body");
         }
@@ -138,4 +145,151 @@ pub async fn read_chunk<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> O
     reader.read_exact(&mut chunk).await.ok()?;
     chunk.truncate(size);
     Some(chunk)
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub event: String,
+    /// The last `id:` line received so far.
+    pub id: String,
+    pub data: serde_json::Value,
+}
+
+/// A raw client of an event stream, reading the chunked body line by line.
+pub struct SseClient {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    reader: BufReader<TcpStream>,
+    /// De-chunked bytes not yet split into lines.
+    buffer: Vec<u8>,
+    id: String,
+    comments: usize,
+}
+
+/// A line of the stream, or why there is none.
+enum Line {
+    Text(String),
+    Closed,
+}
+
+impl SseClient {
+    /// `GET path` with `Accept: text/event-stream` (and `Last-Event-ID`), reading the
+    /// response head.
+    pub async fn open(addr: &str, path: &str, last_event_id: Option<&str>) -> SseClient {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let mut head =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        if let Some(id) = last_event_id {
+            head.push_str(&format!("Last-Event-ID: {id}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).await.expect("write");
+        let mut reader = BufReader::new(stream);
+        let (status, headers) =
+            tokio::time::timeout(Duration::from_secs(3), read_head(&mut reader))
+                .await
+                .expect("response head in time");
+        SseClient {
+            status,
+            headers,
+            reader,
+            buffer: Vec::new(),
+            id: String::new(),
+            comments: 0,
+        }
+    }
+
+    /// The first value of a response header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    async fn line(&mut self) -> Line {
+        loop {
+            if let Some(i) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=i).collect();
+                return Line::Text(String::from_utf8_lossy(&line[..i]).into_owned());
+            }
+            match read_chunk(&mut self.reader).await {
+                Some(chunk) => self.buffer.extend_from_slice(&chunk),
+                None => return Line::Closed,
+            }
+        }
+    }
+
+    /// The next event (comments counted and skipped); panics after `within`.
+    pub async fn event(&mut self, within: Duration) -> SseEvent {
+        tokio::time::timeout(within, async {
+            let mut event = String::from("message");
+            let mut data = String::new();
+            loop {
+                let Line::Text(line) = self.line().await else {
+                    panic!("stream closed while waiting for an event");
+                };
+                if line.is_empty() {
+                    if data.is_empty() {
+                        continue;
+                    }
+                    return SseEvent {
+                        event,
+                        id: self.id.clone(),
+                        data: serde_json::from_str(&data).expect("data is JSON"),
+                    };
+                }
+                if line.starts_with(':') {
+                    self.comments += 1;
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    event = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("id: ") {
+                    self.id = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data.push_str(v);
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no event within {within:?}"))
+    }
+
+    /// Asserts that no event arrives within `within` (comments may).
+    pub async fn expect_no_event(&mut self, within: Duration) {
+        if let Ok(e) = tokio::time::timeout(within, self.event(within * 2)).await {
+            panic!("unexpected event {e:?}");
+        }
+    }
+
+    /// Waits until `n` comment lines (keep-alives) have arrived.
+    pub async fn expect_comments(&mut self, n: usize, within: Duration) {
+        tokio::time::timeout(within, async {
+            while self.comments < n {
+                match self.line().await {
+                    Line::Text(l) if l.starts_with(':') => self.comments += 1,
+                    Line::Text(_) => {}
+                    Line::Closed => panic!("stream closed"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("fewer than {n} comments within {within:?}"));
+    }
+
+    /// Reads (and discards) until the server closes the connection.
+    pub async fn expect_closed(mut self, within: Duration) {
+        tokio::time::timeout(within, async {
+            let mut sink = vec![0u8; 1 << 16];
+            loop {
+                match self.reader.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("connection still open after {within:?}"));
+    }
 }

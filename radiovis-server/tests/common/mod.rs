@@ -31,6 +31,7 @@ pub async fn start_server(exchange: &str, extra: &[(&str, &str)]) -> Server {
     let mut child = Process::new(env!("CARGO_BIN_EXE_radiovis-server"))
         .env("STOMP_IP", "127.0.0.1")
         .env("STOMP_PORT", "0")
+        .env("HTTP_PORT", "0")
         .env("RABBITMQ_HOST", "127.0.0.1")
         .env("RABBITMQ_EXCHANGE", exchange)
         .env("RADIOVIS_DIRECTORY", directory)

@@ -91,11 +91,13 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The watchdog's operations listener could not be opened.
-    #[error("cannot listen on {addr} (FB_HTTP_IP/FB_HTTP_PORT; FB_HTTP_PORT=off disables it)")]
-    ListenFallbackHttp {
-        /// The address from `FB_HTTP_IP` and `FB_HTTP_PORT`.
+    /// Another listening socket (TLS) could not be opened.
+    #[error("cannot listen on {addr} ({vars})")]
+    ListenOn {
+        /// The address.
         addr: SocketAddr,
+        /// The variables that chose it, e.g. `STOMP_IP/STOMP_TLS_PORT`.
+        vars: &'static str,
         /// What the operating system said.
         #[source]
         source: std::io::Error,

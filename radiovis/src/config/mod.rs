@@ -8,14 +8,19 @@
 //! |---|---|
 //! | [`args`] | clap argument groups -> the library's typed configurations |
 //! | [`wiring`] | configuration -> concrete backends (the only place naming them) |
-//! | [`runtime`] | logging set-up, exit code, shutdown signal |
+//! | [`logging`] | log format, the effective settings line (secrets masked), exit codes |
+//! | [`runtime`] | exit code, shutdown signal, listening sockets |
+//! | `tls` | TLS listeners and their certificate (feature `tls`) |
 //! | [`error`] | [`ConfigError`]: what stops start-up, naming the variable |
 //!
 //! Everything is re-exported here, so `radiovis::config::StompArgs` and the like work.
 
 pub mod args;
 pub mod error;
+pub mod logging;
 pub mod runtime;
+#[cfg(feature = "tls")]
+pub mod tls;
 #[cfg(all(feature = "plugit", feature = "memcached"))]
 pub mod wiring;
 
@@ -27,6 +32,12 @@ pub use args::{FallbackHttpArgs, OpsArgs};
 #[cfg(feature = "http")]
 pub use args::{HttpArgs, PortOrOff};
 pub use error::{BoxError, ConfigError, NotABool};
-pub use runtime::{error_chain, exit_code, init_logging, raise_open_files_limit, shutdown_signal};
+pub use logging::{
+    effective_settings, init_logging, log_settings, parse_cli, redacted_url, LogArgs, LogFormat,
+    EXIT_CODES, EXIT_CONFIG,
+};
+pub use runtime::{error_chain, exit_code, listen, raise_open_files_limit, shutdown_signal};
+#[cfg(feature = "tls")]
+pub use tls::{TlsArgs, TlsListeners};
 #[cfg(all(feature = "plugit", feature = "memcached"))]
 pub use wiring::DirectoryBackends;

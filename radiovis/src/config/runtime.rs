@@ -1,48 +1,48 @@
-//! What a binary does around its work: logging set-up, the exit code (printing the
-//! error and its causes) and the shutdown signal.
+//! What a binary does around its work: the exit code (printing the error and its
+//! causes) and the shutdown signal. Logging set-up is [`super::logging`]'s.
 
 use std::error::Error;
 
-/// Logging of both binaries: `RUST_LOG`, default `info`; `RABBITMQ_DEBUG` (on by
-/// default, as in the original) adds the bus module's debug logs, which are few: no
-/// per-message line. lapin's own logs are off unless `RUST_LOG` names lapin: it logs
-/// a normal passive declare of a missing exchange as an ERROR, and the bus module
-/// reports connection trouble itself.
-pub fn init_logging(rabbitmq_debug: bool) {
-    let from_env = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|v| !v.trim().is_empty());
-    let mut filter = match &from_env {
-        // Keep lapin quiet unless the operator asked for it by name.
-        Some(v) if v.contains("lapin") => tracing_subscriber::EnvFilter::new(v),
-        Some(v) => tracing_subscriber::EnvFilter::new(format!("{v},lapin=off")),
-        None => tracing_subscriber::EnvFilter::new("info,lapin=off"),
-    };
-    if rabbitmq_debug {
-        if let Ok(d) = "radiovis::backend::rabbitmq=debug".parse() {
-            filter = filter.add_directive(d);
-        }
-    }
-    tracing_subscriber::fmt().with_env_filter(filter).init();
-}
+use super::error::ConfigError;
+use super::logging::EXIT_CONFIG;
 
 /// The exit of a binary: success, or the error with its causes (see [`error_chain`])
-/// logged and printed (prefixed with the binary's name) and a failure code. Takes any
-/// error: a [`ConfigError`](super::ConfigError), an `anyhow::Error`, a `String`.
+/// logged and printed (prefixed with the binary's name) and a failure code:
+/// [`EXIT_CONFIG`] (78) when a [`ConfigError`] is in the chain, else 1 (see
+/// [`EXIT_CODES`](super::logging::EXIT_CODES)). Takes an `anyhow::Error` (whose
+/// `as_ref` is the original error, so a [`ConfigError`] is still recognised) or a
+/// boxed error.
 pub fn exit_code<E>(binary: &str, result: Result<(), E>) -> std::process::ExitCode
 where
-    E: Into<Box<dyn Error + Send + Sync + 'static>>,
+    E: AsRef<dyn Error + Send + Sync + 'static>,
 {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            let e: Box<dyn Error + Send + Sync + 'static> = e.into();
-            let text = error_chain(e.as_ref());
+            let e: &(dyn Error + 'static) = e.as_ref();
+            let text = error_chain(e);
             tracing::error!("{text}");
             eprintln!("{binary}: {text}");
-            std::process::ExitCode::FAILURE
+            if is_config_error(e) {
+                std::process::ExitCode::from(EXIT_CONFIG)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// Whether `error` or one of its causes is a [`ConfigError`] (an `anyhow::Error` with
+/// context keeps the original error as a cause).
+fn is_config_error(error: &(dyn Error + 'static)) -> bool {
+    let mut e = Some(error);
+    while let Some(c) = e {
+        if c.is::<ConfigError>() {
+            return true;
+        }
+        e = c.source();
+    }
+    false
 }
 
 /// `error: cause: cause of the cause...`, each cause said once: many errors (I/O and
@@ -119,6 +119,20 @@ pub fn raise_open_files_limit(max_connections: usize) -> Option<u64> {
     }
 }
 
+/// Listens on `addr` with a deep accept queue: after a restart or a network blip
+/// thousands of radios reconnect at once, and the default backlog (128) made the kernel
+/// drop connection attempts that then waited a second to retry (seen in the benchmark).
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +168,30 @@ mod tests {
         assert_eq!(
             error_chain(&e),
             "cannot listen on 127.0.0.1:1 (STOMP_IP/STOMP_PORT): in use"
+        );
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("context")]
+    struct Context(#[source] super::super::ConfigError);
+
+    #[test]
+    fn a_configuration_error_exits_78_anything_else_1() {
+        let config = || super::super::ConfigError::Zero { var: "X" };
+        // Reached through a wrapper (what anyhow's context makes of it) too.
+        let wrapped = Context(config());
+        assert!(is_config_error(&config()));
+        assert!(!is_config_error(&Outer(std::io::Error::other("refused"))));
+        assert!(is_config_error(&wrapped));
+        let code = |r: Result<(), Box<dyn Error + Send + Sync>>| exit_code("test", r);
+        assert_eq!(code(Ok(())), std::process::ExitCode::SUCCESS);
+        assert_eq!(
+            code(Err(Box::new(config()))),
+            std::process::ExitCode::from(EXIT_CONFIG)
+        );
+        assert_eq!(
+            code(Err("bus gone".into())),
+            std::process::ExitCode::FAILURE
         );
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::args::{DirectoryArgs, RabbitArgs};
 use super::error::ConfigError;
+use super::logging::redacted_url;
 use crate::backend::memory::{MemoryCache, MemoryLogStore, StaticDirectory};
 use crate::backend::{Cache, DirectoryApi, LogStore};
 
@@ -141,24 +142,6 @@ impl DirectoryArgs {
     }
 }
 
-/// `url` with only its scheme, host and port: the path (where PlugIt's API secret
-/// is) and any user information are hidden.
-pub fn redacted_url(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit('@').next().unwrap_or(authority);
-    let hidden = if rest.len() > authority.len() + 1 {
-        "/***"
-    } else {
-        "/"
-    };
-    if scheme.is_empty() {
-        format!("{host}{hidden}")
-    } else {
-        format!("{scheme}://{host}{hidden}")
-    }
-}
-
 impl RabbitArgs {
     /// The message bus of radiovis-server: RabbitMQ (each instance with its own
     /// exclusive queue on the shared exchange) when `RABBITMQ_HOST` or `RABBITMQ_URL`
@@ -190,27 +173,5 @@ impl RabbitArgs {
             );
         }
         Ok(Arc::new(bus))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redacted_url;
-
-    #[test]
-    fn urls_are_logged_without_path_or_credentials() {
-        assert_eq!(
-            redacted_url("https://manager.example/plugIt/S3cret/"),
-            "https://manager.example/***"
-        );
-        assert_eq!(
-            redacted_url("http://user:pw@127.0.0.1:8000/x?k=S3cret"),
-            "http://127.0.0.1:8000/***"
-        );
-        assert_eq!(
-            redacted_url("http://127.0.0.1:8000/"),
-            "http://127.0.0.1:8000/"
-        );
-        assert_eq!(redacted_url("http://h"), "http://h/");
     }
 }

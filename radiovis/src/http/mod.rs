@@ -12,6 +12,7 @@
 //! | `longpoll` | RadioVIS HTTP long-poll `/radiodns/vis/vis.json` (docs/protocol.md#http-long-poll) |
 //! | `sse` | server-sent events `/radiodns/push/1.0/<path>` (docs/protocol.md#server-sent-events) |
 //! | `websocket` | EBU player mode on `/topic/...` and STOMP over WebSocket on `/stomp` |
+//! | `ws_bytes` | a WebSocket as a byte stream, for a STOMP session |
 //! | `watch` | a web client's subscriptions on the hub: the same topic rules, replay and slow-consumer rule as a STOMP session |
 //! | [`ops`] | operations endpoints: `/metrics`, `/healthz`, `/readyz`, HTTP publish, status page (docs/protocol.md#operations) |
 //! | `ops_publish` | `POST /publish`, `POST /services/<channel>` (docs/protocol.md#http-publish) |
@@ -19,12 +20,17 @@
 //! | [`ops_respond`] | whole responses, `/metrics`, `/healthz`, `/readyz`, HTTP Basic credentials |
 //! | [`ops_process`] | [`ProcessRouter`]: `/metrics` and health of a process without a hub (radiovis-fallback) |
 
+mod longpoll;
 pub mod ops;
 pub mod ops_process;
 mod ops_publish;
 pub mod ops_respond;
 mod ops_status;
 mod router;
+mod sse;
+mod watch;
+mod websocket;
+mod ws_bytes;
 
 pub use ops_process::ProcessRouter;
 pub use router::{HttpConfig, RadiovisRouter};
@@ -124,9 +130,14 @@ pub async fn serve_connection<R, S>(
         // Logged and counted by `admit`; the client sees the connection closed.
         return;
     };
-    let service = hyper::service::service_fn(move |req| {
-        let router = router.clone();
-        async move { Ok::<_, Infallible>(router.route(req, peer).await) }
+    let abort = Abort(CancellationToken::new());
+    let service = hyper::service::service_fn({
+        let abort = abort.clone();
+        move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(abort.clone());
+            let router = router.clone();
+            async move { Ok::<_, Infallible>(router.route(req, peer).await) }
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -139,15 +150,38 @@ pub async fn serve_connection<R, S>(
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
+        _ = abort.0.cancelled() => {
+            tracing::info!(%peer, "HTTP connection dropped: slow consumer");
+            Ok(())
+        }
         _ = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            conn.await
+            tokio::select! {
+                r = conn => r,
+                _ = abort.0.cancelled() => Ok(()),
+            }
         }
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "HTTP connection ended");
     }
     drop(guard);
+}
+
+/// Cancelling it closes the HTTP connection at once, even while a response is being
+/// written to a client that does not read (the slow-consumer rule). Every request
+/// carries its connection's token in its extensions.
+#[derive(Debug, Clone)]
+pub struct Abort(pub CancellationToken);
+
+impl Abort {
+    /// The token of the request's connection (a fresh one outside [`serve_connection`]).
+    pub fn of<T>(req: &Request<T>) -> CancellationToken {
+        req.extensions()
+            .get::<Abort>()
+            .map(|a| a.0.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// A whole body.

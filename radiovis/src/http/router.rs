@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 
 use super::ops::Ops;
-use super::{Body, Router};
+use super::{longpoll, sse, websocket, Body, Router};
 use crate::backend::{Cache, DirectoryApi, MessageBus};
 use crate::metrics::Metrics;
 use crate::server::{Admitted, Refused};
@@ -82,7 +82,16 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Router for RadiovisRouter<B, D, C
     async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let path = req.uri().path().to_owned();
         tracing::debug!(method = %req.method(), %path, "HTTP request");
+        let hub = self.hub.hub();
         match (req.method(), path.as_str()) {
+            (&Method::GET, "/radiodns/vis/vis.json") => {
+                longpoll::handle(hub, &self.config, &req, peer).await
+            }
+            (&Method::GET, "/stomp") => websocket::stomp(&self.hub, req, peer),
+            (&Method::GET, p) if p.starts_with("/topic/") => websocket::ebu(hub, req, peer),
+            (&Method::GET, p) if p.starts_with(sse::PREFIX) => {
+                sse::handle(hub, &self.config, &req, peer).await
+            }
             (&Method::OPTIONS, _) => super::preflight(),
             (m, p) if Ops::<B, D, C>::handles(m, p) => self.ops.route(req, peer).await,
             _ => super::not_found(),

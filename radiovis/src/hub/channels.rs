@@ -99,6 +99,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
     /// list stays.
     pub(super) async fn refresh_known_channels(&self, at_start: bool) {
         let mut topics: Option<Vec<String>> = None;
+        let mut from_directory = false;
         match self.cache.get_item(CHANNELS_CACHE_KEY).await {
             Ok(Some(v)) => {
                 topics = pyvalue::read_topic_list(&v);
@@ -123,15 +124,8 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
             .await
             {
                 Ok(Ok(list)) => {
-                    let t: Vec<String> = list.into_iter().map(|c| c.topic).collect();
-                    if let Err(e) = self
-                        .cache
-                        .set_item(CHANNELS_CACHE_KEY, pyvalue::topic_list(&t), topic::GCC_TTL)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "cannot share known channels through cache");
-                    }
-                    topics = Some(t);
+                    from_directory = true;
+                    topics = Some(list.into_iter().map(|c| c.topic).collect());
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "cannot load known channels from directory")
@@ -141,8 +135,23 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
         }
         let Some(topics) = topics else { return };
         let mut set = HashSet::with_capacity(topics.len());
+        let mut normalised = Vec::with_capacity(topics.len());
         for t in topics {
-            set.insert(self.normaliser.normalise(&t).await);
+            let n = self.normaliser.normalise(&t).await;
+            if set.insert(n.clone()) {
+                normalised.push(n);
+            }
+        }
+        if from_directory {
+            // Normalised, as the watchdogs (the original's and radiovis's) write it.
+            let item = pyvalue::topic_list(&normalised);
+            if let Err(e) = self
+                .cache
+                .set_item(CHANNELS_CACHE_KEY, item, topic::GCC_TTL)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot share known channels through cache");
+            }
         }
         tracing::debug!(count = set.len(), "known channels refreshed");
         *self.known_channels.write() = Arc::new(set);

@@ -45,10 +45,10 @@ impl Transport {
     }
 
     /// The transport a STOMP session's stream is named after in the logs (`tcp`,
-    /// `tls`, `websocket`; anything else counts as plain STOMP).
+    /// `stomp_tls`, `websocket`; anything else counts as plain STOMP).
     pub fn of_stream(name: &str) -> Transport {
         match name {
-            "tls" => Transport::StompTls,
+            "stomp_tls" | "tls" => Transport::StompTls,
             "websocket" | "ws" => Transport::WebSocket,
             _ => Transport::Stomp,
         }

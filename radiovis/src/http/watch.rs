@@ -1,0 +1,203 @@
+//! A web client's subscriptions on the hub (long-poll, server-sent events, EBU
+//! WebSocket mode): what a STOMP session does for SUBSCRIBE, without the STOMP. The
+//! same destination checks, limits, CC/GCC normalisation, FM fallback and replay (the
+//! hub's own `index_key_for` and `subscribe`), one bounded outbound queue whose
+//! overflow kills the client (slow consumer), counted as a connection and reported
+//! to monitoring like a session (docs/protocol.md#http).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{Cache, DirectoryApi, MessageBus};
+use crate::hub::{Hub, IndexKey, SubEntry, SubscribeBudget, SubscribeLimit, Transport};
+use crate::monitoring::{Event, SessionInfo};
+use crate::outbound::{encode_head, Outbound, OutboundQueue};
+use crate::stomp::{Decoder, Frame, Version};
+use crate::topic::{self, TopicError};
+
+/// Why a destination was refused.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum WatchError {
+    #[error("{0}")]
+    BadDestination(#[from] TopicError),
+    #[error("too many subscriptions: limit is {0}")]
+    TooMany(usize),
+    #[error("{0}")]
+    OverLimit(#[from] SubscribeLimit),
+}
+
+/// What ended the wait for a message.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Ended {
+    /// The queue overflowed: the client does not keep up.
+    SlowConsumer,
+    /// The server is stopping.
+    Shutdown,
+}
+
+/// One web client on the hub; dropping it removes its subscriptions.
+pub(super) struct Watch<B: MessageBus, D: DirectoryApi, C: Cache> {
+    /// How the client is connected (metrics).
+    transport: Transport,
+    hub: Arc<Hub<B, D, C>>,
+    conn: u64,
+    queue: Arc<OutboundQueue>,
+    kill: CancellationToken,
+    subs: Vec<(IndexKey, u64, Arc<str>)>,
+    wildcards: usize,
+    budget: SubscribeBudget,
+    info: Option<Arc<SessionInfo>>,
+}
+
+impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
+    /// A new client from `peer`, counted as an open connection. The fan-out cancels
+    /// `kill` when the client's queue overflows: for a client answered over an HTTP
+    /// connection, the connection's [`Abort`](super::Abort) token, which closes it
+    /// even while a write to it is blocked.
+    pub fn new(
+        hub: Arc<Hub<B, D, C>>,
+        peer: SocketAddr,
+        kill: CancellationToken,
+        transport: Transport,
+    ) -> Self {
+        hub.stats().connections.fetch_add(1, Ordering::Relaxed);
+        hub.stats().opened(transport);
+        let info = hub.monitor().enabled().then(|| {
+            let info = Arc::new(SessionInfo {
+                session_id: uuid::Uuid::new_v4().to_string().into(),
+                peer,
+            });
+            hub.monitor().emit(Event::Connection(info.clone()));
+            info
+        });
+        Watch {
+            transport,
+            conn: hub.next_id(),
+            queue: Arc::new(OutboundQueue::new(hub.config().outbound_queue)),
+            kill,
+            subs: Vec::new(),
+            wildcards: 0,
+            budget: SubscribeBudget::default(),
+            info,
+            hub,
+        }
+    }
+
+    /// Subscribes to `destination` (a full `/topic/...` name) and returns its replay:
+    /// the last message of the topic with its arrival order, if any.
+    pub async fn subscribe(
+        &mut self,
+        destination: &str,
+    ) -> Result<Option<(u64, Outbound)>, WatchError> {
+        topic::check_shape(destination)?;
+        let wildcard = topic::is_wildcard(destination);
+        self.hub
+            .admit_subscribe(&mut self.budget, wildcard, self.wildcards)?;
+        let max = self.hub.config().max_subscriptions;
+        if self.subs.len() >= max {
+            return Err(WatchError::TooMany(max));
+        }
+        let key = match tokio::time::timeout(
+            self.hub.config().directory_timeout,
+            self.hub.index_key_for(destination),
+        )
+        .await
+        {
+            Ok(key) => key,
+            Err(_) => self.hub.unconverted_index_key(destination),
+        };
+        let head = encode_head(destination, None, Version::V1_0);
+        let sub = self.hub.next_id();
+        let destination: Arc<str> = Arc::from(destination);
+        let last = self.hub.subscribe(
+            &key,
+            (self.conn, sub),
+            SubEntry {
+                head: head.clone(),
+                version: Version::V1_0,
+                queue: self.queue.clone(),
+                kill: self.kill.clone(),
+                monitor: self.info.as_ref().map(|i| (i.clone(), destination.clone())),
+            },
+            true,
+        );
+        if let Some(info) = &self.info {
+            self.hub
+                .monitor()
+                .emit(Event::Subscription(info.clone(), destination.clone()));
+        }
+        tracing::debug!(%destination, key = ?key, "web client subscribed");
+        self.wildcards += usize::from(wildcard);
+        self.subs.push((key, sub, destination));
+        Ok(last.map(|p| {
+            (
+                p.seq,
+                Outbound {
+                    head,
+                    tail: p.tail(Version::V1_0),
+                },
+            )
+        }))
+    }
+
+    /// Waits for the next queued message (or the end of the client).
+    pub async fn next(&self) -> Result<(), Ended> {
+        tokio::select! {
+            biased;
+            _ = self.hub.stopped() => Err(Ended::Shutdown),
+            _ = self.kill.cancelled() => Err(Ended::SlowConsumer),
+            _ = self.queue.ready() => Ok(()),
+        }
+    }
+
+    /// Takes every queued message, oldest first, as 1.0 MESSAGE frames (each ending
+    /// with its NUL).
+    pub fn take(&self) -> BytesMut {
+        let mut out = BytesMut::new();
+        self.queue.drain_into(&mut out, usize::MAX);
+        out
+    }
+}
+
+impl<B: MessageBus, D: DirectoryApi, C: Cache> Drop for Watch<B, D, C> {
+    fn drop(&mut self) {
+        self.queue.close();
+        for (key, sub, destination) in self.subs.drain(..) {
+            self.hub.unsubscribe(&key, (self.conn, sub));
+            if let Some(info) = &self.info {
+                self.hub
+                    .monitor()
+                    .emit(Event::Unsubscription(info.clone(), destination));
+            }
+        }
+        if let Some(info) = self.info.take() {
+            self.hub.monitor().emit(Event::Disconnection(info));
+        }
+        self.hub.stats().connections.fetch_sub(1, Ordering::Relaxed);
+        self.hub.stats().closed(self.transport);
+    }
+}
+
+/// Splits 1.0 MESSAGE frames (as [`Watch::take`] gives them) into frames.
+pub(super) fn frames(mut bytes: BytesMut) -> Vec<Frame> {
+    // Generous limits: these frames were encoded by the hub, not sent by a client.
+    let mut decoder = Decoder::new(crate::stomp::Limits {
+        max_frame_size: usize::MAX / 2,
+        max_headers: usize::MAX / 2,
+        max_header_line: usize::MAX / 2,
+    });
+    let mut out = Vec::new();
+    while let Ok(Some(frame)) = decoder.decode(&mut bytes) {
+        out.push(frame);
+    }
+    out
+}
+
+/// The value of a frame's `message-id`, or "".
+pub(super) fn message_id(frame: &Frame) -> &str {
+    frame.get("message-id").unwrap_or("")
+}

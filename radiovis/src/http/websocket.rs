@@ -1,0 +1,268 @@
+//! WebSocket transports on hyper upgrades:
+//!
+//! - EBU player mode on any `/topic/...` path (docs/protocol.md#websocket-ebu): the
+//!   text `RADIOVISWEBSOCKET:HELLO\0`, then every MESSAGE of `<path>/text` and
+//!   `<path>/image` (replays first) as one text message holding the STOMP 1.0 frame
+//!   without its NUL; a bad path gets `RADIOVISWEBSOCKET:ERROR:<reason>\0` and a close.
+//! - STOMP over WebSocket on `/stomp` (docs/protocol.md#stomp-over-websocket): the
+//!   full STOMP session of the TCP port, over [`WsBytes`], with the subprotocols
+//!   `v12.stomp`, `v11.stomp`, `v10.stomp`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use hyper::header::{self, HeaderValue};
+use hyper::upgrade::OnUpgrade;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::watch::{frames, Ended, Watch};
+use super::ws_bytes::WsBytes;
+use super::Body;
+use crate::backend::{Cache, DirectoryApi, MessageBus};
+use crate::hub::{Hub, Transport};
+use crate::stomp::Version;
+use crate::StompHub;
+
+/// STOMP subprotocols, preferred first.
+const STOMP_PROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
+
+/// What a browser may send in one WebSocket message (EBU mode: nothing useful; STOMP:
+/// frames, bounded again by the session's own limits).
+const MAX_MESSAGE: usize = 1024 * 1024;
+
+type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+
+/// Checks a WebSocket upgrade request; the `101` answer (with `protocol` chosen) and
+/// the upgrade to wait for, or the answer refusing it.
+fn accept<T>(
+    req: &mut Request<T>,
+    protocol: Option<&'static str>,
+) -> Result<(Response<Body>, OnUpgrade), Box<Response<Body>>> {
+    let headers = req.headers();
+    let upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let version_ok = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v == "13");
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(Box::new(super::error(
+            StatusCode::UPGRADE_REQUIRED,
+            "a WebSocket upgrade is required on this path",
+        )));
+    };
+    if !upgrade || !version_ok {
+        return Err(Box::new(super::error(
+            StatusCode::UPGRADE_REQUIRED,
+            "a WebSocket upgrade (version 13) is required on this path",
+        )));
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(req);
+    let mut response = Response::new(super::full(bytes::Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(p) = protocol {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+    }
+    Ok((response, on_upgrade))
+}
+
+async fn websocket(on_upgrade: OnUpgrade) -> Option<WebSocketStream<Upgraded>> {
+    match on_upgrade.await {
+        Ok(upgraded) => {
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(MAX_MESSAGE))
+                .max_frame_size(Some(MAX_MESSAGE));
+            Some(
+                WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await,
+            )
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "WebSocket upgrade failed");
+            None
+        }
+    }
+}
+
+/// STOMP over WebSocket: the session of the STOMP port on the upgraded connection.
+pub(super) fn stomp<T, B: MessageBus, D: DirectoryApi, C: Cache>(
+    server: &StompHub<B, D, C>,
+    mut req: Request<T>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let offered: Vec<String> = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|p| p.trim().to_ascii_lowercase()))
+        .collect();
+    let protocol = STOMP_PROTOCOLS
+        .into_iter()
+        .find(|p| offered.iter().any(|o| o == p));
+    if !offered.is_empty() && protocol.is_none() {
+        return super::error(
+            StatusCode::BAD_REQUEST,
+            "no supported subprotocol: offer v12.stomp, v11.stomp or v10.stomp",
+        );
+    }
+    let (response, on_upgrade) = match accept(&mut req, protocol) {
+        Ok(r) => r,
+        Err(refusal) => return *refusal,
+    };
+    let server = server.clone();
+    tokio::spawn(async move {
+        if let Some(ws) = websocket(on_upgrade).await {
+            server.serve_stream(WsBytes::new(ws), peer, "websocket");
+        }
+    });
+    response
+}
+
+/// EBU player mode for the service at `path` (`/topic/...`, without `/text`).
+pub(super) fn ebu<T, B: MessageBus, D: DirectoryApi, C: Cache>(
+    hub: &Arc<Hub<B, D, C>>,
+    mut req: Request<T>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let (response, on_upgrade) = match accept(&mut req, None) {
+        Ok(r) => r,
+        Err(refusal) => return *refusal,
+    };
+    let hub = hub.clone();
+    tokio::spawn(async move {
+        if let Some(ws) = websocket(on_upgrade).await {
+            tracing::info!(%peer, %path, "EBU player WebSocket connected");
+            let ended = ebu_session(hub, ws, peer, &path).await;
+            tracing::info!(%peer, %path, reason = %ended, "EBU player WebSocket closed");
+        }
+    });
+    response
+}
+
+async fn ebu_session<B: MessageBus, D: DirectoryApi, C: Cache>(
+    hub: Arc<Hub<B, D, C>>,
+    mut ws: WebSocketStream<Upgraded>,
+    peer: SocketAddr,
+    path: &str,
+) -> String {
+    let write_timeout = hub.config().write_timeout;
+    let kill = hub.session_token();
+    let mut watch = Watch::new(hub, peer, kill.clone(), Transport::WebSocket);
+    let w = Writer {
+        limit: write_timeout,
+        kill,
+    };
+    if w.send(&mut ws, "RADIOVISWEBSOCKET:HELLO\0".into())
+        .await
+        .is_err()
+    {
+        return "client gone".into();
+    }
+    let mut replays = Vec::new();
+    for suffix in ["/text", "/image"] {
+        match watch.subscribe(&format!("{path}{suffix}")).await {
+            Ok(Some((seq, item))) => {
+                let mut bytes = bytes::BytesMut::from(&item.head[..]);
+                bytes.extend_from_slice(&item.tail);
+                replays.push((seq, bytes));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // The player splits on ':' and shows the third part.
+                let reason = e.to_string().replace(':', " ");
+                let _ = w
+                    .send(&mut ws, format!("RADIOVISWEBSOCKET:ERROR:{reason}\0"))
+                    .await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                return e.to_string();
+            }
+        }
+    }
+    replays.sort_by_key(|(seq, _)| *seq);
+    for (_, bytes) in replays {
+        if w.send_frames(&mut ws, bytes).await.is_err() {
+            return "client gone".into();
+        }
+    }
+    loop {
+        tokio::select! {
+            woke = watch.next() => match woke {
+                Ok(()) => {
+                    // A write blocked past the write timeout is a slow consumer; so is
+                    // an overflow of the queue meanwhile (the next `next`).
+                    if let Err(e) = w.send_frames(&mut ws, watch.take()).await {
+                        return e;
+                    }
+                }
+                Err(Ended::Shutdown) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                    return "server shutting down".into();
+                }
+                Err(Ended::SlowConsumer) => return "slow consumer: outbound queue full".into(),
+            },
+            incoming = ws.next() => match incoming {
+                Some(Ok(Message::Close(_))) | None => return "client closed".into(),
+                Some(Err(e)) => return format!("WebSocket error: {e}"),
+                // What the player sends is not read (pings are answered).
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+/// Writes to an EBU player's WebSocket, giving up when a write makes no progress for
+/// `limit` or the fan-out declares the client a slow consumer.
+struct Writer {
+    limit: Duration,
+    kill: tokio_util::sync::CancellationToken,
+}
+
+impl Writer {
+    /// Sends queued MESSAGE frames, one text message each, without their NUL.
+    async fn send_frames(
+        &self,
+        ws: &mut WebSocketStream<Upgraded>,
+        bytes: bytes::BytesMut,
+    ) -> Result<(), String> {
+        for frame in frames(bytes) {
+            let encoded = frame.to_bytes(Version::V1_0);
+            let without_nul = encoded.strip_suffix(b"\0").unwrap_or(&encoded);
+            let text = String::from_utf8_lossy(without_nul).into_owned();
+            self.send(ws, text).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&self, ws: &mut WebSocketStream<Upgraded>, text: String) -> Result<(), String> {
+        let limit = self.limit;
+        tokio::select! {
+            r = tokio::time::timeout(limit, ws.send(Message::text(text))) => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("WebSocket error: {e}")),
+                Err(_) => Err(format!("slow consumer: no write progress within {limit:?}")),
+            },
+            _ = self.kill.cancelled() => Err("slow consumer or shutdown while writing".into()),
+        }
+    }
+}
