@@ -92,6 +92,28 @@ impl<T: Cache> Cache for Timed<T> {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn flags_pass_through() {
+        use crate::backend::memory::MemoryCache;
+        use crate::backend::CacheItem;
+        let metrics = crate::metrics::Metrics::new();
+        let inner = std::sync::Arc::new(MemoryCache::new());
+        let cache = Timed::new(inner.clone(), metrics.cache().clone());
+        let item = CacheItem {
+            flags: 1,
+            data: Bytes::from_static(b"pickled"),
+        };
+        cache
+            .set_item("k", item.clone(), Duration::from_secs(5))
+            .await
+            .expect("set_item");
+        assert_eq!(
+            inner.get_item("k").await.expect("inner"),
+            Some(item.clone())
+        );
+        assert_eq!(cache.get_item("k").await.expect("get_item"), Some(item));
+    }
+
     use super::*;
     use crate::backend::memory::MemoryCache;
     use crate::metrics::Metrics;
