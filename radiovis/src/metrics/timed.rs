@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::CallMetrics;
-use crate::backend::{Cache, CacheError, ChannelDefault, ChannelRef, DirectoryApi, DirectoryError};
+use crate::backend::{
+    Cache, CacheError, CacheItem, ChannelDefault, ChannelRef, DirectoryApi, DirectoryError,
+};
 
 /// A backend whose calls are timed into `metrics` (the directory's or the cache's
 /// [`CallMetrics`] of a [`Metrics`](super::Metrics)).
@@ -88,6 +90,16 @@ impl<T: Cache> Cache for Timed<T> {
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
         self.time("set", self.inner.set(key, value, ttl)).await
     }
+
+    // Forwarded, not left to the trait's defaults: those drop the flags that values
+    // shared with the original carry (docs/protocol.md#cache-values).
+    async fn get_item(&self, key: &str) -> Result<Option<CacheItem>, CacheError> {
+        self.time("get", self.inner.get_item(key)).await
+    }
+
+    async fn set_item(&self, key: &str, item: CacheItem, ttl: Duration) -> Result<(), CacheError> {
+        self.time("set", self.inner.set_item(key, item, ttl)).await
+    }
 }
 
 #[cfg(test)]
@@ -95,7 +107,6 @@ mod tests {
     #[tokio::test]
     async fn flags_pass_through() {
         use crate::backend::memory::MemoryCache;
-        use crate::backend::CacheItem;
         let metrics = crate::metrics::Metrics::new();
         let inner = std::sync::Arc::new(MemoryCache::new());
         let cache = Timed::new(inner.clone(), metrics.cache().clone());
