@@ -113,6 +113,11 @@ async fn health_answers() {
     assert_eq!(body["status"], "ready");
     assert_eq!(body["checks"]["bus"], "connected");
     assert_eq!(body["checks"]["listening"], true);
+    // No admin credentials configured: no admin page at all.
+    assert_eq!(get(&http, "/admin", WAIT).await.status, 404);
+    let status = get(&http, "/status.json", WAIT).await;
+    assert_eq!(status.status, 200);
+    assert_eq!(status.json()["bus"]["state"], "connected");
 }
 
 #[tokio::test]
