@@ -7,6 +7,7 @@ mod report;
 mod scaleout;
 mod soak;
 mod sys;
+mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +53,8 @@ enum Cmd {
     SubLoader(scaleout::SubLoaderArgs),
     /// Soak run: the server's RSS, fds and threads over time under churn (BENCHMARKS.md).
     Soak(soak::SoakArgs),
+    /// Memory per client of each web transport against STOMP over TCP (BENCHMARKS.md).
+    WebMemory(web::WebArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -193,6 +196,7 @@ fn main() -> std::process::ExitCode {
         }),
         Some(Cmd::SubLoader(a)) => rt.block_on(scaleout::sub_loader(a)),
         Some(Cmd::Soak(a)) => rt.block_on(soak::run(a)),
+        Some(Cmd::WebMemory(a)) => rt.block_on(web::run(a)),
         None => rt.block_on(bench(cli.run)),
     };
     match result {

@@ -12,14 +12,19 @@ use crate::stomp::{CodecError, Command, Decoder, Frame, Limits, Version};
 /// Errors of the client.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The socket failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// The server sent bytes that are not STOMP.
     #[error("protocol error: {0}")]
     Codec(#[from] CodecError),
+    /// The server closed the connection.
     #[error("connection closed by the server")]
     Closed,
+    /// The server answered with an ERROR frame (its `message`).
     #[error("server answered ERROR: {0}")]
     Error(String),
+    /// A frame of another command than the one awaited.
     #[error("unexpected {0} frame")]
     Unexpected(String),
 }

@@ -22,6 +22,7 @@
 //! | [`backend`] | the four traits (bus, directory, cache, log store) and in-process backends |
 //! | [`singleflight`] | bounded TTL cache where concurrent misses make one call (CC -> GCC, channel rights) |
 //! | [`client`] | a small STOMP client (examples, tests, benchmarks) |
+//! | `tls` | TLS listeners: certificate files, bounded handshakes, reload on SIGHUP (feature `tls`) |
 //! | `config` | environment variables and flags -> typed configuration and backends (feature `cli`, for the binaries) |
 //!
 //! The protocol these modules implement is specified in `docs/protocol.md` in the
@@ -33,6 +34,8 @@
 //!
 //! Dependencies go one way: `server` -> `session` -> `hub`, and `server` -> `hub`; the
 //! hub knows nothing of sessions.
+
+#![deny(missing_docs)]
 
 pub mod backend;
 pub mod client;

@@ -31,9 +31,13 @@ pub struct SessionInfo {
 pub enum Event {
     /// A server instance started.
     Server,
+    /// A session connected.
     Connection(Arc<SessionInfo>),
+    /// A session ended.
     Disconnection(Arc<SessionInfo>),
+    /// A session subscribed: (session, destination).
     Subscription(Arc<SessionInfo>, Arc<str>),
+    /// A session unsubscribed: (session, destination).
     Unsubscription(Arc<SessionInfo>, Arc<str>),
     /// A message delivered to a session: (session, destination, body).
     Message(Arc<SessionInfo>, Arc<str>, Bytes),

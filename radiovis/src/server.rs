@@ -63,6 +63,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> StompHub<B, D, C> {
     }
 
     /// The hub the sessions share (for the other transports of this crate).
+    #[cfg(feature = "http")]
     pub(crate) fn hub(&self) -> &Arc<Hub<B, D, C>> {
         &self.hub
     }

@@ -22,10 +22,12 @@ pub const GCC_TTL: Duration = Duration::from_secs(600);
 /// Why a destination is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {
+    /// An FM destination without the shape of docs/protocol.md#fm-topics.
     #[error(
         "destination {0:?} does not match the required format /topic/fm/<cc|gcc>/<pi>/<frequency>/"
     )]
     BadFmFormat(String),
+    /// A destination outside `/topic/`.
     #[error("destination {0:?} is not a /topic/ destination")]
     NotATopic(String),
 }

@@ -56,7 +56,7 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// The captured output of a process: its last [`KEPT_LINES`] lines, stdout and
+/// The captured output of a process: its last `KEPT_LINES` lines, stdout and
 /// stderr interleaved as they came.
 #[derive(Debug, Default, Clone)]
 pub struct LogLines(Arc<Mutex<VecDeque<String>>>);

@@ -102,15 +102,20 @@ impl Station {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Channel {
+    /// The channel's id (what `get_channel_default` takes).
     pub id: String,
     /// Channel topic, ending with `/`.
     pub topic: String,
+    /// Default text, sent as `TEXT <radiotext>` by the watchdog.
     #[serde(default)]
     pub radiotext: Option<String>,
+    /// Default `link` header of the watchdog's messages.
     #[serde(default)]
     pub radiolink: Option<String>,
+    /// Default image file name, appended to `FB_IMAGE_LOCATIONS`.
     #[serde(default)]
     pub filename: Option<String>,
+    /// Default image URL, used when `FB_IMAGE_LOCATIONS` is empty.
     #[serde(default)]
     pub public_url: Option<String>,
 }
@@ -140,8 +145,10 @@ pub struct DirectoryData {
     /// ISO country code -> GCC (`ch = "4e1"`).
     #[serde(default)]
     pub gcc: HashMap<String, String>,
+    /// The stations (`[[station]]`).
     #[serde(default, rename = "station")]
     pub stations: Vec<Station>,
+    /// The channels (`[[channel]]`).
     #[serde(default, rename = "channel")]
     pub channels: Vec<Channel>,
 }
@@ -149,14 +156,20 @@ pub struct DirectoryData {
 /// Why a directory file could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryFileError {
+    /// The file could not be read.
     #[error("cannot read directory file {path}: {source}")]
     Read {
+        /// The file.
         path: String,
+        /// What the operating system said.
         source: std::io::Error,
     },
+    /// The file is not a valid directory (TOML syntax, unknown field, bad network).
     #[error("invalid directory file {path}: {source}")]
     Invalid {
+        /// The file.
         path: String,
+        /// What is wrong in it.
         #[source]
         source: DirectoryDataError,
     },
@@ -341,6 +354,7 @@ pub struct MemoryCache {
 }
 
 impl MemoryCache {
+    /// An empty cache.
     pub fn new() -> MemoryCache {
         MemoryCache::default()
     }
@@ -392,6 +406,7 @@ pub struct MemoryLogStore {
 }
 
 impl MemoryLogStore {
+    /// A store keeping the last `capacity` entries (at least one).
     pub fn new(capacity: usize) -> MemoryLogStore {
         MemoryLogStore {
             capacity: capacity.max(1),

@@ -40,8 +40,11 @@ use serde::{Deserialize, Serialize};
 /// as a header (RabbitMQ) adds and removes it itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BusMessage {
+    /// The destination as the publisher wrote it (not normalised).
     pub topic: String,
+    /// The STOMP body, unchanged (`TEXT ...`, `SHOW ...`).
     pub body: Bytes,
+    /// The forwarded headers, in order.
     pub headers: Vec<(String, String)>,
 }
 
@@ -102,7 +105,10 @@ impl std::fmt::Debug for Ack {
 /// A bus message and its acknowledgement.
 #[derive(Debug)]
 pub struct Delivery {
+    /// The message.
     pub message: BusMessage,
+    /// Acknowledge once the message is handled for good (dropping it leaves the
+    /// message to be redelivered, on a bus that redelivers).
     pub ack: Ack,
 }
 
@@ -240,10 +246,6 @@ pub trait MessageBus: Send + Sync + 'static {
     /// after it (and, for a durable queue, those waiting in it).
     async fn subscribe(&self) -> Result<BusStream, BusError>;
 
-    /// Like [`MessageBus::subscribe`], for consumers that must not lose a message even
-    /// when they crash: a bus with redelivery (a durable RabbitMQ queue) forgets a
-    /// message only when its [`Ack`] is acknowledged. The default acknowledges nothing
-    /// (for buses without redelivery).
     /// Generations of the bus's connection to what carries messages between instances:
     /// the value changes each time the bus (re)connects and consumes again, after which
     /// messages published while it was disconnected were not seen by this instance (the
@@ -260,6 +262,10 @@ pub trait MessageBus: Send + Sync + 'static {
         true
     }
 
+    /// Like [`MessageBus::subscribe`], for consumers that must not lose a message even
+    /// when they crash: a bus with redelivery (a durable RabbitMQ queue) forgets a
+    /// message only when its [`Ack`] is acknowledged. The default acknowledges nothing
+    /// (for buses without redelivery).
     async fn subscribe_acked(&self) -> Result<DeliveryStream, BusError> {
         use futures::StreamExt;
         let stream = self.subscribe().await?;
@@ -273,12 +279,16 @@ pub trait MessageBus: Send + Sync + 'static {
 /// Errors of the directory layer. Messages never contain a password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DirectoryError {
+    /// The directory could not be reached (connection refused, DNS, TLS).
     #[error("directory unreachable: {0}")]
     Unreachable(#[source] Reason),
+    /// No answer within the configured timeout.
     #[error("directory did not answer within {0:?}")]
     Timeout(Duration),
+    /// An HTTP status other than success.
     #[error("directory answered HTTP {0}")]
     Status(u16),
+    /// An answer that does not decode (docs/protocol.md#directory).
     #[error("directory answer not understood: {0}")]
     BadAnswer(#[source] Reason),
 }
@@ -287,7 +297,9 @@ pub enum DirectoryError {
 /// [`DirectoryApi::get_channel_default`] takes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelRef {
+    /// The channel topic, ending with `/`.
     pub topic: String,
+    /// The directory's id of the channel.
     pub id: String,
 }
 
@@ -341,8 +353,10 @@ pub trait DirectoryApi: Send + Sync + 'static {
 /// Errors of the shared cache layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CacheError {
+    /// The cache could not be reached or did not answer in time.
     #[error("cache unavailable: {0}")]
     Unavailable(#[source] Reason),
+    /// An answer outside the protocol.
     #[error("cache answer not understood: {0}")]
     BadAnswer(#[source] Reason),
 }
@@ -352,7 +366,9 @@ pub enum CacheError {
 /// pylibmc's flags (docs/protocol.md#cache-values, [`pyvalue`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheItem {
+    /// The client's flags (pylibmc's for the shared keys).
     pub flags: u32,
+    /// The stored bytes.
     pub data: Bytes,
 }
 
@@ -409,7 +425,12 @@ pub enum LogError {
     /// The store refused this entry (HTTP 4xx): sending it again gets the same answer.
     /// `reason` is the status's reason phrase, never the entry or the answer's body.
     #[error("log store refused the entry: HTTP {status} {reason}")]
-    Refused { status: u16, reason: String },
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// Its reason phrase.
+        reason: String,
+    },
 }
 
 impl LogError {

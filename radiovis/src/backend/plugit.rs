@@ -91,8 +91,15 @@ impl PlugitConfig {
 /// Why a [`PlugitDirectory`] could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlugitSetupError {
+    /// `RADIODNS_API_URL` is not an `http(s)://` URL ending with `/`.
     #[error("invalid PlugIt API URL {url:?}: {reason}")]
-    InvalidUrl { url: String, reason: String },
+    InvalidUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The TLS client (system roots) could not be set up.
     #[error("cannot set up TLS for the PlugIt API: {0}")]
     Tls(#[source] Reason),
 }

@@ -440,6 +440,7 @@ pub struct MonitoringArgs {
         value_name = "MONITORING_PORT",
         default_value_t = 5672
     )]
+    /// Monitoring RabbitMQ port.
     pub monitoring_port: u16,
     #[arg(
         long = "monitoring-user",
@@ -447,6 +448,7 @@ pub struct MonitoringArgs {
         value_name = "MONITORING_USER",
         default_value = "guest"
     )]
+    /// Monitoring RabbitMQ user.
     pub monitoring_user: String,
     #[arg(
         long = "monitoring-password",
@@ -456,6 +458,7 @@ pub struct MonitoringArgs {
         hide_env_values = true,
         hide_default_value = true
     )]
+    /// Monitoring RabbitMQ password.
     pub monitoring_password: String,
     #[arg(
         long = "monitoring-vhost",
@@ -463,8 +466,10 @@ pub struct MonitoringArgs {
         value_name = "MONITORING_VHOST",
         default_value = "/"
     )]
+    /// Monitoring RabbitMQ virtual host.
     pub monitoring_vhost: String,
     #[arg(long = "monitoring-debug", env = "MONITORING_DEBUG", value_name = "MONITORING_DEBUG", default_value = "True", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    /// Debug logs of the monitoring connection (True/False).
     pub monitoring_debug: bool,
     #[arg(
         long = "monitoring-exchange",
@@ -472,6 +477,7 @@ pub struct MonitoringArgs {
         value_name = "MONITORING_EXCHANGE",
         default_value = "monitoring.buffer"
     )]
+    /// Exchange monitoring events are published to.
     pub monitoring_exchange: String,
     #[arg(
         long = "monitoring-queue",
@@ -479,6 +485,7 @@ pub struct MonitoringArgs {
         value_name = "MONITORING_QUEUE",
         default_value = "radiovis"
     )]
+    /// Durable queue bound to the monitoring exchange.
     pub monitoring_queue: String,
     /// Server ids put in every event, comma-separated.
     #[arg(

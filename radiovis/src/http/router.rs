@@ -88,7 +88,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Router for RadiovisRouter<B, D, C
                 longpoll::handle(hub, &self.config, &req, peer).await
             }
             (&Method::GET, "/stomp") => websocket::stomp(&self.hub, req, peer),
-            (&Method::GET, p) if p.starts_with("/topic/") => websocket::ebu(hub, req, peer),
+            (&Method::GET, p) if p.starts_with("/topic/") => websocket::ebu(&self.hub, req, peer),
             (&Method::GET, p) if p.starts_with(sse::PREFIX) => {
                 sse::handle(hub, &self.config, &req, peer).await
             }

@@ -48,19 +48,34 @@ impl Default for Limits {
 pub enum CodecError {
     /// The frame (or what is buffered of it) is over `max_frame_size`.
     #[error("frame too large: limit is {limit} bytes")]
-    FrameTooLarge { limit: usize },
+    FrameTooLarge {
+        /// `max_frame_size`.
+        limit: usize,
+    },
     /// The frame has more than `max_headers` headers.
     #[error("too many headers: limit is {limit} headers per frame")]
-    TooManyHeaders { limit: usize },
+    TooManyHeaders {
+        /// `max_headers`.
+        limit: usize,
+    },
     /// A command or header line (complete or not) is over `max_header_line`.
     #[error("header line too long: limit is {limit} bytes")]
-    HeaderLineTooLong { limit: usize },
+    HeaderLineTooLong {
+        /// `max_header_line`.
+        limit: usize,
+    },
     /// A 1.1/1.2 header holds an escape sequence its version does not define.
     #[error("invalid escape sequence in header {header:?}")]
-    InvalidEscape { header: String },
+    InvalidEscape {
+        /// The header's name.
+        header: String,
+    },
     /// The first `content-length` header is not a number.
     #[error("invalid content-length {value:?}")]
-    InvalidContentLength { value: String },
+    InvalidContentLength {
+        /// The value received.
+        value: String,
+    },
     /// The byte after `content-length` body bytes is not NUL.
     #[error("frame body not terminated by NUL after content-length bytes")]
     BodyNotTerminated,

@@ -54,20 +54,35 @@ impl Version {
 /// can answer their `receipt` and otherwise ignore them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
+    /// `CONNECT` (client).
     Connect,
+    /// `STOMP`, the 1.1/1.2 synonym of CONNECT (client).
     Stomp,
+    /// `CONNECTED` (server).
     Connected,
+    /// `SEND` (client): publish.
     Send,
+    /// `SUBSCRIBE` (client).
     Subscribe,
+    /// `UNSUBSCRIBE` (client).
     Unsubscribe,
+    /// `BEGIN` (client; transactions are ignored).
     Begin,
+    /// `COMMIT` (client; ignored).
     Commit,
+    /// `ABORT` (client; ignored).
     Abort,
+    /// `ACK` (client; ignored).
     Ack,
+    /// `NACK` (client; ignored).
     Nack,
+    /// `DISCONNECT` (client).
     Disconnect,
+    /// `MESSAGE` (server): a delivery.
     Message,
+    /// `RECEIPT` (server).
     Receipt,
+    /// `ERROR` (server).
     Error,
     /// Anything else, including the empty command of a bogus frame (`\x00` alone).
     Other(String),
@@ -135,8 +150,11 @@ impl Command {
 /// as the spec says for repeated headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
+    /// The command line.
     pub command: Command,
+    /// Headers, unescaped, in wire order (repeats kept).
     pub headers: Vec<(String, String)>,
+    /// The body (up to the NUL, or `content-length` bytes).
     pub body: Bytes,
 }
 

@@ -3,10 +3,10 @@
 //!
 //! The consuming loop only takes bus messages, marks their channel alive (at once,
 //! whatever becomes of the log entry) and hands the entry to the log writer
-//! ([`log`]); it never waits for the directory's channel defaults. The channel list
+//! (`log`); it never waits for the directory's channel defaults. The channel list
 //! refresh (`FB_CHANNEL_CACHE`) and the check for quiet channels (`FB_FALLBACK_CHECK`,
 //! which also shares the channel list through the cache) run as tasks of their own
-//! ([`check`]), a round bounded by the next check; the log cleanup (`FB_LOGS_CLEANUP`)
+//! (`check`), a round bounded by the next check; the log cleanup (`FB_LOGS_CLEANUP`)
 //! too. Log entries go through a bounded buffer to the writer, which acknowledges each
 //! bus message once its entry is written (or refused for good); when the buffer is
 //! full the watchdog stops taking messages from the bus (they wait in the durable
@@ -106,15 +106,19 @@ impl Default for WatchdogConfig {
 /// Why the watchdog stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchdogError {
+    /// The bus refused to start consuming.
     #[error("cannot consume from the message bus: {0}")]
     Bus(#[from] BusError),
+    /// The bus stream ended (the bus shut down).
     #[error("the message bus stream ended")]
     BusEnded,
     /// The log store took no entry for `failing_for` (see
     /// [`WatchdogConfig::log_give_up`]); `source` is its last error.
     #[error("the log store has taken no entry for {failing_for:?}: {source}")]
     LogStoreFailing {
+        /// How long it has taken nothing.
         failing_for: Duration,
+        /// Its last error.
         #[source]
         source: LogError,
     },

@@ -14,13 +14,21 @@ use crate::backend::{ChannelDefault, ChannelRef, DirectoryError, Reason};
 /// A PlugIt action whose answer this module decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
+    /// `check_auth`: a login and passcode.
     CheckAuth,
+    /// `get_channels`: a station's channels.
     GetChannels,
+    /// `get_gcc`: a country code's GCC.
     GetGcc,
+    /// `get_all_channels`: every channel.
     GetAllChannels,
+    /// `get_all_vis_channels`: channels with a default picture.
     GetAllVisChannels,
+    /// `get_channel_default`: a channel's default slide.
     GetChannelDefault,
+    /// `add_log`: one message log entry.
     AddLog,
+    /// `cleanup_logs`: forget old log entries.
     CleanupLogs,
 }
 
@@ -64,11 +72,15 @@ pub struct AuthAnswer {
 /// Any decoded answer, by action (see [`decode_answer`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
+    /// `check_auth`.
     CheckAuth(AuthAnswer),
+    /// `get_channels`: channel topics.
     GetChannels(Vec<String>),
+    /// `get_gcc`: the GCC, when the code is known.
     GetGcc(Option<String>),
     /// `get_all_channels` and `get_all_vis_channels`.
     ChannelList(Vec<ChannelRef>),
+    /// `get_channel_default`: the default, when the channel has one.
     GetChannelDefault(Option<ChannelDefault>),
     /// `add_log` and `cleanup_logs`: any JSON value.
     Done,

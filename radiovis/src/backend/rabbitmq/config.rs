@@ -42,14 +42,19 @@ pub enum QueueKind {
 /// Where and how to connect. `Debug` never shows the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RabbitConfig {
+    /// Broker host name or address.
     pub host: String,
+    /// Broker port (5672).
     pub port: u16,
+    /// AMQP user.
     pub user: String,
+    /// AMQP password (never logged).
     pub password: String,
     /// Virtual host, `/` by default.
     pub vhost: String,
     /// Fanout exchange every instance publishes to and consumes from.
     pub exchange: String,
+    /// The queue this connection consumes from.
     pub queue: QueueKind,
     /// Whether a [`QueueKind::Durable`] queue that does not exist yet is declared
     /// durable (survives a broker restart). `false` by default, as the original's
@@ -65,6 +70,7 @@ pub struct RabbitConfig {
     pub heartbeat: u16,
     /// First reconnection delay; doubles on each failure up to `max_backoff`.
     pub min_backoff: Duration,
+    /// Longest reconnection delay.
     pub max_backoff: Duration,
     /// Messages buffered per subscriber stream (backpressure beyond that).
     pub stream_capacity: usize,

@@ -26,10 +26,10 @@
 //! access refused on the vhost, bad credentials) is returned by `connect` as
 //! [`RabbitError::Config`]; found later, it is logged as an error and retried.
 //!
-//! The code is split along its seams: [`config`] (what to connect to, parsed from an
+//! The code is split along its seams: `config` (what to connect to, parsed from an
 //! AMQP URL), `wire` (the original's AMQP message shape), `supervisor` (the background
 //! task: connect, reconnect, consume), `topology` (declaring and checking the exchange
-//! and the queue) and [`leader`] ([`LeaderLock`], used only by the watchdog binary).
+//! and the queue) and `leader` ([`LeaderLock`], used only by the watchdog binary).
 
 mod ack;
 mod attempt;
