@@ -61,6 +61,11 @@ impl SubIndex {
         .is_none()
     }
 
+    /// Subscriptions to exactly `topic` (wildcards not counted).
+    pub fn exact_count(&self, topic: &str) -> usize {
+        self.exact.get(topic).map_or(0, HashMap::len)
+    }
+
     /// Removes a subscription; true when it was there.
     pub fn remove(&mut self, key: &IndexKey, sub: SubKey) -> bool {
         match key {

@@ -42,12 +42,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backend::{Cache, DirectoryApi, MessageBus};
-use crate::hub::Hub;
+use crate::hub::{Hub, Transport};
 use crate::monitoring::{Event, SessionInfo};
 use crate::outbound::{Outbound, OutboundQueue};
 use crate::stomp::{CodecError, Decoder, Frame, Version};
 
 use commands::Flow;
+#[cfg(feature = "http")]
+pub(crate) use connect::canonical_ip;
 use subscriptions::Subscriptions;
 
 /// Why a session ended (logged when it closes).
@@ -110,8 +112,11 @@ pub(crate) async fn run<I, B, D, C>(
     let conn = hub.next_id();
     let span = tracing::info_span!("session", %peer, conn, transport);
     hub.stats().connections.fetch_add(1, Ordering::Relaxed);
+    let counted = Transport::of_stream(transport);
+    hub.stats().opened(counted);
     async {
         let mut session = Session {
+            transport: counted,
             decoder: Decoder::new(hub.config().limits),
             hub: hub.clone(),
             io,
@@ -148,10 +153,13 @@ pub(crate) async fn run<I, B, D, C>(
     .instrument(span)
     .await;
     hub.stats().connections.fetch_sub(1, Ordering::Relaxed);
+    hub.stats().closed(counted);
 }
 
 /// One connection: its socket, buffers, negotiated settings and subscriptions.
 struct Session<I, B, D, C> {
+    /// How the client reached the server (metrics).
+    transport: Transport,
     hub: Arc<Hub<B, D, C>>,
     io: I,
     rbuf: BytesMut,
