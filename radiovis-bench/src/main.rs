@@ -8,6 +8,7 @@ mod scaleout;
 mod soak;
 mod sys;
 mod web;
+mod web_latency;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

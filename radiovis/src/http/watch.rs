@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Cache, DirectoryApi, MessageBus};
-use crate::hub::{Hub, IndexKey, SubEntry, SubscribeBudget, SubscribeLimit};
+use crate::hub::{Hub, IndexKey, SubEntry, SubscribeBudget, SubscribeLimit, Transport};
 use crate::monitoring::{Event, SessionInfo};
 use crate::outbound::{encode_head, Kill, Outbound, OutboundQueue};
 use crate::stomp::{Decoder, Frame, Version};
@@ -41,6 +41,8 @@ pub(super) enum Ended {
 
 /// One web client on the hub; dropping it removes its subscriptions.
 pub(super) struct Watch<B: MessageBus, D: DirectoryApi, C: Cache> {
+    /// How the client is connected (metrics).
+    transport: Transport,
     hub: Arc<Hub<B, D, C>>,
     conn: u64,
     queue: Arc<OutboundQueue>,
@@ -56,8 +58,14 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
     /// `kill` when the client's queue overflows: for a client answered over an HTTP
     /// connection, the connection's [`Abort`](super::Abort) token, which closes it
     /// even while a write to it is blocked.
-    pub fn new(hub: Arc<Hub<B, D, C>>, peer: SocketAddr, kill: CancellationToken) -> Self {
+    pub fn new(
+        hub: Arc<Hub<B, D, C>>,
+        peer: SocketAddr,
+        kill: CancellationToken,
+        transport: Transport,
+    ) -> Self {
         hub.stats().connections.fetch_add(1, Ordering::Relaxed);
+        hub.stats().opened(transport);
         let info = hub.monitor().enabled().then(|| {
             let info = Arc::new(SessionInfo {
                 session_id: uuid::Uuid::new_v4().to_string().into(),
@@ -67,6 +75,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
             info
         });
         Watch {
+            transport,
             conn: hub.next_id(),
             // The fan-out kills the queue on overflow, which cancels `kill`.
             queue: Arc::new(OutboundQueue::with_abort(
@@ -179,6 +188,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Drop for Watch<B, D, C> {
             self.hub.monitor().emit(Event::Disconnection(info));
         }
         self.hub.stats().connections.fetch_sub(1, Ordering::Relaxed);
+        self.hub.stats().closed(self.transport);
     }
 }
 

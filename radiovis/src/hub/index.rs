@@ -109,6 +109,11 @@ impl SubIndex {
         .insert(sub, entry)
     }
 
+    /// Subscriptions to exactly `topic` (wildcards not counted).
+    pub fn exact_count(&self, topic: &str) -> usize {
+        self.exact.get(topic).map_or(0, |subs| subs.subs.len())
+    }
+
     /// Removes a subscription; true when it was there.
     pub fn remove(&mut self, key: &IndexKey, sub: SubKey) -> bool {
         match key {

@@ -267,6 +267,18 @@ impl LastMessages {
         }
     }
 
+    /// The `max` newest last messages, newest first (the status page).
+    pub fn newest(&self, max: usize) -> Vec<Arc<Published>> {
+        let mut all: Vec<Arc<Published>> = self.store.read().by_topic.values().cloned().collect();
+        // Linear selection of the newest `max`, then a sort of those only.
+        if all.len() > max && max > 0 {
+            all.select_nth_unstable_by_key(max - 1, |p| std::cmp::Reverse(p.seq));
+        }
+        all.truncate(max);
+        all.sort_unstable_by_key(|p| std::cmp::Reverse(p.seq));
+        all
+    }
+
     /// Topics whose last message is held (for a resynchronisation, hub/resync.rs).
     pub fn held_topics(&self) -> Vec<String> {
         self.store.read().by_topic.keys().cloned().collect()

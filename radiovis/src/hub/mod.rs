@@ -25,14 +25,18 @@ mod admission;
 mod channels;
 mod index;
 mod last;
+mod login;
 mod pending;
+mod publish;
 mod resync;
+mod stats;
+mod status;
 mod throttle;
 pub(crate) use throttle::address_key;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +57,10 @@ pub(crate) use channels::StationChannel;
 pub use index::PatternTrie;
 pub(crate) use index::{IndexKey, SubEntry, SubKey};
 pub use last::LAST_MESSAGE_PREFIX;
+pub use login::LoginRefused;
+pub use publish::{Publication, PublishError};
+pub use stats::{Stats, StatsSnapshot, Transport, TransportStats};
+pub use status::TopicStatus;
 pub(crate) use throttle::LoginThrottle;
 
 use index::SubIndex;
@@ -171,59 +179,6 @@ pub enum HubError {
     Bus(#[from] BusError),
 }
 
-/// Counters of a running hub.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Open sessions.
-    pub connections: AtomicUsize,
-    /// Subscriptions in the index.
-    pub subscriptions: AtomicUsize,
-    /// Messages received from the bus.
-    pub bus_messages: AtomicU64,
-    /// MESSAGE frames queued to subscribers.
-    pub deliveries: AtomicU64,
-    /// Subscribers disconnected because their queue was full.
-    pub slow_consumers: AtomicU64,
-    /// Connections refused over `max_connections`.
-    pub refused_connections: AtomicU64,
-    /// Bus messages dropped because too many were waiting for a CC -> GCC conversion.
-    pub unconverted_dropped: AtomicU64,
-}
-
-impl Stats {
-    /// The counters now.
-    pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot {
-            connections: self.connections.load(Ordering::Relaxed),
-            subscriptions: self.subscriptions.load(Ordering::Relaxed),
-            bus_messages: self.bus_messages.load(Ordering::Relaxed),
-            deliveries: self.deliveries.load(Ordering::Relaxed),
-            slow_consumers: self.slow_consumers.load(Ordering::Relaxed),
-            refused_connections: self.refused_connections.load(Ordering::Relaxed),
-            unconverted_dropped: self.unconverted_dropped.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// A snapshot of [`Stats`] (same fields, plain numbers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    /// Open sessions.
-    pub connections: usize,
-    /// Subscriptions in the index.
-    pub subscriptions: usize,
-    /// Messages received from the bus.
-    pub bus_messages: u64,
-    /// MESSAGE frames queued to subscribers.
-    pub deliveries: u64,
-    /// Subscribers disconnected because their queue was full.
-    pub slow_consumers: u64,
-    /// Connections refused over `max_connections`.
-    pub refused_connections: u64,
-    /// Bus messages dropped because too many were waiting for a CC -> GCC conversion.
-    pub unconverted_dropped: u64,
-}
-
 /// The state shared by the hub's tasks and every session, behind one `Arc`.
 pub(crate) struct Hub<B, D, C> {
     bus: B,
@@ -231,7 +186,7 @@ pub(crate) struct Hub<B, D, C> {
     cache: Arc<C>,
     normaliser: Normaliser<D, C>,
     config: HubConfig,
-    stats: Stats,
+    stats: Arc<Stats>,
     /// Cancelled when the server stops (the hub's tasks and the accept loops).
     shutdown: CancellationToken,
     /// Every open session's queue, through which [`Hub::stop`] tells each to close: a
@@ -273,7 +228,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
             tasks: std::sync::OnceLock::new(),
             next_id: AtomicU64::new(1),
             throttle: LoginThrottle::new(&config),
-            stats: Stats::default(),
+            stats: Arc::default(),
             shutdown: CancellationToken::new(),
             sessions: parking_lot::Mutex::new(slab::Slab::new()),
             config,
@@ -321,7 +276,10 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
                 tokio::select! {
                     _ = resync.shutdown.cancelled() => break,
                     changed = generations.changed() => match changed {
-                        Ok(()) => resync.resync_last_messages().await,
+                        Ok(()) => {
+                            resync.stats.bus_reconnects.fetch_add(1, Ordering::Relaxed);
+                            resync.resync_last_messages().await
+                        }
                         // This bus never reconnects.
                         Err(_) => break,
                     },
@@ -387,9 +345,24 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
         &self.config.monitor
     }
 
+    /// Whether the server is stopping (readiness).
+    pub fn is_stopping(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
     /// The counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// The counters, shared (for the metrics collector).
+    pub fn shared_stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Whether the bus carries messages between instances now.
+    pub fn bus_connected(&self) -> bool {
+        self.bus.is_connected()
     }
 
     /// A fresh id for a connection or a subscription.

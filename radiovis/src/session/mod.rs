@@ -42,12 +42,14 @@ use tokio::time::{Instant, Sleep};
 use tracing::Instrument;
 
 use crate::backend::{Cache, DirectoryApi, MessageBus};
-use crate::hub::Hub;
+use crate::hub::{Hub, Transport};
 use crate::monitoring::{Event, SessionInfo};
 use crate::outbound::{Kill, Outbound, OutboundQueue};
 use crate::stomp::{CodecError, Decoder, Frame, Version};
 
 use commands::Flow;
+#[cfg(feature = "http")]
+pub(crate) use connect::canonical_ip;
 use subscriptions::Subscriptions;
 
 /// Why a session ended (logged when it closes).
@@ -115,7 +117,9 @@ where
     let span = tracing::info_span!("session", %peer, conn, transport);
     // Made here and moved into the future whole: built inside it, its parts would be
     // held twice (as captured values and as the struct's fields).
+    let counted = Transport::of_stream(transport);
     let mut session = Session {
+        transport: counted,
         decoder: Decoder::new(hub.config().limits),
         queue: Arc::new(OutboundQueue::new(hub.config().outbound_queue)),
         hub,
@@ -141,6 +145,7 @@ where
             .stats()
             .connections
             .fetch_add(1, Ordering::Relaxed);
+        session.hub.stats().opened(counted);
         let registered = session.hub.register_session(&session.queue);
         let reason = session.run().await;
         session.queue.close();
@@ -160,12 +165,15 @@ where
             .stats()
             .connections
             .fetch_sub(1, Ordering::Relaxed);
+        session.hub.stats().closed(counted);
     }
     .instrument(span)
 }
 
 /// One connection: its socket, buffers, negotiated settings and subscriptions.
 struct Session<I, B, D, C> {
+    /// How the client reached the server (metrics).
+    transport: Transport,
     hub: Arc<Hub<B, D, C>>,
     io: I,
     rbuf: BytesMut,
