@@ -198,6 +198,13 @@ impl OutboundQueue {
         n
     }
 
+    /// Takes every waiting frame when there are at most `max`; `None` (and nothing
+    /// taken) when there are more.
+    pub fn take_up_to(&self, max: usize) -> Option<VecDeque<Outbound>> {
+        let mut inner = self.inner.lock();
+        (inner.items.len() <= max).then(|| std::mem::take(&mut inner.items))
+    }
+
     /// Refuses further pushes and drops what is queued.
     pub fn close(&self) {
         let mut inner = self.inner.lock();

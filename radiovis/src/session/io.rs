@@ -6,7 +6,7 @@
 //! which reads into a stack buffer when polled and keeps only what arrived.
 
 use std::future::{poll_fn, Future};
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
@@ -31,6 +31,14 @@ pub trait SessionIo: AsyncWrite + Unpin + Send + 'static {
     fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize>;
     /// Writes what fits without waiting (`WouldBlock` when nothing does).
     fn try_write(&mut self, buf: &[u8]) -> io::Result<usize>;
+    /// As [`SessionIo::try_write`], from several buffers at once (by default, the
+    /// first non-empty one).
+    fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match bufs.iter().find(|b| !b.is_empty()) {
+            Some(b) => self.try_write(b),
+            None => Ok(0),
+        }
+    }
 }
 
 impl SessionIo for TcpStream {
@@ -43,6 +51,9 @@ impl SessionIo for TcpStream {
     }
     fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         TcpStream::try_write(self, buf)
+    }
+    fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        TcpStream::try_write_vectored(self, bufs)
     }
 }
 

@@ -30,6 +30,7 @@ mod subscriptions;
 pub use io::{Generic, SessionIo};
 
 use std::future::Future;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -203,8 +204,11 @@ struct Session<I, B, D, C> {
     connected: bool,
 }
 
-/// Largest chunk written at once when draining the queue.
+/// Largest chunk written at once when draining the queue into the session's buffer.
 const WRITE_BATCH: usize = 64 * 1024;
+/// Most frames written by one vectored write (two buffers each); more waiting are
+/// copied into one buffer instead (the slices live on the stack, set up on every write).
+const WRITE_FRAMES: usize = 8;
 
 impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C> {
     async fn run(&mut self) -> SessionError {
@@ -390,47 +394,64 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
         linger(&mut self.io).await;
     }
 
-    /// Writes queued MESSAGE frames, coalesced into one write (up to `WRITE_BATCH`).
+    /// Writes queued MESSAGE frames, coalesced into one write.
     ///
-    /// The frames are copied into the runtime thread's write buffer and written from
-    /// there; only what the socket does not take at once is kept in the session's own
-    /// buffer. So no connection holds a write buffer between writes, and a write
-    /// allocates nothing.
+    /// On a socket, up to `WRITE_FRAMES` frames go out in one vectored write straight
+    /// from their shared heads and tails (no copy, no buffer); only what the socket
+    /// does not take at once is copied into the session's buffer, written as the socket
+    /// drains. So no connection holds a write buffer between writes, and the usual
+    /// write allocates nothing.
     async fn write_queued(&mut self) -> Result<(), SessionError> {
-        if I::BUFFERED {
-            // TLS, WebSocket: written and flushed through the session's buffer.
+        // A few frames (the usual case: radios get a message every few seconds) go
+        // out vectored; a backlog, or a TLS or WebSocket stream, through the session's
+        // buffer (one large write, then flushed).
+        let items = match I::BUFFERED {
+            true => None,
+            false => self.queue.take_up_to(WRITE_FRAMES),
+        };
+        let Some(items) = items else {
             if self.queue.drain_into(&mut self.wbuf, WRITE_BATCH) == 0 {
                 return Ok(());
             }
             return self.flush_wbuf().await;
+        };
+        if items.is_empty() {
+            return Ok(());
         }
-        let queue = &self.queue;
-        let writer = &mut self.io;
-        let written = with_write_buf(|buf| {
-            if queue.drain_into(buf, WRITE_BATCH) == 0 {
-                return Ok(None);
+        let rest = {
+            let mut slices = [IoSlice::new(&[]); 2 * WRITE_FRAMES];
+            let mut n = 0;
+            for item in &items {
+                slices[n] = IoSlice::new(&item.head);
+                slices[n + 1] = IoSlice::new(&item.tail);
+                n += 2;
             }
-            let mut written = 0;
-            while written < buf.len() {
-                match writer.try_write(&buf[written..]) {
-                    Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero)),
-                    Ok(n) => written += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
+            let total: usize = slices[..n].iter().map(|s| s.len()).sum();
+            let written = match self.io.try_write_vectored(&slices[..n]) {
+                Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
+                Ok(written) => written,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Err(e.into()),
+            };
+            (written < total).then(|| {
+                // The socket took part: the rest waits in the session's buffer.
+                let mut rest = BytesMut::with_capacity(total - written);
+                let mut skip = written;
+                for s in &slices[..n] {
+                    let from = skip.min(s.len());
+                    rest.extend_from_slice(&s[from..]);
+                    skip -= from;
                 }
-            }
-            Ok(Some(
-                (written < buf.len()).then(|| BytesMut::from(&buf[written..])),
-            ))
-        })?;
-        match written {
-            None => Ok(()),
-            Some(None) => {
+                rest
+            })
+        };
+        drop(items);
+        match rest {
+            None => {
                 self.wrote();
                 Ok(())
             }
-            // The socket is full: the rest waits in the session's buffer.
-            Some(Some(rest)) => {
+            Some(rest) => {
                 self.wbuf = rest;
                 self.flush_wbuf().await
             }
@@ -558,29 +579,6 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
     }
-}
-
-thread_local! {
-    /// The write buffer of the sessions a runtime thread runs (see
-    /// `Session::write_queued`).
-    static WRITE_BUF: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
-}
-
-/// Runs `f` on this thread's write buffer, emptied first (on a fresh buffer if it is in
-/// use, which `write_queued` never leaves it).
-fn with_write_buf<R>(f: impl FnOnce(&mut BytesMut) -> R) -> R {
-    WRITE_BUF.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            buf.clear();
-            let r = f(&mut buf);
-            if buf.capacity() > 2 * WRITE_BATCH {
-                // A frame larger than a batch made it grow: give that back.
-                *buf = BytesMut::new();
-            }
-            r
-        }
-        Err(_) => f(&mut BytesMut::new()),
-    })
 }
 
 /// Closes our side, then discards what the client still sends (at most 1 s, 16 MiB),
