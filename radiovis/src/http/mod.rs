@@ -14,14 +14,25 @@
 //! | `websocket` | EBU player mode on `/topic/...` and STOMP over WebSocket on `/stomp` |
 //! | `ws_bytes` | a WebSocket as a byte stream, for a STOMP session |
 //! | `watch` | a web client's subscriptions on the hub: the same topic rules, replay and slow-consumer rule as a STOMP session |
+//! | [`ops`] | operations endpoints: `/metrics`, `/healthz`, `/readyz`, HTTP publish, status page (docs/protocol.md#operations) |
+//! | `ops_publish` | `POST /publish`, `POST /services/<channel>` (docs/protocol.md#http-publish) |
+//! | `ops_status` | the status page, its snapshot and live events (docs/protocol.md#status-page) |
+//! | [`ops_respond`] | whole responses, `/metrics`, `/healthz`, `/readyz`, HTTP Basic credentials |
+//! | [`ops_process`] | [`ProcessRouter`]: `/metrics` and health of a process without a hub (radiovis-fallback) |
 
 mod longpoll;
+pub mod ops;
+pub mod ops_process;
+mod ops_publish;
+pub mod ops_respond;
+mod ops_status;
 mod router;
 mod sse;
 mod watch;
 mod websocket;
 mod ws_bytes;
 
+pub use ops_process::ProcessRouter;
 pub use router::{HttpConfig, RadiovisRouter};
 
 use std::convert::Infallible;

@@ -26,7 +26,7 @@ use super::watch::{frames, Ended, Watch};
 use super::ws_bytes::WsBytes;
 use super::{Body, Place};
 use crate::backend::{Cache, DirectoryApi, MessageBus};
-use crate::hub::Hub;
+use crate::hub::{Hub, Transport};
 use crate::stomp::Version;
 use crate::StompHub;
 
@@ -185,7 +185,7 @@ async fn ebu_session<B: MessageBus, D: DirectoryApi, C: Cache>(
 ) -> String {
     let write_timeout = hub.config().write_timeout;
     let kill = hub.session_token();
-    let mut watch = Watch::new(hub, peer, kill.clone());
+    let mut watch = Watch::new(hub, peer, kill.clone(), Transport::WebSocket);
     let w = Writer {
         limit: write_timeout,
         kill,
