@@ -207,14 +207,14 @@ async fn a_slide_published_with_curl_reaches_a_stomp_radio() {
             &metrics,
             "radiovis_messages_published_total{transport=\"http\"}"
         ),
-        3.0
+        4.0
     );
     assert_eq!(
         value(
             &metrics,
             "radiovis_connections_accepted_total{transport=\"http\"}"
         ),
-        2.0
+        3.0
     );
 }
 
