@@ -34,6 +34,10 @@ pub struct WebArgs {
     /// RUST_LOG of the started servers.
     #[arg(long, default_value = "warn")]
     pub server_log: String,
+    /// Messages published to every topic after the memory is read, to measure the
+    /// fan-out latency to every client (0: memory only).
+    #[arg(short = 'm', long, default_value_t = 10)]
+    pub messages: u64,
     /// Write the figures as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -68,6 +72,7 @@ struct Row {
     rss_after_kib: u64,
     kib_per_client: f64,
     ratio_to_stomp_tcp: f64,
+    latency: Option<crate::web_latency::Latency>,
 }
 
 /// Runs every transport and prints a table.
@@ -93,24 +98,49 @@ pub async fn run(a: WebArgs) -> Result<(), String> {
         let after = sys::rss_kib(pid).map_err(|e| format!("rss: {e}"))?;
         let per = after.saturating_sub(before) as f64 / a.clients as f64;
         let base = rows.first().map_or(per, |r| r.kib_per_client);
+        let opened = clients.len();
+        let latency = match a.messages {
+            0 => None,
+            m => Some(
+                crate::web_latency::measure(
+                    clients,
+                    matches!(transport, Transport::LongPoll),
+                    &stomp,
+                    SERVICE,
+                    a.topics,
+                    m,
+                )
+                .await?,
+            ),
+        };
         rows.push(Row {
             transport,
-            clients: clients.len(),
+            clients: opened,
             rss_before_kib: before,
             rss_after_kib: after,
             kib_per_client: per,
             ratio_to_stomp_tcp: if base > 0.0 { per / base } else { f64::NAN },
+            latency,
         });
-        drop(clients);
         drop(server);
     }
     println!(
-        "{:<16} {:>8} {:>12} {:>12} {:>10} {:>8}",
-        "transport", "clients", "rss before", "rss after", "KiB/client", "x tcp"
+        "{:<16} {:>8} {:>12} {:>12} {:>10} {:>8} {:>10} {:>9} {:>9} {:>7}",
+        "transport",
+        "clients",
+        "rss before",
+        "rss after",
+        "KiB/client",
+        "x tcp",
+        "delivered",
+        "p50 µs",
+        "p99 µs",
+        "missing"
     );
     for r in &rows {
+        let l = r.latency.as_ref();
         println!(
-            "{:<16} {:>8} {:>9} KiB {:>9} KiB {:>10.2} {:>8.2}",
+            "{:<16} {:>8} {:>9} KiB {:>9} KiB {:>10.2} {:>8.2} {:>10} {:>9} {:>9} {:>7}",
             serde_json::to_value(r.transport)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
@@ -119,7 +149,11 @@ pub async fn run(a: WebArgs) -> Result<(), String> {
             r.rss_before_kib,
             r.rss_after_kib,
             r.kib_per_client,
-            r.ratio_to_stomp_tcp
+            r.ratio_to_stomp_tcp,
+            l.map_or(0, |l| l.deliveries),
+            l.map_or(0, |l| l.p50_us),
+            l.map_or(0, |l| l.p99_us),
+            l.map_or(0, |l| l.missing),
         );
     }
     if let Some(path) = &a.json {

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{Cache, DirectoryApi, MessageBus};
 use crate::hub::{Hub, IndexKey, SubEntry, SubscribeBudget, SubscribeLimit, Transport};
 use crate::monitoring::{Event, SessionInfo};
-use crate::outbound::{encode_head, Outbound, OutboundQueue};
+use crate::outbound::{encode_head, Kill, Outbound, OutboundQueue};
 use crate::stomp::{Decoder, Frame, Version};
 use crate::topic::{self, TopicError};
 
@@ -77,7 +77,11 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
         Watch {
             transport,
             conn: hub.next_id(),
-            queue: Arc::new(OutboundQueue::new(hub.config().outbound_queue)),
+            // The fan-out kills the queue on overflow, which cancels `kill`.
+            queue: Arc::new(OutboundQueue::with_abort(
+                hub.config().outbound_queue,
+                kill.clone(),
+            )),
             kill,
             subs: Vec::new(),
             wildcards: 0,
@@ -101,7 +105,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
         if self.subs.len() >= max {
             return Err(WatchError::TooMany(max));
         }
-        let key = match tokio::time::timeout(
+        let mut key = match tokio::time::timeout(
             self.hub.config().directory_timeout,
             self.hub.index_key_for(destination),
         )
@@ -114,14 +118,16 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
         let sub = self.hub.next_id();
         let destination: Arc<str> = Arc::from(destination);
         let last = self.hub.subscribe(
-            &key,
+            &mut key,
             (self.conn, sub),
             SubEntry {
                 head: head.clone(),
                 version: Version::V1_0,
                 queue: self.queue.clone(),
-                kill: self.kill.clone(),
-                monitor: self.info.as_ref().map(|i| (i.clone(), destination.clone())),
+                monitor: self
+                    .info
+                    .as_ref()
+                    .map(|i| Box::new((i.clone(), destination.clone()))),
             },
             true,
         );
@@ -150,7 +156,11 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
             biased;
             _ = self.hub.stopped() => Err(Ended::Shutdown),
             _ = self.kill.cancelled() => Err(Ended::SlowConsumer),
-            _ = self.queue.ready() => Ok(()),
+            kill = self.queue.ready() => match kill {
+                None => Ok(()),
+                Some(Kill::SlowConsumer) => Err(Ended::SlowConsumer),
+                Some(Kill::Shutdown) => Err(Ended::Shutdown),
+            },
         }
     }
 

@@ -47,7 +47,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
                 }
             }
         }
-        IndexKey::Exact(normalised)
+        IndexKey::Exact(normalised.into())
     }
 
     /// The channels a station may publish to (cached for `channel_cache_ttl`). A list

@@ -200,7 +200,7 @@ impl LastMessages {
     pub fn for_key(&self, key: &IndexKey) -> Option<Arc<Published>> {
         let store = self.store.read();
         match key {
-            IndexKey::Exact(t) => store.by_topic.get(t).cloned(),
+            IndexKey::Exact(t) => store.by_topic.get(&**t).cloned(),
             IndexKey::Pattern(p) => {
                 let mut best = None;
                 store.trie.newest_match(p.split('/'), &mut best);

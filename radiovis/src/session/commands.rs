@@ -125,7 +125,7 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
         let wildcard = topic::is_wildcard(&destination);
         let held = match wildcard {
             true => (self.subs.iter())
-                .filter(|(k, r)| **k != key && topic::is_wildcard(&r.destination))
+                .filter(|r| r.key() != key && topic::is_wildcard(r.destination()))
                 .count(),
             false => 0,
         };
@@ -137,7 +137,7 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
         }
         // Bounded: the directory may not hold a SUBSCRIBE longer than its timeout;
         // past it the destination keeps its CC form (docs/protocol.md#topic-normalisation).
-        let index_key = match tokio::time::timeout(
+        let mut index_key = match tokio::time::timeout(
             self.hub.config().directory_timeout,
             self.hub.index_key_for(&destination),
         )
@@ -165,17 +165,16 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
         let sub = self.hub.next_id();
         let replay = frame.get("x-ebu-nofastreply") != Some("yes");
         let last = self.hub.subscribe(
-            &index_key,
+            &mut index_key,
             (self.conn, sub),
             SubEntry {
                 head: head.clone(),
                 version: self.version,
                 queue: self.queue.clone(),
-                kill: self.kill.clone(),
                 monitor: self
                     .info
                     .as_ref()
-                    .map(|i| (i.clone(), Arc::from(destination.as_str()))),
+                    .map(|i| Box::new((i.clone(), Arc::from(destination.as_str())))),
             },
             replay,
         );
@@ -186,14 +185,8 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
             ));
         }
         tracing::debug!(%destination, id = ?id, key = ?index_key, "subscribed");
-        self.subs.insert(
-            key,
-            SubRecord {
-                sub,
-                key: index_key,
-                destination,
-            },
-        );
+        self.subs
+            .insert(SubRecord::new(sub, index_key, id.as_deref(), &destination));
         if let Some(last) = last {
             self.hub.stats().replays.fetch_add(1, Ordering::Relaxed);
             let item = Outbound {
@@ -224,14 +217,14 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
             (None, Some(d)) => self
                 .subs
                 .iter()
-                .find(|(_, r)| r.destination == d)
-                .map(|(k, _)| k.clone())
+                .find(|r| r.destination() == d)
+                .map(|r| r.key().to_owned())
                 .ok_or_else(|| FrameError::NotSubscribed(d.to_owned()))?,
             (None, None) => return Err(FrameError::NoIdOrDestination),
         };
         if let Some(record) = self.subs.remove(&key) {
             self.hub.unsubscribe(&record.key, (self.conn, record.sub));
-            tracing::debug!(destination = %record.destination, "unsubscribed");
+            tracing::debug!(destination = record.destination(), "unsubscribed");
             self.emit_unsubscription(&record);
         }
         Ok(Flow::Continue)
@@ -262,7 +255,7 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
     /// Removes every subscription of the closing session (and says so to monitoring,
     /// as the original did).
     pub(super) fn unsubscribe_all(&mut self) {
-        let records: Vec<SubRecord> = self.subs.drain().map(|(_, r)| r).collect();
+        let records: Vec<SubRecord> = self.subs.drain().collect();
         for record in records {
             self.hub.unsubscribe(&record.key, (self.conn, record.sub));
             self.emit_unsubscription(&record);
@@ -273,7 +266,7 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
         if let Some(info) = &self.info {
             self.hub.monitor().emit(Event::Unsubscription(
                 info.clone(),
-                record.destination.as_str().into(),
+                record.destination().into(),
             ));
         }
     }

@@ -16,10 +16,10 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
     /// Waits for CONNECT (bounded in time) and answers it.
     pub(super) async fn connect_phase(&mut self) -> Result<(), SessionError> {
         let limit = self.hub.config().connect_timeout;
-        let kill = self.kill.clone();
+        let queue = self.queue.clone();
         let first = tokio::select! {
             r = tokio::time::timeout(limit, self.read_frame()) => r,
-            _ = kill.cancelled() => return Err(SessionError::Shutdown),
+            _ = queue.killed() => return Err(SessionError::Shutdown),
         };
         let frame = match first {
             Err(_) => {
