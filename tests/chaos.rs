@@ -172,6 +172,7 @@ async fn faults_lose_no_confirmed_message_and_drop_no_radio() {
     for name in ["fallback-1", "fallback-2"] {
         let mut env = common.clone();
         env.push(("FB_QUEUE", fb_queue.clone()));
+        env.push(("FB_HTTP_PORT", "off".to_owned()));
         // A radiovis-only fleet: the queue outlives the broker restart below, so no
         // message is lost to the log (the original's non-durable queue would be).
         env.push(("RADIOVIS_FB_QUEUE_DURABLE", "True".to_owned()));

@@ -312,3 +312,41 @@ async fn stomp_over_websocket_refuses_unknown_subprotocols() {
     };
     assert!(err.to_string().contains("400"), "{err}");
 }
+
+#[tokio::test]
+async fn websockets_keep_their_place_under_the_per_address_limit() {
+    let config = radiovis::HubConfig {
+        max_connections_per_address: 2,
+        ..test_config()
+    };
+    let hub = TestHub::with(config, static_directory()).await;
+    let http = serve_http(&hub, HttpConfig::default()).await;
+    let _radio = hub.radio().await;
+    let (mut player, _) = connect_async(format!("ws://{http}{SERVICE}"))
+        .await
+        .expect("WebSocket");
+    assert_eq!(text(&mut player).await, "RADIOVISWEBSOCKET:HELLO\0");
+    // The player holds the second place: a third connection is refused.
+    let mut third = hub.conn().await;
+    let e = third.expect("ERROR").await;
+    assert!(e.message().contains("limit is 2"), "{e:?}");
+    // Once the player has gone, its place is free again.
+    drop(player);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut c = hub.conn().await;
+        c.send_frame("CONNECT", &[], b"").await;
+        if c.frame().await.command == "CONNECTED" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "place never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // STOMP over WebSocket takes one place too (not two).
+    let (mut stomp, _) = StompWs::open(&http, "v12.stomp").await;
+    stomp.send("CONNECT\naccept-version:1.2\n\n\0").await;
+    assert_eq!(stomp.frame().await.0, "CONNECTED");
+}

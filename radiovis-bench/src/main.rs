@@ -7,6 +7,8 @@ mod report;
 mod scaleout;
 mod soak;
 mod sys;
+mod web;
+mod web_latency;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,6 +45,9 @@ enum Cmd {
     BaselineServer {
         #[arg(long)]
         addr: SocketAddr,
+        /// Which baseline design.
+        #[arg(long, value_enum, default_value_t = BaselineDesign::Lean)]
+        design: BaselineDesign,
         /// Exit after this many seconds whatever happens (no orphan outlives a run).
         #[arg(long, default_value_t = 900)]
         max_secs: u64,
@@ -52,13 +57,25 @@ enum Cmd {
     SubLoader(scaleout::SubLoaderArgs),
     /// Soak run: the server's RSS, fds and threads over time under churn (BENCHMARKS.md).
     Soak(soak::SoakArgs),
+    /// Memory per client of each web transport against STOMP over TCP (BENCHMARKS.md).
+    WebMemory(web::WebArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 enum ServerKind {
     Radiovis,
+    /// The lean baseline (`baseline/lean.rs`), the one `--compare` uses.
     Baseline,
+    /// The first baseline (`baseline/channel.rs`): a bounded mpsc per connection.
+    BaselineChannel,
+}
+
+/// The baseline server designs (`radiovis-bench/src/baseline/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BaselineDesign {
+    Lean,
+    Channel,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -185,14 +202,25 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = match cli.cmd {
-        Some(Cmd::BaselineServer { addr, max_secs }) => rt.block_on(async {
-            match tokio::time::timeout(Duration::from_secs(max_secs), baseline::serve(addr)).await {
+        Some(Cmd::BaselineServer {
+            addr,
+            design,
+            max_secs,
+        }) => rt.block_on(async {
+            let serve = async {
+                match design {
+                    BaselineDesign::Lean => baseline::lean::serve(addr).await,
+                    BaselineDesign::Channel => baseline::channel::serve(addr).await,
+                }
+            };
+            match tokio::time::timeout(Duration::from_secs(max_secs), serve).await {
                 Ok(r) => r.map_err(|e| format!("baseline server: {e}")),
                 Err(_) => Ok(()),
             }
         }),
         Some(Cmd::SubLoader(a)) => rt.block_on(scaleout::sub_loader(a)),
         Some(Cmd::Soak(a)) => rt.block_on(soak::run(a)),
+        Some(Cmd::WebMemory(a)) => rt.block_on(web::run(a)),
         None => rt.block_on(bench(cli.run)),
     };
     match result {
@@ -344,9 +372,20 @@ async fn start_server(
                 ],
             )
         }
-        ServerKind::Baseline => (
+        ServerKind::Baseline | ServerKind::BaselineChannel => (
             std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?,
-            vec!["baseline-server".into(), "--addr".into(), addr.to_string()],
+            vec![
+                "baseline-server".into(),
+                "--addr".into(),
+                addr.to_string(),
+                "--design".into(),
+                if kind == ServerKind::Baseline {
+                    "lean"
+                } else {
+                    "channel"
+                }
+                .into(),
+            ],
         ),
     };
     let log_path = tmp.join(format!("radiovis-bench-{kind:?}-{port}.log").to_lowercase());
@@ -417,6 +456,7 @@ async fn run_one(args: &RunArgs, kind: ServerKind) -> Result<Report, String> {
             (_, Some(a)) => format!("external {a}"),
             (ServerKind::Radiovis, None) => "radiovis".into(),
             (ServerKind::Baseline, None) => "baseline".into(),
+            (ServerKind::BaselineChannel, None) => "baseline-channel".into(),
         },
         subscribers: args.subscribers,
         topics: args.topics,

@@ -9,12 +9,20 @@
 //! meanwhile.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::{CommandFactory, Parser};
 use radiovis::backend::rabbitmq::{LeaderLock, QueueKind, RabbitBus};
-use radiovis::config::{DirectoryArgs, DirectoryBackends, FallbackArgs, LogArgs, RabbitArgs};
+use radiovis::config::{
+    ConfigError, DirectoryArgs, DirectoryBackends, FallbackArgs, FallbackHttpArgs, LogArgs,
+    RabbitArgs,
+};
+use radiovis::http::ops_respond::ReadyReport;
+use radiovis::http::ProcessRouter;
+use radiovis::metrics::{Metrics, WatchdogCollector};
 use radiovis::watchdog::Watchdog;
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 /// RadioVis fallback watchdog. Every option can also be set through the environment
@@ -31,6 +39,8 @@ struct Cli {
     directory: DirectoryArgs,
     #[command(flatten)]
     fallback: FallbackArgs,
+    #[command(flatten)]
+    http: FallbackHttpArgs,
     /// Name of the broker-side lock (an exclusive queue) that elects the active
     /// watchdog [default: <FB_QUEUE>.lock].
     #[arg(
@@ -78,11 +88,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tracing::info!(host = %rabbit.host, port = rabbit.port, exchange = %rabbit.exchange, queue = %queue, durable_if_created = rabbit.durable_queue, "message bus: rabbitmq (shared queue FB_QUEUE)");
     let bus = Arc::new(RabbitBus::connect(rabbit.clone()).await?);
 
+    // Every directory and cache call is timed for /metrics; the watchdog's counters
+    // live in its configuration, shared by every term as leader.
+    let metrics = Metrics::new();
+    metrics.register(WatchdogCollector(watchdog_config.stats.clone()));
     let DirectoryBackends {
         directory,
         log,
         cache,
-    } = cli.directory.backends()?;
+    } = cli.directory.backends()?.timed(&metrics);
     if cli.directory.radiodns_api_url.is_none() {
         tracing::warn!("message log kept in memory only: set RADIODNS_API_URL for PlugIt");
     }
@@ -96,11 +110,64 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     });
 
+    // /metrics, /healthz, /readyz on FB_HTTP_IP / FB_HTTP_PORT (docs/protocol.md#health):
+    // ready while the broker connection is up, active or standby.
+    let active = Arc::new(AtomicBool::new(false));
+    let ready = {
+        let bus = bus.clone();
+        let active = active.clone();
+        Arc::new(move || {
+            let connected = bus.is_connected();
+            let mut checks = serde_json::Map::new();
+            checks.insert(
+                "bus".into(),
+                json!(if connected {
+                    "connected"
+                } else {
+                    "disconnected"
+                }),
+            );
+            checks.insert(
+                "role".into(),
+                json!(if active.load(Ordering::Relaxed) {
+                    "active"
+                } else {
+                    "standby"
+                }),
+            );
+            ReadyReport {
+                ready: connected,
+                reason: (!connected).then(|| "message bus not connected".to_owned()),
+                checks,
+            }
+        })
+    };
+    let router = ProcessRouter::new(metrics, ready);
+    let mut http_tasks = Vec::new();
+    for addr in cli.http.addresses() {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ConfigError::ListenOn {
+                addr,
+                vars: "FB_HTTP_IP/FB_HTTP_PORT; FB_HTTP_PORT=off disables it",
+                source,
+            })?;
+        http_tasks.push(tokio::spawn(radiovis::http::serve(
+            listener,
+            router.clone(),
+            shutdown.clone(),
+        )));
+    }
+    if http_tasks.is_empty() {
+        tracing::info!("operations listener off (FB_HTTP_PORT=off)");
+    }
+
     let lock_name = cli.lock.clone().unwrap_or_else(|| format!("{queue}.lock"));
     loop {
         let Some(lock) = LeaderLock::acquire(&rabbit, &lock_name, takeover, &shutdown).await else {
             break;
         };
+        active.store(true, Ordering::Relaxed);
         let watchdog = Watchdog::new(
             bus.clone(),
             directory.clone(),
@@ -129,6 +196,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let _ = run.await;
             }
         }
+        active.store(false, Ordering::Relaxed);
+    }
+    shutdown.cancel();
+    for task in http_tasks {
+        let _ = task.await;
     }
     bus.shutdown().await;
     tracing::info!("stopped");

@@ -18,6 +18,8 @@ use tokio::process::{Child, Command};
 fn watchdog(exchange: &str, queue: &str, plugit: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_radiovis-fallback"))
         .env("RABBITMQ_HOST", "127.0.0.1")
+        // Its operations port would clash with the other watchdogs' (FB_HTTP_PORT).
+        .env("FB_HTTP_PORT", "off")
         .env("RABBITMQ_EXCHANGE", exchange)
         .env("FB_QUEUE", queue)
         .env("RADIODNS_API_URL", plugit)

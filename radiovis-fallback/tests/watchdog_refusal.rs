@@ -35,6 +35,8 @@ async fn a_refused_log_entry_does_not_stop_the_log() {
     assert!(publisher.wait_connected(Duration::from_secs(10)).await);
     let mut watchdog = Command::new(env!("CARGO_BIN_EXE_radiovis-fallback"))
         .env("RABBITMQ_HOST", "127.0.0.1")
+        // Its operations port would clash with the other watchdogs' (FB_HTTP_PORT).
+        .env("FB_HTTP_PORT", "off")
         .env("RABBITMQ_EXCHANGE", &exchange)
         .env("FB_QUEUE", &queue)
         .env("RADIODNS_API_URL", plugit.base_url())

@@ -71,6 +71,8 @@ async fn quiet_channel_default_live_messages_and_plugit_outage() {
     radio.sync().await.expect("subscriptions in place");
     let mut watchdog = Process::new(env!("CARGO_BIN_EXE_radiovis-fallback"))
         .env("RABBITMQ_HOST", "127.0.0.1")
+        // Its operations port would clash with the other watchdogs' (FB_HTTP_PORT).
+        .env("FB_HTTP_PORT", "off")
         .env("RABBITMQ_EXCHANGE", &exchange)
         .env("FB_QUEUE", &queue)
         .env("RADIODNS_API_URL", plugit.base_url())

@@ -10,9 +10,11 @@ use clap::{CommandFactory, Parser};
 use radiovis::backend::rabbitmq::RabbitBus;
 use radiovis::config::{
     listen, ConfigError, DirectoryArgs, DirectoryBackends, FallbackArgs, HttpArgs, HubArgs,
-    LogArgs, MonitoringArgs, RabbitArgs, StompArgs, TlsArgs,
+    LogArgs, MonitoringArgs, OpsArgs, RabbitArgs, StompArgs, TlsArgs,
 };
+use radiovis::http::ops::Ops;
 use radiovis::http::RadiovisRouter;
+use radiovis::metrics::{Metrics, WatchdogCollector};
 use radiovis::monitoring::Monitor;
 use radiovis::watchdog::Watchdog;
 use radiovis::StompHub;
@@ -28,6 +30,8 @@ struct Cli {
     log: LogArgs,
     #[command(flatten)]
     http: HttpArgs,
+    #[command(flatten)]
+    ops: OpsArgs,
     #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
@@ -59,11 +63,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     radiovis::config::raise_open_files_limit(hub_config.max_connections);
 
     let bus = cli.rabbit.server_bus().await?;
+    // Every directory and cache call is timed for /metrics (and /readyz).
+    let metrics = Metrics::new();
     let DirectoryBackends {
         directory,
         log,
         cache,
-    } = cli.directory.backends()?;
+    } = cli.directory.backends()?.timed(&metrics);
     let stop_monitoring = tokio_util::sync::CancellationToken::new();
     let mut monitoring_task = None;
     let mut hub_config = hub_config;
@@ -119,8 +125,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         _ => standalone,
     };
     let stop_watchdog = tokio_util::sync::CancellationToken::new();
+    let mut watchdog_stats = None;
     let watchdog = if watchdog_on {
         let config = cli.fallback.watchdog_config()?;
+        metrics.register(WatchdogCollector(config.stats.clone()));
+        watchdog_stats = Some(config.stats.clone());
         if standalone {
             tracing::warn!(
                 mode = "standalone",
@@ -143,7 +152,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let hub = StompHub::new(bus, directory, cache, hub_config);
     let stop = tokio_util::sync::CancellationToken::new();
-    let router = RadiovisRouter::new(hub.clone(), http_config);
+    let ops = Ops::new(hub.clone(), metrics, cli.ops.admin(), watchdog_stats);
+    let router = RadiovisRouter::new(hub.clone(), http_config).with_ops(ops);
     let http_tasks: Vec<_> = http_listeners
         .into_iter()
         .map(|l| tokio::spawn(radiovis::http::serve(l, router.clone(), stop.clone())))

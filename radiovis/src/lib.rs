@@ -18,6 +18,7 @@
 //! | [`outbound`] | per-message encoding shared by all subscribers, outbound queue items |
 //! | [`watchdog`] | the fallback watchdog: message log, defaults for quiet channels |
 //! | [`monitoring`] | monitoring events through a bounded, never-blocking buffer |
+//! | [`metrics`] | Prometheus metrics: collectors over the hub's and watchdog's counters, timed backends |
 //! | [`backend`] | the four traits (bus, directory, cache, log store) and in-process backends |
 //! | [`singleflight`] | bounded TTL cache where concurrent misses make one call (CC -> GCC, channel rights) |
 //! | [`client`] | a small STOMP client (examples, tests, benchmarks) |
@@ -43,6 +44,7 @@ pub mod config;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod monitoring;
 pub mod outbound;
 pub mod server;

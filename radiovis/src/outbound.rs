@@ -9,12 +9,13 @@
 //! subscriber.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::task::{Poll, Waker};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::stomp::frame::{needs_content_length, put_header_part};
 use crate::stomp::Version;
@@ -23,9 +24,19 @@ use crate::stomp::Version;
 #[derive(Debug, Clone)]
 pub struct Outbound {
     /// Per-subscription part: `MESSAGE`, `destination`, `subscription`.
-    pub head: Bytes,
+    pub head: Arc<[u8]>,
     /// Per-message part: forwarded headers, blank line, body, NUL.
     pub tail: Bytes,
+}
+
+/// Why a session must close at once, signalled through its queue (the one thing both
+/// the fan-out and the server hold of a session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kill {
+    /// The queue overflowed: the client does not read fast enough.
+    SlowConsumer,
+    /// The server is stopping: write what is queued and close.
+    Shutdown,
 }
 
 /// Why a push was refused.
@@ -33,85 +44,171 @@ pub struct Outbound {
 pub enum PushError {
     /// The connection has `capacity` frames waiting: a slow consumer.
     Full,
-    /// The session is closing.
+    /// The session is closing (or was killed).
     Closed,
 }
 
 /// A connection's bounded outbound queue: many producers (the fan-out), one consumer
-/// (the session). An idle connection's queue holds no buffer (unlike a channel that
-/// preallocates blocks), which keeps per-connection memory small.
+/// (the session). It holds no buffer while nothing waits (unlike a channel that
+/// preallocates blocks, or a queue that keeps what a burst made it grow to), and wakes
+/// its consumer only when it stops being empty: a burst of N messages is one wake-up.
+/// It also carries the [`Kill`] signal to its session, which then needs no token (and no
+/// waiting future) of its own.
 #[derive(Debug)]
 pub struct OutboundQueue {
-    items: Mutex<VecDeque<Outbound>>,
-    notify: Notify,
+    inner: Mutex<Inner>,
     capacity: usize,
-    closed: AtomicBool,
+    /// Cancelled on a kill too: a web client's connection, closed even while a write to
+    /// it is blocked (STOMP sessions wait on the queue itself and have none).
+    abort: Option<CancellationToken>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    items: VecDeque<Outbound>,
+    /// The consumer waiting in [`OutboundQueue::ready`].
+    waker: Option<Waker>,
+    closed: bool,
+    killed: Option<Kill>,
 }
 
 impl OutboundQueue {
     /// A queue that holds at most `capacity` frames.
     pub fn new(capacity: usize) -> OutboundQueue {
         OutboundQueue {
-            items: Mutex::new(VecDeque::new()),
-            notify: Notify::new(),
+            inner: Mutex::new(Inner::default()),
             capacity: capacity.max(1),
-            closed: AtomicBool::new(false),
+            abort: None,
+        }
+    }
+
+    /// A queue that also cancels `abort` when it is killed.
+    pub fn with_abort(capacity: usize, abort: CancellationToken) -> OutboundQueue {
+        OutboundQueue {
+            abort: Some(abort),
+            ..OutboundQueue::new(capacity)
         }
     }
 
     /// Queues a frame without waiting.
     pub fn try_push(&self, item: Outbound) -> Result<(), PushError> {
-        if self.closed.load(Ordering::Relaxed) {
-            return Err(PushError::Closed);
-        }
-        {
-            let mut items = self.items.lock();
-            if items.len() >= self.capacity {
+        let waker = {
+            let mut inner = self.inner.lock();
+            if inner.closed || inner.killed.is_some() {
+                return Err(PushError::Closed);
+            }
+            if inner.items.len() >= self.capacity {
                 return Err(PushError::Full);
             }
-            items.push_back(item);
+            inner.items.push_back(item);
+            if inner.items.len() > 1 {
+                // The consumer was woken for the first one and has not taken it yet.
+                return Ok(());
+            }
+            inner.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
         }
-        self.notify.notify_one();
         Ok(())
     }
 
-    /// Completes when frames are waiting (cancel-safe).
-    pub async fn ready(&self) {
+    /// Completes when frames are waiting or the session is killed (cancel-safe);
+    /// returns the kill, if any. The future is two pointers: every idle session holds
+    /// one.
+    pub fn ready(&self) -> impl Future<Output = Option<Kill>> + '_ {
+        self.wait(|inner| !inner.items.is_empty() || inner.killed.is_some())
+    }
+
+    /// Completes when the session is killed (cancel-safe).
+    pub async fn killed(&self) -> Kill {
         loop {
-            if !self.items.lock().is_empty() {
-                return;
+            if let Some(kill) = self.wait(|inner| inner.killed.is_some()).await {
+                return kill;
             }
-            self.notify.notified().await;
         }
+    }
+
+    /// Waits until `done` holds, then returns the kill (if any); the consumer's waker
+    /// is kept for the producers.
+    fn wait<'a>(
+        &'a self,
+        done: impl Fn(&Inner) -> bool + 'a,
+    ) -> impl Future<Output = Option<Kill>> + 'a {
+        std::future::poll_fn(move |cx| {
+            let mut inner = self.inner.lock();
+            if done(&inner) {
+                return Poll::Ready(inner.killed);
+            }
+            match &inner.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => inner.waker = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+    }
+
+    /// Tells the session to close (`reason`); true when this call killed it, false
+    /// when it was killed before. Queued frames stay for a shutdown flush.
+    pub fn kill(&self, reason: Kill) -> bool {
+        let waker = {
+            let mut inner = self.inner.lock();
+            if inner.killed.is_some() {
+                return false;
+            }
+            inner.killed = Some(reason);
+            inner.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        if let Some(abort) = &self.abort {
+            abort.cancel();
+        }
+        true
+    }
+
+    /// Why the session was killed, if it was.
+    pub fn kill_reason(&self) -> Option<Kill> {
+        self.inner.lock().killed
     }
 
     /// Appends waiting frames to `out` until it holds `max_bytes` or the queue is
     /// empty; returns how many were taken.
     pub fn drain_into(&self, out: &mut BytesMut, max_bytes: usize) -> usize {
-        let mut items = self.items.lock();
+        let mut inner = self.inner.lock();
         let mut n = 0;
         while out.len() < max_bytes {
-            let Some(item) = items.pop_front() else { break };
+            let Some(item) = inner.items.pop_front() else {
+                break;
+            };
+            if n == 0 {
+                out.reserve(
+                    inner.items.len().saturating_add(1) * (item.head.len() + item.tail.len()),
+                );
+            }
             out.extend_from_slice(&item.head);
             out.extend_from_slice(&item.tail);
             n += 1;
         }
-        if items.is_empty() && items.capacity() > 16 {
-            // Give back what a burst made the queue grow to.
-            items.shrink_to(0);
+        if inner.items.is_empty() && inner.items.capacity() > 0 {
+            // An idle connection holds no queue buffer.
+            inner.items = VecDeque::new();
         }
         n
     }
 
     /// Refuses further pushes and drops what is queued.
     pub fn close(&self) {
-        self.closed.store(true, Ordering::Relaxed);
-        self.items.lock().clear();
+        let mut inner = self.inner.lock();
+        inner.closed = true;
+        inner.items = VecDeque::new();
+        inner.waker = None;
     }
 
     /// Frames waiting.
     pub fn len(&self) -> usize {
-        self.items.lock().len()
+        self.inner.lock().items.len()
     }
 
     /// True when no frame is waiting.
@@ -120,8 +217,9 @@ impl OutboundQueue {
     }
 }
 
-/// Encodes the per-subscription head of a MESSAGE frame.
-pub fn encode_head(destination: &str, subscription: Option<&str>, version: Version) -> Bytes {
+/// Encodes the per-subscription head of a MESSAGE frame: one exact-size block that
+/// every queued copy shares (a `Bytes` would add a second block on its first clone).
+pub fn encode_head(destination: &str, subscription: Option<&str>, version: Version) -> Arc<[u8]> {
     let escape = version.escapes();
     let mut out = BytesMut::with_capacity(32 + destination.len());
     out.put_slice(b"MESSAGE\ndestination:");
@@ -132,7 +230,7 @@ pub fn encode_head(destination: &str, subscription: Option<&str>, version: Versi
         put_header_part(&mut out, id, escape, version);
         out.put_u8(b'\n');
     }
-    out.freeze()
+    Arc::from(&out[..])
 }
 
 /// A message as published on the bus, with its lazily encoded tails (one per STOMP
@@ -200,7 +298,7 @@ mod tests {
     async fn queue_is_bounded_and_wakes_its_consumer() {
         let q = std::sync::Arc::new(OutboundQueue::new(2));
         let item = || Outbound {
-            head: Bytes::from_static(b"H"),
+            head: Arc::from(&b"H"[..]),
             tail: Bytes::from_static(b"T"),
         };
         let waiter = {
@@ -215,12 +313,50 @@ mod tests {
             .expect("task");
         assert_eq!(q.try_push(item()), Ok(()));
         assert_eq!(q.try_push(item()), Err(PushError::Full));
+        assert_eq!(q.kill_reason(), None);
         let mut out = BytesMut::new();
         assert_eq!(q.drain_into(&mut out, 1), 1, "stops at max_bytes");
         assert_eq!(q.drain_into(&mut out, 1024), 1);
         assert_eq!(&out[..], b"HTHT");
         q.close();
         assert_eq!(q.try_push(item()), Err(PushError::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_kill_wakes_the_consumer_once_and_keeps_what_is_queued() {
+        let q = std::sync::Arc::new(OutboundQueue::new(4));
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(async move { q.killed().await })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(
+            q.try_push(Outbound {
+                head: Arc::from(&b"H"[..]),
+                tail: Bytes::from_static(b"T"),
+            }),
+            Ok(())
+        );
+        assert!(q.kill(Kill::Shutdown), "first kill");
+        assert!(!q.kill(Kill::SlowConsumer), "killed already");
+        let reason = tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert_eq!(reason, Kill::Shutdown);
+        let ready = tokio::time::timeout(std::time::Duration::from_secs(1), q.ready()).await;
+        assert_eq!(ready, Ok(Some(Kill::Shutdown)), "a killed queue is ready");
+        let mut out = BytesMut::new();
+        assert_eq!(
+            q.drain_into(&mut out, 1024),
+            1,
+            "kept for the shutdown flush"
+        );
+        let refused = q.try_push(Outbound {
+            head: Arc::from(&b"H"[..]),
+            tail: Bytes::from_static(b"T"),
+        });
+        assert_eq!(refused, Err(PushError::Closed));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{Cache, DirectoryApi, MessageBus};
-use crate::hub::{address_key, Hub, HubConfig, HubError, StatsSnapshot};
+use crate::hub::{address_key, Hub, HubConfig, HubError, StatsSnapshot, TopicStatus};
+use crate::metrics::{CallMetrics, HubCollector, Metrics};
 use crate::session::{Generic, SessionIo};
 use crate::stomp::{Frame, Version};
 
@@ -61,6 +63,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> StompHub<B, D, C> {
     }
 
     /// The hub the sessions share (for the other transports of this crate).
+    #[cfg(feature = "http")]
     pub(crate) fn hub(&self) -> &Arc<Hub<B, D, C>> {
         &self.hub
     }
@@ -68,6 +71,48 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> StompHub<B, D, C> {
     /// Counters so far.
     pub fn stats(&self) -> StatsSnapshot {
         self.hub.stats().snapshot()
+    }
+
+    /// The `max` topics whose last message is newest (newest first), each with its
+    /// subscriptions on this instance: what the status page shows.
+    pub fn topic_status(&self, max: usize) -> Vec<TopicStatus> {
+        self.hub.topic_status(max)
+    }
+
+    /// Adds this server's counters, bus state and monitoring drops to `metrics`
+    /// (docs/protocol.md#metrics). Call it once per registry.
+    pub fn register_metrics(&self, metrics: &Metrics) {
+        let hub = Arc::downgrade(&self.hub);
+        metrics.register(HubCollector::new(
+            self.hub.shared_stats(),
+            self.hub.config().monitor.clone(),
+            move || hub.upgrade().is_some_and(|h| h.bus_connected()),
+        ));
+    }
+
+    /// Whether this server can do its job now (docs/protocol.md#health): listening,
+    /// bus connected, directory answering (or, when it is failing, the hub still has
+    /// the channel list it got before). `directory` is the call record of the timed
+    /// directory ([`Metrics::directory`]), when there is one.
+    pub fn readiness(&self, directory: Option<&CallMetrics>) -> Readiness {
+        let listening = self.hub.stats().listeners.load(Ordering::Relaxed) > 0;
+        let bus_connected = self.hub.bus_connected();
+        let directory = match directory {
+            Some(d) if d.failing() => {
+                if self.hub.known_channels().is_empty() {
+                    DirectoryState::Failing
+                } else {
+                    DirectoryState::Cached
+                }
+            }
+            _ => DirectoryState::Reachable,
+        };
+        Readiness {
+            listening,
+            bus_connected,
+            directory,
+            stopping: self.hub.is_stopping(),
+        }
     }
 
     /// Serves STOMP on `listeners` until `shutdown` is cancelled, then stops accepting,
@@ -104,12 +149,17 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> StompHub<B, D, C> {
     }
 
     async fn accept_loop(&self, listener: TcpListener) {
+        let listeners = &self.hub.stats().listeners;
+        listeners.fetch_add(1, Ordering::Relaxed);
         let mut backoff = Duration::from_millis(10);
         loop {
             // The hub's token (not the caller's) so that accept loops and sessions
             // stop together, after `run` has logged the shutdown.
             let accepted = tokio::select! {
-                _ = self.hub.stopped() => return,
+                _ = self.hub.stopped() => {
+                    listeners.fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
                 r = listener.accept() => r,
             };
             match accepted {
@@ -194,7 +244,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> StompHub<B, D, C> {
         self.hub
             .stats()
             .refused_connections
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(1, Ordering::Relaxed);
         refused
     }
 
@@ -278,6 +328,66 @@ impl Drop for AddressGuard {
             if *n == 0 {
                 open.remove(&self.key);
             }
+        }
+    }
+}
+
+/// What a readiness probe reports (docs/protocol.md#health).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    /// At least one STOMP listener accepts connections.
+    pub listening: bool,
+    /// The bus carries messages between instances.
+    pub bus_connected: bool,
+    /// Whether the directory answers.
+    pub directory: DirectoryState,
+    /// The server is shutting down.
+    pub stopping: bool,
+}
+
+impl Readiness {
+    /// Whether the server should get traffic.
+    pub fn ready(&self) -> bool {
+        self.listening
+            && self.bus_connected
+            && self.directory != DirectoryState::Failing
+            && !self.stopping
+    }
+
+    /// Why not, in a few words (`None` when ready).
+    pub fn reason(&self) -> Option<&'static str> {
+        if self.stopping {
+            Some("shutting down")
+        } else if !self.listening {
+            Some("not listening")
+        } else if !self.bus_connected {
+            Some("message bus not connected")
+        } else if self.directory == DirectoryState::Failing {
+            Some("directory unreachable and nothing cached")
+        } else {
+            None
+        }
+    }
+}
+
+/// The directory as readiness sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectoryState {
+    /// Its last call succeeded (or none failed yet).
+    Reachable,
+    /// Its last call failed, but the channel list it gave before is still known.
+    Cached,
+    /// Its last call failed and nothing from it is known.
+    Failing,
+}
+
+impl DirectoryState {
+    /// The word shown in health answers and on the status page.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DirectoryState::Reachable => "reachable",
+            DirectoryState::Cached => "failing (cached)",
+            DirectoryState::Failing => "failing",
         }
     }
 }

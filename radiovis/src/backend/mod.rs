@@ -256,6 +256,12 @@ pub trait MessageBus: Send + Sync + 'static {
         tokio::sync::watch::channel(0).1
     }
 
+    /// Whether the bus can carry messages between instances now (readiness,
+    /// docs/protocol.md#health). The default: always (buses that never disconnect).
+    fn is_connected(&self) -> bool {
+        true
+    }
+
     /// Like [`MessageBus::subscribe`], for consumers that must not lose a message even
     /// when they crash: a bus with redelivery (a durable RabbitMQ queue) forgets a
     /// message only when its [`Ack`] is acknowledged. The default acknowledges nothing
@@ -458,6 +464,9 @@ impl<T: MessageBus + ?Sized> MessageBus for std::sync::Arc<T> {
     }
     fn connection_generations(&self) -> tokio::sync::watch::Receiver<u64> {
         (**self).connection_generations()
+    }
+    fn is_connected(&self) -> bool {
+        (**self).is_connected()
     }
 }
 

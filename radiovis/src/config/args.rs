@@ -593,6 +593,10 @@ pub use clients::ClientLimitArgs;
 mod http;
 #[cfg(feature = "http")]
 pub use http::{HttpArgs, PortOrOff};
+#[cfg(feature = "http")]
+mod ops;
+#[cfg(feature = "http")]
+pub use ops::{FallbackHttpArgs, OpsArgs};
 
 #[cfg(test)]
 mod tests;

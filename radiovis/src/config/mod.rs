@@ -28,6 +28,8 @@ pub use args::{
     parse_bool, secs, DirectoryArgs, FallbackArgs, HubArgs, MonitoringArgs, RabbitArgs, StompArgs,
 };
 #[cfg(feature = "http")]
+pub use args::{FallbackHttpArgs, OpsArgs};
+#[cfg(feature = "http")]
 pub use args::{HttpArgs, PortOrOff};
 pub use error::{BoxError, ConfigError, NotABool};
 pub use logging::{

@@ -26,6 +26,19 @@ pub struct DirectoryBackends {
     pub cache: Arc<dyn Cache>,
 }
 
+impl DirectoryBackends {
+    /// The same backends, with every directory and cache call timed into `metrics`
+    /// (docs/protocol.md#metrics).
+    pub fn timed(self, metrics: &crate::metrics::Metrics) -> DirectoryBackends {
+        use crate::metrics::Timed;
+        DirectoryBackends {
+            directory: Arc::new(Timed::new(self.directory, metrics.directory().clone())),
+            log: self.log,
+            cache: Arc::new(Timed::new(self.cache, metrics.cache().clone())),
+        }
+    }
+}
+
 impl DirectoryArgs {
     /// Chooses the backends: PlugIt (directory and message log) when
     /// `RADIODNS_API_URL` is set, else a directory file (`RADIOVIS_DIRECTORY`, else the

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use super::watch::{frames, message_id, Watch, WatchError};
 use super::{Abort, Body, HttpConfig};
 use crate::backend::{Cache, DirectoryApi, MessageBus};
-use crate::hub::Hub;
+use crate::hub::{Hub, Transport};
 use crate::stomp::Frame;
 
 /// Most `topic=` parameters of one request.
@@ -43,7 +43,7 @@ pub(super) async fn handle<T, B: MessageBus, D: DirectoryApi, C: Cache>(
             &format!("too many topic= parameters: limit is {MAX_TOPICS}"),
         );
     }
-    let mut watch = Watch::new(hub.clone(), peer, Abort::of(req));
+    let mut watch = Watch::new(hub.clone(), peer, Abort::of(req), Transport::LongPoll);
     let mut newest: Option<(u64, Frame)> = None;
     for topic in &topics {
         match watch.subscribe(topic).await {

@@ -14,19 +14,31 @@
 //! | `websocket` | EBU player mode on `/topic/...` and STOMP over WebSocket on `/stomp` |
 //! | `ws_bytes` | a WebSocket as a byte stream, for a STOMP session |
 //! | `watch` | a web client's subscriptions on the hub: the same topic rules, replay and slow-consumer rule as a STOMP session |
+//! | [`ops`] | operations endpoints: `/metrics`, `/healthz`, `/readyz`, HTTP publish, status page (docs/protocol.md#operations) |
+//! | `ops_publish` | `POST /publish`, `POST /services/<channel>` (docs/protocol.md#http-publish) |
+//! | `ops_status` | the status page, its snapshot and live events (docs/protocol.md#status-page) |
+//! | [`ops_respond`] | whole responses, `/metrics`, `/healthz`, `/readyz`, HTTP Basic credentials |
+//! | [`ops_process`] | [`ProcessRouter`]: `/metrics` and health of a process without a hub (radiovis-fallback) |
 
 mod longpoll;
+pub mod ops;
+pub mod ops_process;
+mod ops_publish;
+pub mod ops_respond;
+mod ops_status;
 mod router;
 mod sse;
 mod watch;
 mod websocket;
 mod ws_bytes;
 
+pub use ops_process::ProcessRouter;
 pub use router::{HttpConfig, RadiovisRouter};
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -119,11 +131,14 @@ pub async fn serve_connection<R, S>(
         // Logged and counted by `admit`; the client sees the connection closed.
         return;
     };
+    let place = Place(Arc::new(parking_lot::Mutex::new(Some(Box::new(guard)))));
     let abort = Abort(CancellationToken::new());
     let service = hyper::service::service_fn({
         let abort = abort.clone();
+        let place = place.clone();
         move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(abort.clone());
+            req.extensions_mut().insert(place.clone());
             let router = router.clone();
             async move { Ok::<_, Infallible>(router.route(req, peer).await) }
         }
@@ -154,7 +169,8 @@ pub async fn serve_connection<R, S>(
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "HTTP connection ended");
     }
-    drop(guard);
+    // The connection's place, unless an upgraded connection took it along.
+    drop(place);
 }
 
 /// Cancelling it closes the HTTP connection at once, even while a response is being
@@ -170,6 +186,22 @@ impl Abort {
             .get::<Abort>()
             .map(|a| a.0.clone())
             .unwrap_or_default()
+    }
+}
+
+/// The connection's place under the connection limits (what [`Router::admit`] gave).
+/// A request that upgrades the connection takes it along, so that the upgraded
+/// connection stays counted and is never counted twice.
+#[derive(Clone)]
+pub struct Place(Arc<parking_lot::Mutex<Option<Box<dyn std::any::Any + Send>>>>);
+
+impl Place {
+    /// Takes the place of the request's connection (`None` outside
+    /// [`serve_connection`], or when taken already).
+    pub fn take<T>(req: &Request<T>) -> Option<Box<dyn std::any::Any + Send>> {
+        req.extensions()
+            .get::<Place>()
+            .and_then(|p| p.0.lock().take())
     }
 }
 

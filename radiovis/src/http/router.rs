@@ -7,8 +7,10 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 
+use super::ops::Ops;
 use super::{longpoll, sse, websocket, Body, Router};
 use crate::backend::{Cache, DirectoryApi, MessageBus};
+use crate::metrics::Metrics;
 use crate::server::{Admitted, Refused};
 use crate::StompHub;
 
@@ -36,6 +38,8 @@ impl Default for HttpConfig {
 pub struct RadiovisRouter<B, D, C> {
     hub: StompHub<B, D, C>,
     config: std::sync::Arc<HttpConfig>,
+    /// Metrics, health, HTTP publish, status page (docs/protocol.md#operations).
+    ops: std::sync::Arc<Ops<B, D, C>>,
 }
 
 impl<B, D, C> Clone for RadiovisRouter<B, D, C> {
@@ -43,17 +47,28 @@ impl<B, D, C> Clone for RadiovisRouter<B, D, C> {
         RadiovisRouter {
             hub: self.hub.clone(),
             config: self.config.clone(),
+            ops: self.ops.clone(),
         }
     }
 }
 
-impl<B, D, C> RadiovisRouter<B, D, C> {
-    /// The transports of `hub` with these settings.
+impl<B: MessageBus, D: DirectoryApi, C: Cache> RadiovisRouter<B, D, C> {
+    /// The transports of `hub` with these settings, and its operations endpoints
+    /// with metrics of their own (no admin page; see [`RadiovisRouter::with_ops`]).
     pub fn new(hub: StompHub<B, D, C>, config: HttpConfig) -> Self {
+        let ops = Ops::new(hub.clone(), Metrics::new(), None, None);
         RadiovisRouter {
             hub,
             config: std::sync::Arc::new(config),
+            ops,
         }
+    }
+
+    /// The same router with these operations endpoints (the binary's metrics with
+    /// its timed backends, admin credentials, in-process watchdog).
+    pub fn with_ops(mut self, ops: std::sync::Arc<Ops<B, D, C>>) -> Self {
+        self.ops = ops;
+        self
     }
 }
 
@@ -73,13 +88,12 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Router for RadiovisRouter<B, D, C
                 longpoll::handle(hub, &self.config, &req, peer).await
             }
             (&Method::GET, "/stomp") => websocket::stomp(&self.hub, req, peer),
-            (&Method::GET, p) if p.starts_with("/topic/") => websocket::ebu(hub, req, peer),
+            (&Method::GET, p) if p.starts_with("/topic/") => websocket::ebu(&self.hub, req, peer),
             (&Method::GET, p) if p.starts_with(sse::PREFIX) => {
                 sse::handle(hub, &self.config, &req, peer).await
             }
             (&Method::OPTIONS, _) => super::preflight(),
-            // Operations (issue 12) add their arms here: /metrics, /healthz, /readyz,
-            // /publish and the status page at /, from a module `ops`.
+            (m, p) if Ops::<B, D, C>::handles(m, p) => self.ops.route(req, peer).await,
             _ => super::not_found(),
         }
     }

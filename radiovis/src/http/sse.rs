@@ -17,7 +17,7 @@ use serde_json::json;
 use super::watch::{frames, message_id, Watch, WatchError};
 use super::{Abort, Body, HttpConfig};
 use crate::backend::{Cache, DirectoryApi, MessageBus};
-use crate::hub::Hub;
+use crate::hub::{Hub, Transport};
 use crate::stomp::Frame;
 
 /// Where the event streams are.
@@ -45,7 +45,7 @@ pub(super) async fn handle<T, B: MessageBus, D: DirectoryApi, C: Cache>(
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split('|').map(str::to_owned).collect())
         .unwrap_or_default();
-    let mut watch = Watch::new(hub.clone(), peer, Abort::of(req));
+    let mut watch = Watch::new(hub.clone(), peer, Abort::of(req), Transport::Sse);
     let mut ids = [String::new(), String::new()];
     let mut replays = Vec::new();
     for (i, (_, suffix)) in KINDS.iter().enumerate() {

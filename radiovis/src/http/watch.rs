@@ -13,9 +13,9 @@ use bytes::BytesMut;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Cache, DirectoryApi, MessageBus};
-use crate::hub::{Hub, IndexKey, SubEntry, SubscribeBudget, SubscribeLimit};
+use crate::hub::{Hub, IndexKey, SubEntry, SubscribeBudget, SubscribeLimit, Transport};
 use crate::monitoring::{Event, SessionInfo};
-use crate::outbound::{encode_head, Outbound, OutboundQueue};
+use crate::outbound::{encode_head, Kill, Outbound, OutboundQueue};
 use crate::stomp::{Decoder, Frame, Version};
 use crate::topic::{self, TopicError};
 
@@ -41,6 +41,8 @@ pub(super) enum Ended {
 
 /// One web client on the hub; dropping it removes its subscriptions.
 pub(super) struct Watch<B: MessageBus, D: DirectoryApi, C: Cache> {
+    /// How the client is connected (metrics).
+    transport: Transport,
     hub: Arc<Hub<B, D, C>>,
     conn: u64,
     queue: Arc<OutboundQueue>,
@@ -56,8 +58,14 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
     /// `kill` when the client's queue overflows: for a client answered over an HTTP
     /// connection, the connection's [`Abort`](super::Abort) token, which closes it
     /// even while a write to it is blocked.
-    pub fn new(hub: Arc<Hub<B, D, C>>, peer: SocketAddr, kill: CancellationToken) -> Self {
+    pub fn new(
+        hub: Arc<Hub<B, D, C>>,
+        peer: SocketAddr,
+        kill: CancellationToken,
+        transport: Transport,
+    ) -> Self {
         hub.stats().connections.fetch_add(1, Ordering::Relaxed);
+        hub.stats().opened(transport);
         let info = hub.monitor().enabled().then(|| {
             let info = Arc::new(SessionInfo {
                 session_id: uuid::Uuid::new_v4().to_string().into(),
@@ -67,8 +75,13 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
             info
         });
         Watch {
+            transport,
             conn: hub.next_id(),
-            queue: Arc::new(OutboundQueue::new(hub.config().outbound_queue)),
+            // The fan-out kills the queue on overflow, which cancels `kill`.
+            queue: Arc::new(OutboundQueue::with_abort(
+                hub.config().outbound_queue,
+                kill.clone(),
+            )),
             kill,
             subs: Vec::new(),
             wildcards: 0,
@@ -92,7 +105,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
         if self.subs.len() >= max {
             return Err(WatchError::TooMany(max));
         }
-        let key = match tokio::time::timeout(
+        let mut key = match tokio::time::timeout(
             self.hub.config().directory_timeout,
             self.hub.index_key_for(destination),
         )
@@ -105,14 +118,16 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
         let sub = self.hub.next_id();
         let destination: Arc<str> = Arc::from(destination);
         let last = self.hub.subscribe(
-            &key,
+            &mut key,
             (self.conn, sub),
             SubEntry {
                 head: head.clone(),
                 version: Version::V1_0,
                 queue: self.queue.clone(),
-                kill: self.kill.clone(),
-                monitor: self.info.as_ref().map(|i| (i.clone(), destination.clone())),
+                monitor: self
+                    .info
+                    .as_ref()
+                    .map(|i| Box::new((i.clone(), destination.clone()))),
             },
             true,
         );
@@ -141,7 +156,11 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
             biased;
             _ = self.hub.stopped() => Err(Ended::Shutdown),
             _ = self.kill.cancelled() => Err(Ended::SlowConsumer),
-            _ = self.queue.ready() => Ok(()),
+            kill = self.queue.ready() => match kill {
+                None => Ok(()),
+                Some(Kill::SlowConsumer) => Err(Ended::SlowConsumer),
+                Some(Kill::Shutdown) => Err(Ended::Shutdown),
+            },
         }
     }
 
@@ -169,6 +188,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Drop for Watch<B, D, C> {
             self.hub.monitor().emit(Event::Disconnection(info));
         }
         self.hub.stats().connections.fetch_sub(1, Ordering::Relaxed);
+        self.hub.stats().closed(self.transport);
     }
 }
 

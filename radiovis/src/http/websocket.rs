@@ -24,9 +24,9 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::watch::{frames, Ended, Watch};
 use super::ws_bytes::WsBytes;
-use super::Body;
+use super::{Body, Place};
 use crate::backend::{Cache, DirectoryApi, MessageBus};
-use crate::hub::Hub;
+use crate::hub::{Hub, Transport};
 use crate::stomp::Version;
 use crate::StompHub;
 
@@ -36,6 +36,9 @@ const STOMP_PROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
 /// What a browser may send in one WebSocket message (EBU mode: nothing useful; STOMP:
 /// frames, bounded again by the session's own limits).
 const MAX_MESSAGE: usize = 1024 * 1024;
+
+/// tungstenite's read buffer per WebSocket (it grows for larger messages).
+const READ_BUFFER: usize = 4096;
 
 type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 
@@ -84,7 +87,11 @@ fn accept<T>(
 async fn websocket(on_upgrade: OnUpgrade) -> Option<WebSocketStream<Upgraded>> {
     match on_upgrade.await {
         Ok(upgraded) => {
+            // Small buffers: tungstenite's defaults (128 KiB to read, 128 KiB to write)
+            // would make an idle player cost 25 times a STOMP radio (BENCHMARKS.md).
             let config = WebSocketConfig::default()
+                .read_buffer_size(READ_BUFFER)
+                .write_buffer_size(0)
                 .max_message_size(Some(MAX_MESSAGE))
                 .max_frame_size(Some(MAX_MESSAGE));
             Some(
@@ -130,17 +137,22 @@ pub(super) fn stomp<T, B: MessageBus, D: DirectoryApi, C: Cache>(
         Err(refusal) => return *refusal,
     };
     let server = server.clone();
+    let place = Place::take(&req);
     tokio::spawn(async move {
         if let Some(ws) = websocket(on_upgrade).await {
+            // The session takes a place of its own: give back the HTTP connection's
+            // first, so that the connection is never counted twice.
+            drop(place);
             server.serve_stream(WsBytes::new(ws), peer, "websocket");
         }
     });
     response
 }
 
-/// EBU player mode for the service at `path` (`/topic/...`, without `/text`).
+/// EBU player mode for the service at `path` (`/topic/...`, without `/text`). The
+/// upgraded connection keeps the HTTP connection's place under the connection limits.
 pub(super) fn ebu<T, B: MessageBus, D: DirectoryApi, C: Cache>(
-    hub: &Arc<Hub<B, D, C>>,
+    server: &StompHub<B, D, C>,
     mut req: Request<T>,
     peer: SocketAddr,
 ) -> Response<Body> {
@@ -149,13 +161,17 @@ pub(super) fn ebu<T, B: MessageBus, D: DirectoryApi, C: Cache>(
         Ok(r) => r,
         Err(refusal) => return *refusal,
     };
-    let hub = hub.clone();
+    // The HTTP connection's place under the limits goes along with the player.
+    let place = Place::take(&req);
+    let hub = server.hub().clone();
     tokio::spawn(async move {
-        if let Some(ws) = websocket(on_upgrade).await {
-            tracing::info!(%peer, %path, "EBU player WebSocket connected");
-            let ended = ebu_session(hub, ws, peer, &path).await;
-            tracing::info!(%peer, %path, reason = %ended, "EBU player WebSocket closed");
-        }
+        let Some(ws) = websocket(on_upgrade).await else {
+            return;
+        };
+        tracing::info!(%peer, %path, "EBU player WebSocket connected");
+        let ended = ebu_session(hub, ws, peer, &path).await;
+        tracing::info!(%peer, %path, reason = %ended, "EBU player WebSocket closed");
+        drop(place);
     });
     response
 }
@@ -168,7 +184,7 @@ async fn ebu_session<B: MessageBus, D: DirectoryApi, C: Cache>(
 ) -> String {
     let write_timeout = hub.config().write_timeout;
     let kill = hub.session_token();
-    let mut watch = Watch::new(hub, peer, kill.clone());
+    let mut watch = Watch::new(hub, peer, kill.clone(), Transport::WebSocket);
     let w = Writer {
         limit: write_timeout,
         kill,

@@ -47,7 +47,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
                 }
             }
         }
-        IndexKey::Exact(normalised)
+        IndexKey::Exact(normalised.into())
     }
 
     /// The channels a station may publish to (cached for `channel_cache_ttl`). A list
@@ -88,7 +88,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
     }
 
     /// The known channel topics (normalised) as last loaded.
-    pub(super) fn known_channels(&self) -> Arc<HashSet<String>> {
+    pub(crate) fn known_channels(&self) -> Arc<HashSet<String>> {
         self.known_channels.read().clone()
     }
 

@@ -7,9 +7,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
-
 use crate::monitoring::SessionInfo;
 use crate::outbound::OutboundQueue;
 use crate::stomp::Version;
@@ -17,68 +14,124 @@ use crate::stomp::Version;
 /// Where a subscription sits in the index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum IndexKey {
-    /// Receives messages whose normalised topic is exactly this.
-    Exact(String),
+    /// Receives messages whose normalised topic is exactly this. Once subscribed, the
+    /// same allocation as the index's key of the topic (one per topic, not one per
+    /// subscriber).
+    Exact(Arc<str>),
     /// Receives messages whose normalised topic matches this `*` pattern.
     Pattern(String),
+}
+
+impl IndexKey {
+    /// The topic or pattern.
+    pub fn as_str(&self) -> &str {
+        match self {
+            IndexKey::Exact(s) => s,
+            IndexKey::Pattern(s) => s,
+        }
+    }
 }
 
 /// One subscription as the fan-out sees it: everything needed to deliver without
 /// asking its session anything.
 pub(crate) struct SubEntry {
     /// The MESSAGE head of this subscription, encoded once when it was made.
-    pub head: Bytes,
+    pub head: Arc<[u8]>,
     /// The STOMP version of the subscriber, to pick the message's tail.
     pub version: Version,
     /// The subscriber's outbound queue.
     pub queue: Arc<OutboundQueue>,
-    /// Cancelled by the fan-out when the queue is full (slow consumer).
-    pub kill: CancellationToken,
     /// Session and destination, for monitoring events (only when monitoring is on).
-    pub monitor: Option<(Arc<SessionInfo>, Arc<str>)>,
+    /// Boxed: monitoring is off on most instances, and every entry would pay for it.
+    pub monitor: Option<Box<(Arc<SessionInfo>, Arc<str>)>>,
 }
 
 /// Subscription id unique in the hub: (connection, subscription within it).
 pub(crate) type SubKey = (u64, u64);
 
-type Subscribers = HashMap<SubKey, SubEntry>;
+/// Most distinct MESSAGE heads a topic shares among its subscribers.
+const SHARED_HEADS: usize = 8;
+
+/// The subscribers of one topic or pattern, and the MESSAGE heads they share: most
+/// subscribers of a topic have the same head (same destination, no or the same id,
+/// same STOMP version), held once instead of once per subscriber.
+#[derive(Default)]
+struct Subscribers {
+    subs: HashMap<SubKey, SubEntry>,
+    heads: Vec<Arc<[u8]>>,
+}
+
+impl Subscribers {
+    fn insert(&mut self, sub: SubKey, mut entry: SubEntry) -> bool {
+        // Heads no subscriber holds any more go (at most SHARED_HEADS to look at).
+        self.heads.retain(|h| Arc::strong_count(h) > 1);
+        match self.heads.iter().find(|h| **h == entry.head) {
+            Some(shared) => entry.head = shared.clone(),
+            None if self.heads.len() < SHARED_HEADS => self.heads.push(entry.head.clone()),
+            None => {}
+        }
+        self.subs.insert(sub, entry).is_none()
+    }
+
+    fn remove(&mut self, sub: &SubKey) -> bool {
+        self.subs.remove(sub).is_some()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.subs.is_empty()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &SubEntry> {
+        self.subs.values()
+    }
+}
 
 /// Subscriptions by exact topic and by pattern.
 #[derive(Default)]
 pub(super) struct SubIndex {
-    exact: HashMap<String, Subscribers>,
+    exact: HashMap<Arc<str>, Subscribers>,
     patterns: PatternTrie<Subscribers>,
 }
 
 impl SubIndex {
-    /// Adds (or replaces) a subscription; true when it is a new one.
-    pub fn insert(&mut self, key: &IndexKey, sub: SubKey, entry: SubEntry) -> bool {
+    /// Adds (or replaces) a subscription; true when it is a new one. An exact `key`
+    /// is replaced by the index's own key of the topic (shared, see [`IndexKey`]).
+    pub fn insert(&mut self, key: &mut IndexKey, sub: SubKey, entry: SubEntry) -> bool {
         match key {
-            IndexKey::Exact(k) => self.exact.entry(k.clone()).or_default(),
+            IndexKey::Exact(k) => {
+                if let Some((shared, _)) = self.exact.get_key_value(&**k) {
+                    *k = shared.clone();
+                }
+                self.exact.entry(k.clone()).or_default()
+            }
             IndexKey::Pattern(p) => self.patterns.entry(p),
         }
         .insert(sub, entry)
-        .is_none()
+    }
+
+    /// Subscriptions to exactly `topic` (wildcards not counted).
+    pub fn exact_count(&self, topic: &str) -> usize {
+        self.exact.get(topic).map_or(0, |subs| subs.subs.len())
     }
 
     /// Removes a subscription; true when it was there.
     pub fn remove(&mut self, key: &IndexKey, sub: SubKey) -> bool {
         match key {
             IndexKey::Exact(k) => {
-                let Some(subs) = self.exact.get_mut(k) else {
+                let Some(subs) = self.exact.get_mut(&**k) else {
                     return false;
                 };
-                let removed = subs.remove(&sub).is_some();
+                let removed = subs.remove(&sub);
                 if subs.is_empty() {
                     // Topics come and go; an empty entry would be kept forever.
-                    self.exact.remove(k);
+                    self.exact.remove(&**k);
                 }
                 removed
             }
             IndexKey::Pattern(p) => {
                 let mut removed = false;
                 self.patterns.remove_if(p, |subs| {
-                    removed = subs.remove(&sub).is_some();
+                    removed = subs.remove(&sub);
                     subs.is_empty()
                 });
                 removed

@@ -200,7 +200,7 @@ impl LastMessages {
     pub fn for_key(&self, key: &IndexKey) -> Option<Arc<Published>> {
         let store = self.store.read();
         match key {
-            IndexKey::Exact(t) => store.by_topic.get(t).cloned(),
+            IndexKey::Exact(t) => store.by_topic.get(&**t).cloned(),
             IndexKey::Pattern(p) => {
                 let mut best = None;
                 store.trie.newest_match(p.split('/'), &mut best);
@@ -265,6 +265,18 @@ impl LastMessages {
         if restored > 0 {
             tracing::info!(restored, "last messages restored from the shared cache");
         }
+    }
+
+    /// The `max` newest last messages, newest first (the status page).
+    pub fn newest(&self, max: usize) -> Vec<Arc<Published>> {
+        let mut all: Vec<Arc<Published>> = self.store.read().by_topic.values().cloned().collect();
+        // Linear selection of the newest `max`, then a sort of those only.
+        if all.len() > max && max > 0 {
+            all.select_nth_unstable_by_key(max - 1, |p| std::cmp::Reverse(p.seq));
+        }
+        all.truncate(max);
+        all.sort_unstable_by_key(|p| std::cmp::Reverse(p.seq));
+        all
     }
 
     /// Topics whose last message is held (for a resynchronisation, hub/resync.rs).

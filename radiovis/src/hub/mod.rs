@@ -25,14 +25,18 @@ mod admission;
 mod channels;
 mod index;
 mod last;
+mod login;
 mod pending;
+mod publish;
 mod resync;
+mod stats;
+mod status;
 mod throttle;
 pub(crate) use throttle::address_key;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,7 +47,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::{BusError, BusMessage, Cache, DirectoryApi, DirectoryError, MessageBus};
 use crate::monitoring::{Event, Monitor};
-use crate::outbound::{Outbound, Published, PushError};
+use crate::outbound::{Kill, Outbound, OutboundQueue, Published, PushError};
 use crate::singleflight::SingleFlight;
 use crate::stomp::Limits;
 use crate::topic::{self, Normaliser};
@@ -53,6 +57,10 @@ pub(crate) use channels::StationChannel;
 pub use index::PatternTrie;
 pub(crate) use index::{IndexKey, SubEntry, SubKey};
 pub use last::LAST_MESSAGE_PREFIX;
+pub use login::LoginRefused;
+pub use publish::{Publication, PublishError};
+pub use stats::{Stats, StatsSnapshot, Transport, TransportStats};
+pub use status::TopicStatus;
 pub(crate) use throttle::LoginThrottle;
 
 use index::SubIndex;
@@ -171,59 +179,6 @@ pub enum HubError {
     Bus(#[from] BusError),
 }
 
-/// Counters of a running hub.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Open sessions.
-    pub connections: AtomicUsize,
-    /// Subscriptions in the index.
-    pub subscriptions: AtomicUsize,
-    /// Messages received from the bus.
-    pub bus_messages: AtomicU64,
-    /// MESSAGE frames queued to subscribers.
-    pub deliveries: AtomicU64,
-    /// Subscribers disconnected because their queue was full.
-    pub slow_consumers: AtomicU64,
-    /// Connections refused over `max_connections`.
-    pub refused_connections: AtomicU64,
-    /// Bus messages dropped because too many were waiting for a CC -> GCC conversion.
-    pub unconverted_dropped: AtomicU64,
-}
-
-impl Stats {
-    /// The counters now.
-    pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot {
-            connections: self.connections.load(Ordering::Relaxed),
-            subscriptions: self.subscriptions.load(Ordering::Relaxed),
-            bus_messages: self.bus_messages.load(Ordering::Relaxed),
-            deliveries: self.deliveries.load(Ordering::Relaxed),
-            slow_consumers: self.slow_consumers.load(Ordering::Relaxed),
-            refused_connections: self.refused_connections.load(Ordering::Relaxed),
-            unconverted_dropped: self.unconverted_dropped.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// A snapshot of [`Stats`] (same fields, plain numbers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    /// Open sessions.
-    pub connections: usize,
-    /// Subscriptions in the index.
-    pub subscriptions: usize,
-    /// Messages received from the bus.
-    pub bus_messages: u64,
-    /// MESSAGE frames queued to subscribers.
-    pub deliveries: u64,
-    /// Subscribers disconnected because their queue was full.
-    pub slow_consumers: u64,
-    /// Connections refused over `max_connections`.
-    pub refused_connections: u64,
-    /// Bus messages dropped because too many were waiting for a CC -> GCC conversion.
-    pub unconverted_dropped: u64,
-}
-
 /// The state shared by the hub's tasks and every session, behind one `Arc`.
 pub(crate) struct Hub<B, D, C> {
     bus: B,
@@ -231,9 +186,12 @@ pub(crate) struct Hub<B, D, C> {
     cache: Arc<C>,
     normaliser: Normaliser<D, C>,
     config: HubConfig,
-    stats: Stats,
-    /// Cancelled when the server stops; every session's `kill` is a child of it.
+    stats: Arc<Stats>,
+    /// Cancelled when the server stops (the hub's tasks and the accept loops).
     shutdown: CancellationToken,
+    /// Every open session's queue, through which [`Hub::stop`] tells each to close: a
+    /// slot of 16 bytes per session instead of a child token (over 100 bytes) each.
+    sessions: parking_lot::Mutex<slab::Slab<Arc<OutboundQueue>>>,
     index: RwLock<SubIndex>,
     last: LastMessages,
     known_channels: RwLock<Arc<HashSet<String>>>,
@@ -270,8 +228,9 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
             tasks: std::sync::OnceLock::new(),
             next_id: AtomicU64::new(1),
             throttle: LoginThrottle::new(&config),
-            stats: Stats::default(),
+            stats: Arc::default(),
             shutdown: CancellationToken::new(),
+            sessions: parking_lot::Mutex::new(slab::Slab::new()),
             config,
         }
     }
@@ -317,7 +276,10 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
                 tokio::select! {
                     _ = resync.shutdown.cancelled() => break,
                     changed = generations.changed() => match changed {
-                        Ok(()) => resync.resync_last_messages().await,
+                        Ok(()) => {
+                            resync.stats.bus_reconnects.fetch_add(1, Ordering::Relaxed);
+                            resync.resync_last_messages().await
+                        }
                         // This bus never reconnects.
                         Err(_) => break,
                     },
@@ -341,6 +303,9 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
     /// Stops the background tasks and tells every session to flush and close.
     pub fn stop(&self) {
         self.shutdown.cancel();
+        for (_, queue) in self.sessions.lock().iter() {
+            queue.kill(Kill::Shutdown);
+        }
     }
 
     /// Completes when [`Hub::stop`] is called.
@@ -348,16 +313,26 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
         self.shutdown.cancelled().await
     }
 
-    /// Whether [`Hub::stop`] was called (a killed session then closes as shut down,
-    /// not as a slow consumer).
-    pub fn is_stopping(&self) -> bool {
-        self.shutdown.is_cancelled()
-    }
-
-    /// A token for one session: cancelled when the hub stops, or by the fan-out when
-    /// the session's queue overflows.
+    /// A token for a web client's writer: cancelled when the hub stops (STOMP sessions
+    /// are told through their queue, see [`Hub::register_session`]).
     pub fn session_token(&self) -> CancellationToken {
         self.shutdown.child_token()
+    }
+
+    /// Registers a session's queue, killed ([`Kill::Shutdown`]) when the hub stops (at
+    /// once when it has stopped already); returns the key to [`Hub::unregister_session`].
+    pub fn register_session(&self, queue: &Arc<OutboundQueue>) -> usize {
+        let mut sessions = self.sessions.lock();
+        // Under the lock that `stop` iterates with: no session slips between the two.
+        if self.shutdown.is_cancelled() {
+            queue.kill(Kill::Shutdown);
+        }
+        sessions.insert(queue.clone())
+    }
+
+    /// Forgets a session registered with [`Hub::register_session`].
+    pub fn unregister_session(&self, key: usize) {
+        self.sessions.lock().try_remove(key);
     }
 
     /// The hub's settings.
@@ -370,9 +345,24 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
         &self.config.monitor
     }
 
+    /// Whether the server is stopping (readiness).
+    pub fn is_stopping(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
     /// The counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// The counters, shared (for the metrics collector).
+    pub fn shared_stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Whether the bus carries messages between instances now.
+    pub fn bus_connected(&self) -> bool {
+        self.bus.is_connected()
     }
 
     /// A fresh id for a connection or a subscription.
@@ -411,7 +401,8 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
         self.bus.publish(message).await
     }
 
-    /// Adds a subscription to the fan-out.
+    /// Adds a subscription to the fan-out; an exact `key` becomes the index's own
+    /// (shared) key of its topic.
     ///
     /// With `replay`, returns the message to replay to it: the last of its topic, or for
     /// a pattern the newest of the matching topics. It is looked up under the index
@@ -420,7 +411,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
     /// (docs/protocol.md#replay).
     pub fn subscribe(
         &self,
-        key: &IndexKey,
+        key: &mut IndexKey,
         sub: SubKey,
         entry: SubEntry,
         replay: bool,
@@ -548,7 +539,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
             match entry.queue.try_push(item) {
                 Ok(()) => {
                     delivered += 1;
-                    if let Some((info, destination)) = &entry.monitor {
+                    if let Some((info, destination)) = entry.monitor.as_deref() {
                         self.config.monitor.emit(Event::Message(
                             info.clone(),
                             destination.clone(),
@@ -557,9 +548,8 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
                     }
                 }
                 Err(PushError::Full) => {
-                    if !entry.kill.is_cancelled() {
+                    if entry.queue.kill(Kill::SlowConsumer) {
                         self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                        entry.kill.cancel();
                     }
                 }
                 Err(PushError::Closed) => {}

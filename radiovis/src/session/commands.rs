@@ -1,13 +1,14 @@
 //! The frames of a connected session: SUBSCRIBE, UNSUBSCRIBE, SEND (and DISCONNECT),
 //! with the receipt and ERROR rules of each STOMP version.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::backend::{BusError, BusMessage, Cache, DirectoryApi, MessageBus};
-use crate::hub::{Hub, SubEntry, SubscribeLimit};
+use crate::backend::{Cache, DirectoryApi, MessageBus};
+use crate::hub::{Publication, PublishError, SubEntry, SubscribeLimit};
 use crate::monitoring::Event;
 use crate::outbound::{encode_head, Outbound};
-use crate::stomp::{v10_safe, Command, Frame, Version};
+use crate::stomp::{Command, Frame, Version};
 use crate::topic::{self, TopicError};
 
 use super::subscriptions::SubRecord;
@@ -32,18 +33,9 @@ enum FrameError {
     NotSubscribed(String),
     #[error("You cannot do that.")]
     NotAuthenticated,
-    #[error("You cannot do that. (no rights on {0:?})")]
-    NotAllowed(String),
-    #[error("cannot check channel rights: directory unavailable")]
-    DirectoryUnavailable,
-    #[error("message not sent: {0}")]
-    Bus(#[from] BusError),
-    #[error("header {0} not forwarded: a line break or NUL cannot reach STOMP 1.0 radios")]
-    UnsafeHeader(&'static str),
+    #[error("{0}")]
+    Publish(#[from] PublishError),
 }
-
-/// The SEND headers forwarded to radios (besides the generated `when`).
-const FORWARDED: [&str; 3] = ["trigger-time", "link", "message-id"];
 
 /// What to do after a frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -133,7 +125,7 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
         let wildcard = topic::is_wildcard(&destination);
         let held = match wildcard {
             true => (self.subs.iter())
-                .filter(|(k, r)| **k != key && topic::is_wildcard(&r.destination))
+                .filter(|r| r.key() != key && topic::is_wildcard(r.destination()))
                 .count(),
             false => 0,
         };
@@ -145,7 +137,7 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
         }
         // Bounded: the directory may not hold a SUBSCRIBE longer than its timeout;
         // past it the destination keeps its CC form (docs/protocol.md#topic-normalisation).
-        let index_key = match tokio::time::timeout(
+        let mut index_key = match tokio::time::timeout(
             self.hub.config().directory_timeout,
             self.hub.index_key_for(&destination),
         )
@@ -173,17 +165,16 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
         let sub = self.hub.next_id();
         let replay = frame.get("x-ebu-nofastreply") != Some("yes");
         let last = self.hub.subscribe(
-            &index_key,
+            &mut index_key,
             (self.conn, sub),
             SubEntry {
                 head: head.clone(),
                 version: self.version,
                 queue: self.queue.clone(),
-                kill: self.kill.clone(),
                 monitor: self
                     .info
                     .as_ref()
-                    .map(|i| (i.clone(), Arc::from(destination.as_str()))),
+                    .map(|i| Box::new((i.clone(), Arc::from(destination.as_str())))),
             },
             replay,
         );
@@ -194,15 +185,10 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
             ));
         }
         tracing::debug!(%destination, id = ?id, key = ?index_key, "subscribed");
-        self.subs.insert(
-            key,
-            SubRecord {
-                sub,
-                key: index_key,
-                destination,
-            },
-        );
+        self.subs
+            .insert(SubRecord::new(sub, index_key, id.as_deref(), &destination));
         if let Some(last) = last {
+            self.hub.stats().replays.fetch_add(1, Ordering::Relaxed);
             let item = Outbound {
                 head,
                 tail: last.tail(self.version),
@@ -231,14 +217,14 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
             (None, Some(d)) => self
                 .subs
                 .iter()
-                .find(|(_, r)| r.destination == d)
-                .map(|(k, _)| k.clone())
+                .find(|r| r.destination() == d)
+                .map(|r| r.key().to_owned())
                 .ok_or_else(|| FrameError::NotSubscribed(d.to_owned()))?,
             (None, None) => return Err(FrameError::NoIdOrDestination),
         };
         if let Some(record) = self.subs.remove(&key) {
             self.hub.unsubscribe(&record.key, (self.conn, record.sub));
-            tracing::debug!(destination = %record.destination, "unsubscribed");
+            tracing::debug!(destination = record.destination(), "unsubscribed");
             self.emit_unsubscription(&record);
         }
         Ok(Flow::Continue)
@@ -253,56 +239,23 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
             .map(str::trim)
             .filter(|d| !d.is_empty())
             .ok_or(FrameError::NoDestination)?;
-        // STOMP 1.0 has no header escaping: a value a 1.1/1.2 broadcaster escaped a line
-        // break into would reach 1.0 radios as header lines of the broadcaster's choosing,
-        // and stay in the replay store (docs/protocol.md#send).
-        for name in FORWARDED.iter().chain(&["destination"]) {
-            if frame.get(name).is_some_and(|v| !v10_safe(v)) {
-                return Err(FrameError::UnsafeHeader(name));
-            }
-        }
-        // One deadline for the whole rights check (channel list and conversions): a
-        // directory that hangs gets the client an ERROR, not a hang
-        // (docs/protocol.md#send).
-        let targets = tokio::time::timeout(
-            self.hub.config().directory_timeout,
-            allowed_targets(&self.hub, &station, destination),
-        )
-        .await
-        .map_err(|_| {
-            tracing::warn!("directory did not answer in time: channel rights unknown");
-            FrameError::DirectoryUnavailable
-        })??;
-        let mut headers = Vec::with_capacity(4);
-        for name in ["trigger-time", "link"] {
-            if let Some(v) = frame.get(name).filter(|v| !v.is_empty()) {
-                headers.push((name.to_owned(), v.to_owned()));
-            }
-        }
-        let message_id = frame
-            .get("message-id")
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        headers.push(("message-id".to_owned(), message_id));
-        headers.push(("when".to_owned(), unix_now().to_string()));
-        for topic in targets {
-            tracing::debug!(%topic, bytes = frame.body.len(), "publishing");
-            self.hub
-                .publish(BusMessage {
-                    topic,
-                    body: frame.body.clone(),
-                    headers: headers.clone(),
-                })
-                .await?;
-        }
+        let publication = Publication {
+            destination,
+            body: frame.body.clone(),
+            trigger_time: frame.get("trigger-time"),
+            link: frame.get("link"),
+            message_id: frame.get("message-id"),
+        };
+        self.hub
+            .publish_as(&station, &publication, self.transport)
+            .await?;
         Ok(Flow::Continue)
     }
 
     /// Removes every subscription of the closing session (and says so to monitoring,
     /// as the original did).
     pub(super) fn unsubscribe_all(&mut self) {
-        let records: Vec<SubRecord> = self.subs.drain().map(|(_, r)| r).collect();
+        let records: Vec<SubRecord> = self.subs.drain().collect();
         for record in records {
             self.hub.unsubscribe(&record.key, (self.conn, record.sub));
             self.emit_unsubscription(&record);
@@ -313,47 +266,8 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
         if let Some(info) = &self.info {
             self.hub.monitor().emit(Event::Unsubscription(
                 info.clone(),
-                record.destination.as_str().into(),
+                record.destination().into(),
             ));
         }
     }
-}
-
-/// The topics a SEND of `station` to `destination` goes to, if it has the rights: an
-/// expansion of `/topic/*/...` over its channels, or the destination itself.
-async fn allowed_targets<B: MessageBus, D: DirectoryApi, C: Cache>(
-    hub: &Hub<B, D, C>,
-    station: &str,
-    destination: &str,
-) -> Result<Vec<String>, FrameError> {
-    let channels = hub.station_channels(station).await.map_err(|e| {
-        tracing::warn!(error = %e, "cannot load station channels");
-        FrameError::DirectoryUnavailable
-    })?;
-    Ok(match destination.strip_prefix("/topic/*/") {
-        Some(rest) => channels
-            .iter()
-            .map(|c| {
-                let sep = if c.raw.ends_with('/') { "" } else { "/" };
-                format!("{}{sep}{rest}", c.raw)
-            })
-            .collect(),
-        None => {
-            let normalised = hub.normalise(destination).await;
-            if !channels
-                .iter()
-                .any(|c| normalised.starts_with(&c.normalised))
-            {
-                return Err(FrameError::NotAllowed(destination.to_owned()));
-            }
-            vec![destination.to_owned()]
-        }
-    })
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

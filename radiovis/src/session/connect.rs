@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::{Cache, DirectoryApi, MessageBus};
+use crate::hub::LoginRefused;
 use crate::monitoring::{Event, SessionInfo};
 use crate::stomp::{Command, Frame, Version};
 
@@ -15,10 +16,10 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
     /// Waits for CONNECT (bounded in time) and answers it.
     pub(super) async fn connect_phase(&mut self) -> Result<(), SessionError> {
         let limit = self.hub.config().connect_timeout;
-        let kill = self.kill.clone();
+        let queue = self.queue.clone();
         let first = tokio::select! {
             r = tokio::time::timeout(limit, self.read_frame()) => r,
-            _ = kill.cancelled() => return Err(SessionError::Shutdown),
+            _ = queue.killed() => return Err(SessionError::Shutdown),
         };
         let frame = match first {
             Err(_) => {
@@ -115,63 +116,21 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
     async fn log_in(&mut self, login: &str, passcode: &str) -> Result<(), SessionError> {
         let ip = canonical_ip(self.peer.ip());
         let hub = self.hub.clone();
-        let throttle = hub.login_throttle();
-        if throttle.is_blocked(ip).await {
-            tracing::warn!(
-                login,
-                "login refused: too many failed logins from this address"
-            );
-            return self
-                .refuse("Too many failed logins: try again later", "login throttled")
-                .await;
-        }
-        let limit = hub.config().directory_timeout;
-        // Bounded: a slow directory must not collect every login in flight.
-        let answer = match throttle.permit(limit).await {
-            Some(_permit) => hub.check_auth(login, passcode, ip).await,
-            None => {
-                tracing::warn!(login, "too many credential checks in flight");
-                None
-            }
-        };
-        match answer {
-            Some(Ok(true)) => {
-                throttle.succeeded(ip).await;
-                let station = login.split('.').next().unwrap_or(login).to_owned();
-                tracing::info!(login, station = %station, "logged in as a station");
+        match hub.log_in(login, passcode, ip).await {
+            Ok(station) => {
                 self.station = Some(station);
                 Ok(())
             }
-            Some(Ok(false)) => {
-                let delay = throttle.failed(ip).await;
-                tracing::warn!(login, ?delay, "wrong credentials");
-                // Slows guessing down; the session holds no permit meanwhile.
-                tokio::time::sleep(delay).await;
-                self.refuse("Wrong credentials", "wrong credentials").await
-            }
-            Some(Err(e)) => {
-                tracing::warn!(login, error = %e, "cannot check credentials");
-                self.refuse(
-                    "Cannot check credentials: directory unavailable",
-                    &e.to_string(),
-                )
-                .await
-            }
-            None => {
-                tracing::warn!(login, "directory timed out checking credentials");
-                self.refuse(
-                    "Cannot check credentials: directory unavailable",
-                    "directory timeout",
-                )
-                .await
+            Err(refused) => {
+                let reason = match refused {
+                    LoginRefused::Throttled => "login throttled",
+                    LoginRefused::WrongCredentials => "wrong credentials",
+                    LoginRefused::DirectoryUnavailable => "directory unavailable",
+                };
+                self.write_frame(&Frame::error(refused.to_string())).await?;
+                Err(SessionError::ConnectRefused(reason.to_owned()))
             }
         }
-    }
-
-    /// Answers CONNECT with an ERROR carrying `message`; the session then closes.
-    async fn refuse(&mut self, message: &str, reason: &str) -> Result<(), SessionError> {
-        self.write_frame(&Frame::error(message)).await?;
-        Err(SessionError::ConnectRefused(reason.to_owned()))
     }
 }
 
@@ -199,7 +158,7 @@ fn negotiate_interval(ours: Duration, theirs: Duration) -> Option<Duration> {
 }
 
 /// IPv4 peers reached through an IPv6 socket are reported as IPv4.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,

@@ -19,8 +19,13 @@ pub trait SessionIo: AsyncWrite + Unpin + Send + 'static {
     /// Whether writes may stay buffered until flushed (TLS, WebSocket); a TCP
     /// socket's writes are on their way once accepted.
     const BUFFERED: bool;
+    /// Ready when [`SessionIo::try_read_buf`] has something (or end of stream); polled
+    /// in place by the session, so that an idle session holds no waiting future.
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     /// Completes when [`SessionIo::try_read_buf`] has something (or end of stream).
-    fn readable(&mut self) -> impl Future<Output = io::Result<()>> + Send + '_;
+    fn readable(&mut self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        poll_fn(move |cx| self.poll_readable(cx))
+    }
     /// Appends what arrived to `buf` without waiting: `Ok(0)` at end of stream,
     /// `WouldBlock` when nothing is there.
     fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize>;
@@ -30,8 +35,8 @@ pub trait SessionIo: AsyncWrite + Unpin + Send + 'static {
 
 impl SessionIo for TcpStream {
     const BUFFERED: bool = false;
-    fn readable(&mut self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        TcpStream::readable(self)
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
     }
     fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         TcpStream::try_read_buf(self, buf)
@@ -87,8 +92,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Generic<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> SessionIo for Generic<S> {
     const BUFFERED: bool = true;
-    fn readable(&mut self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        poll_fn(move |cx| self.poll_fill(cx))
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_fill(cx)
     }
 
     fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {

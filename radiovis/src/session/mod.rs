@@ -5,8 +5,8 @@
 //! the socket is readable (no read buffer is held by an idle connection), writes its
 //! own replies (CONNECTED, RECEIPT, ERROR, replayed last message) directly, and drains
 //! its bounded outbound queue, coalescing queued MESSAGE frames into one write. The hub
-//! cancels `kill` when the queue overflows: the session then closes at once, even in
-//! the middle of a blocked write.
+//! kills the session through its queue when the queue overflows or the server stops
+//! ([`Kill`]): the session then closes at once, even in the middle of a blocked write.
 //!
 //! Version rules (docs/protocol.md#receipts-and-errors): in a 1.0 session a `receipt` is answered before the
 //! frame takes effect and an ERROR leaves the connection open; in 1.1/1.2 the RECEIPT
@@ -29,6 +29,7 @@ mod subscriptions;
 
 pub use io::{Generic, SessionIo};
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -38,16 +39,17 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backend::{Cache, DirectoryApi, MessageBus};
-use crate::hub::Hub;
+use crate::hub::{Hub, Transport};
 use crate::monitoring::{Event, SessionInfo};
-use crate::outbound::{Outbound, OutboundQueue};
+use crate::outbound::{Kill, Outbound, OutboundQueue};
 use crate::stomp::{CodecError, Decoder, Frame, Version};
 
 use commands::Flow;
+#[cfg(feature = "http")]
+pub(crate) use connect::canonical_ip;
 use subscriptions::Subscriptions;
 
 /// Why a session ended (logged when it closes).
@@ -96,12 +98,16 @@ pub enum SessionError {
 
 /// Runs a session to its end and cleans up after it. `transport` names the
 /// connection's kind in the logs (`tcp`, `tls`, `websocket`).
-pub(crate) async fn run<I, B, D, C>(
+///
+/// Not an `async fn`: its arguments would be held twice in the future (as arguments and
+/// as the body's locals), and every connection holds this future.
+pub(crate) fn run<I, B, D, C>(
     hub: Arc<Hub<B, D, C>>,
     io: I,
     peer: SocketAddr,
     transport: &'static str,
-) where
+) -> impl Future<Output = ()>
+where
     I: SessionIo,
     B: MessageBus,
     D: DirectoryApi,
@@ -109,34 +115,43 @@ pub(crate) async fn run<I, B, D, C>(
 {
     let conn = hub.next_id();
     let span = tracing::info_span!("session", %peer, conn, transport);
-    hub.stats().connections.fetch_add(1, Ordering::Relaxed);
-    async {
-        let mut session = Session {
-            decoder: Decoder::new(hub.config().limits),
-            hub: hub.clone(),
-            io,
-            rbuf: BytesMut::new(),
-            wbuf: BytesMut::new(),
-            version: Version::V1_0,
-            peer,
-            conn,
-            station: None,
-            subs: Subscriptions::default(),
-            queue: Arc::new(OutboundQueue::new(hub.config().outbound_queue)),
-            kill: hub.session_token(),
-            hb_send: None,
-            hb_recv: None,
-            last_read: Instant::now(),
-            last_write: Instant::now(),
-            frame_started: None,
-            info: None,
-            connected: false,
-        };
+    // Made here and moved into the future whole: built inside it, its parts would be
+    // held twice (as captured values and as the struct's fields).
+    let counted = Transport::of_stream(transport);
+    let mut session = Session {
+        transport: counted,
+        decoder: Decoder::new(hub.config().limits),
+        queue: Arc::new(OutboundQueue::new(hub.config().outbound_queue)),
+        hub,
+        io,
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::new(),
+        version: Version::V1_0,
+        peer,
+        conn,
+        station: None,
+        subs: Subscriptions::default(),
+        hb_send: None,
+        hb_recv: None,
+        last_read: Instant::now(),
+        last_write: Instant::now(),
+        frame_started: None,
+        info: None,
+        connected: false,
+    };
+    async move {
+        session
+            .hub
+            .stats()
+            .connections
+            .fetch_add(1, Ordering::Relaxed);
+        session.hub.stats().opened(counted);
+        let registered = session.hub.register_session(&session.queue);
         let reason = session.run().await;
         session.queue.close();
         session.unsubscribe_all();
         if let Some(info) = session.info.take() {
-            hub.monitor().emit(Event::Disconnection(info));
+            session.hub.monitor().emit(Event::Disconnection(info));
         }
         match &reason {
             SessionError::PeerClosed | SessionError::Disconnected | SessionError::Shutdown => {
@@ -144,14 +159,21 @@ pub(crate) async fn run<I, B, D, C>(
             }
             _ => tracing::warn!(reason = %reason, "session closed"),
         }
+        session.hub.unregister_session(registered);
+        session
+            .hub
+            .stats()
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
+        session.hub.stats().closed(counted);
     }
     .instrument(span)
-    .await;
-    hub.stats().connections.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// One connection: its socket, buffers, negotiated settings and subscriptions.
 struct Session<I, B, D, C> {
+    /// How the client reached the server (metrics).
+    transport: Transport,
     hub: Arc<Hub<B, D, C>>,
     io: I,
     rbuf: BytesMut,
@@ -164,9 +186,9 @@ struct Session<I, B, D, C> {
     station: Option<String>,
     /// Subscriptions by id (or by destination when the client gave no id).
     subs: Subscriptions,
-    /// MESSAGE frames the fan-out queued for this connection.
+    /// MESSAGE frames the fan-out queued for this connection; also how the hub kills
+    /// the session.
     queue: Arc<OutboundQueue>,
-    kill: CancellationToken,
     /// Heart-beat intervals negotiated with a 1.1/1.2 client.
     hb_send: Option<Duration>,
     hb_recv: Option<Duration>,
@@ -202,18 +224,17 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
     }
 
     async fn main_loop(&mut self) -> Result<(), SessionError> {
-        // `kill` is a child of the hub's shutdown token: one wait covers both.
-        // `kill` is waited on by one future for the whole loop, not one per turn.
-        let kill = self.kill.clone();
-        let killed = kill.cancelled();
-        tokio::pin!(killed);
         // One boxed timer for every deadline (heart-beat send and receive, idle,
         // frame), made when a deadline first applies; a session with none (idle
         // timeout off, no heart-beats) holds no timer.
         let mut timer: Option<Pin<Box<Sleep>>> = None;
         loop {
             let mut decoded = false;
-            while let Some(frame) = self.decoder.decode(&mut self.rbuf)? {
+            // (An empty buffer holds no frame: most wake-ups are queued messages.)
+            while !self.rbuf.is_empty() {
+                let Some(frame) = self.decoder.decode(&mut self.rbuf)? else {
+                    break;
+                };
                 decoded = true;
                 // Boxed: frames are rare for a radio, and the idle wait below is what
                 // every connection holds in memory.
@@ -231,8 +252,7 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
             } else if decoded || self.frame_started.is_none() {
                 self.frame_started = Some(Instant::now());
             }
-            let deadlines = self.deadlines();
-            if let Some(next) = deadlines.next() {
+            if let Some(next) = self.deadlines().next() {
                 match timer.as_mut() {
                     // Reset only when the deadline came closer or the timer went off: a
                     // reset touches the shared timer wheel, and every write moves the
@@ -250,25 +270,30 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
             // future never holds the waiting futures and a write at the same time.
             let event = tokio::select! {
                 biased;
-                _ = &mut killed => Wake::Killed,
-                _ = self.queue.ready() => Wake::Queued,
-                r = self.io.readable() => Wake::Readable(r),
+                kill = self.queue.ready() => match kill {
+                    Some(kill) => Wake::Killed(kill),
+                    None => Wake::Queued,
+                },
+                // Readiness polled in place: TcpStream::readable() would hold a future
+                // of ~150 bytes in every idle session.
+                r = std::future::poll_fn(|cx| self.io.poll_readable(cx)) => Wake::Readable(r),
                 _ = wait_timer(&mut timer) => Wake::Timer,
             };
             match event {
-                Wake::Killed => {
-                    if self.hub.is_stopping() {
-                        self.flush_queue_on_shutdown().await;
-                        return Err(SessionError::Shutdown);
-                    }
-                    return Err(SessionError::SlowConsumer);
+                Wake::Killed(Kill::Shutdown) => {
+                    self.flush_queue_on_shutdown().await;
+                    return Err(SessionError::Shutdown);
                 }
+                Wake::Killed(Kill::SlowConsumer) => return Err(SessionError::SlowConsumer),
                 Wake::Queued => self.write_queued().await?,
                 Wake::Readable(r) => {
                     r?;
                     self.read_some()?;
                 }
                 Wake::Timer => {
+                    // Recomputed rather than held across the wait (a smaller future):
+                    // nothing moves the deadlines while the session waits.
+                    let deadlines = self.deadlines();
                     let now = Instant::now();
                     let config = self.hub.config();
                     if deadlines.frame.is_some_and(|d| now >= d) {
@@ -308,7 +333,10 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
     /// Reads what the socket has (it reported readable). EOF ends the session.
     fn read_some(&mut self) -> Result<(), SessionError> {
         if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-            self.rbuf.reserve(4096);
+            // A frame's start (a CONNECT, a SUBSCRIBE) fits in 1 KiB; a long frame
+            // grows the buffer 4 KiB at a time.
+            self.rbuf
+                .reserve(if self.rbuf.is_empty() { 1024 } else { 4096 });
         }
         match self.io.try_read_buf(&mut self.rbuf) {
             Ok(0) => Err(SessionError::PeerClosed),
@@ -363,11 +391,50 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
     }
 
     /// Writes queued MESSAGE frames, coalesced into one write (up to `WRITE_BATCH`).
+    ///
+    /// The frames are copied into the runtime thread's write buffer and written from
+    /// there; only what the socket does not take at once is kept in the session's own
+    /// buffer. So no connection holds a write buffer between writes, and a write
+    /// allocates nothing.
     async fn write_queued(&mut self) -> Result<(), SessionError> {
-        if self.queue.drain_into(&mut self.wbuf, WRITE_BATCH) == 0 {
-            return Ok(());
+        if I::BUFFERED {
+            // TLS, WebSocket: written and flushed through the session's buffer.
+            if self.queue.drain_into(&mut self.wbuf, WRITE_BATCH) == 0 {
+                return Ok(());
+            }
+            return self.flush_wbuf().await;
         }
-        self.flush_wbuf().await
+        let queue = &self.queue;
+        let writer = &mut self.io;
+        let written = with_write_buf(|buf| {
+            if queue.drain_into(buf, WRITE_BATCH) == 0 {
+                return Ok(None);
+            }
+            let mut written = 0;
+            while written < buf.len() {
+                match writer.try_write(&buf[written..]) {
+                    Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero)),
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(Some(
+                (written < buf.len()).then(|| BytesMut::from(&buf[written..])),
+            ))
+        })?;
+        match written {
+            None => Ok(()),
+            Some(None) => {
+                self.wrote();
+                Ok(())
+            }
+            // The socket is full: the rest waits in the session's buffer.
+            Some(Some(rest)) => {
+                self.wbuf = rest;
+                self.flush_wbuf().await
+            }
+        }
     }
 
     /// Writes one MESSAGE (a replay) directly.
@@ -417,12 +484,18 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
             Ok(()) if I::BUFFERED => Box::pin(self.flush_blocked()).await,
             r => r,
         };
-        self.wbuf.clear();
-        if self.wbuf.capacity() > 2 * WRITE_BATCH {
-            self.wbuf = BytesMut::new();
-        }
-        self.last_write = Instant::now();
+        // An idle connection holds no write buffer (a burst left it kilobytes large).
+        self.wbuf = BytesMut::new();
+        self.wrote();
         result
+    }
+
+    /// Notes a write, for the heart-beat we owe (only then: reading the clock on every
+    /// write costs more than the rest of an idle wake-up's bookkeeping).
+    fn wrote(&mut self) {
+        if self.hb_send.is_some() {
+            self.last_write = Instant::now();
+        }
     }
 
     /// Writes the rest of the write buffer (from `written`) to a full socket, giving up
@@ -433,10 +506,9 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
         while written < self.wbuf.len() {
             let step = tokio::select! {
                 r = tokio::time::timeout(limit, self.io.write(&self.wbuf[written..])) => r,
-                _ = self.kill.cancelled() => return Err(if self.hub.is_stopping() {
-                    SessionError::Shutdown
-                } else {
-                    SessionError::SlowConsumer
+                kill = self.queue.killed() => return Err(match kill {
+                    Kill::Shutdown => SessionError::Shutdown,
+                    Kill::SlowConsumer => SessionError::SlowConsumer,
                 }),
             };
             match step {
@@ -460,10 +532,9 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
         let limit = self.hub.config().write_timeout;
         let step = tokio::select! {
             r = tokio::time::timeout(limit, self.io.flush()) => r,
-            _ = self.kill.cancelled() => return Err(if self.hub.is_stopping() {
-                SessionError::Shutdown
-            } else {
-                SessionError::SlowConsumer
+            kill = self.queue.killed() => return Err(match kill {
+                Kill::Shutdown => SessionError::Shutdown,
+                Kill::SlowConsumer => SessionError::SlowConsumer,
             }),
         };
         match step {
@@ -487,6 +558,29 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
     }
+}
+
+thread_local! {
+    /// The write buffer of the sessions a runtime thread runs (see
+    /// `Session::write_queued`).
+    static WRITE_BUF: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
+/// Runs `f` on this thread's write buffer, emptied first (on a fresh buffer if it is in
+/// use, which `write_queued` never leaves it).
+fn with_write_buf<R>(f: impl FnOnce(&mut BytesMut) -> R) -> R {
+    WRITE_BUF.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            let r = f(&mut buf);
+            if buf.capacity() > 2 * WRITE_BATCH {
+                // A frame larger than a batch made it grow: give that back.
+                *buf = BytesMut::new();
+            }
+            r
+        }
+        Err(_) => f(&mut BytesMut::new()),
+    })
 }
 
 /// Closes our side, then discards what the client still sends (at most 1 s, 16 MiB),
@@ -536,7 +630,7 @@ impl Deadlines {
 
 /// What woke the idle session up.
 enum Wake {
-    Killed,
+    Killed(Kill),
     Queued,
     Readable(std::io::Result<()>),
     Timer,

@@ -341,7 +341,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Checker<B, D, C> {
                 ("when".to_owned(), now.to_string()),
             ]);
             tracing::info!(%topic, %body, "channel quiet: sending default");
-            if let Err(e) = self
+            match self
                 .bus
                 .publish(BusMessage {
                     topic,
@@ -350,7 +350,13 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Checker<B, D, C> {
                 })
                 .await
             {
-                tracing::warn!(error = %e, "cannot publish channel default");
+                Ok(()) => {
+                    self.config
+                        .stats
+                        .defaults_sent
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot publish channel default"),
             }
         }
     }

@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,10 +103,16 @@ pub(super) struct LogWriter<L> {
     in_a_row: usize,
     /// Entries refused and dropped since the start.
     refused: u64,
+    stats: Arc<super::WatchdogStats>,
 }
 
 impl<L: LogStore> LogWriter<L> {
-    pub(super) fn new(log: Arc<L>, retry_capacity: usize, give_up: Option<Duration>) -> Self {
+    pub(super) fn new(
+        log: Arc<L>,
+        retry_capacity: usize,
+        give_up: Option<Duration>,
+        stats: Arc<super::WatchdogStats>,
+    ) -> Self {
         LogWriter {
             log,
             retry_capacity: retry_capacity.max(1),
@@ -119,6 +126,7 @@ impl<L: LogStore> LogWriter<L> {
             failures: 0,
             in_a_row: 0,
             refused: 0,
+            stats,
         }
     }
 
@@ -195,6 +203,7 @@ impl<L: LogStore> LogWriter<L> {
         match result {
             Ok(()) => {
                 p.ack.ack();
+                self.stats.log_written.fetch_add(1, Ordering::Relaxed);
                 self.store_answers();
                 self.failing = None;
                 if self.failures > 0 {
@@ -210,6 +219,7 @@ impl<L: LogStore> LogWriter<L> {
                 // The store answered: it is up, only this entry is unwelcome.
                 self.store_answers();
                 self.refused += 1;
+                self.stats.log_dropped.fetch_add(1, Ordering::Relaxed);
                 if self.refused <= 10 || self.refused.is_multiple_of(100) {
                     tracing::warn!(
                         topic = %p.entry.topic,

@@ -15,6 +15,7 @@
 //! Module map: `mod.rs` (configuration, errors, the consuming loop), `check.rs`
 //! (liveness, channel list, check rounds, defaults), `log.rs` (the log writer).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +59,32 @@ pub struct WatchdogConfig {
     /// [`WatchdogError::LogStoreFailing`], so that a leader that cannot do its job
     /// hands its lock over. `None` (the default): keep trying.
     pub log_give_up: Option<Duration>,
+    /// Counters of the watchdog (shared by every run with this configuration, so
+    /// that a restarted leader keeps counting).
+    pub stats: Arc<WatchdogStats>,
+}
+
+/// Counters of the watchdog, read by the metrics (docs/protocol.md#metrics).
+#[derive(Debug, Default)]
+pub struct WatchdogStats {
+    /// Default slides (TEXT or SHOW) published for quiet channels.
+    pub defaults_sent: AtomicU64,
+    /// Log entries handed to the log writer.
+    pub log_received: AtomicU64,
+    /// Log entries the log store took.
+    pub log_written: AtomicU64,
+    /// Log entries the log store refused for good (dropped).
+    pub log_dropped: AtomicU64,
+}
+
+impl WatchdogStats {
+    /// Log entries waiting to be written (received, neither written nor dropped).
+    pub fn log_buffered(&self) -> u64 {
+        let received = self.log_received.load(Ordering::Relaxed);
+        let done =
+            self.log_written.load(Ordering::Relaxed) + self.log_dropped.load(Ordering::Relaxed);
+        received.saturating_sub(done)
+    }
 }
 
 impl Default for WatchdogConfig {
@@ -71,6 +98,7 @@ impl Default for WatchdogConfig {
             logs_cleanup: Duration::from_secs(3_600),
             log_buffer: 10_000,
             log_give_up: None,
+            stats: Arc::default(),
         }
     }
 }
@@ -159,8 +187,13 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Watchdog<B, D, C, L>
         let (log_tx, log_rx) = mpsc::channel(config.log_buffer.max(1));
         let writer_stop = CancellationToken::new();
         let mut writer = tokio::spawn(
-            LogWriter::new(self.log.clone(), config.log_buffer, config.log_give_up)
-                .run(log_rx, writer_stop.clone()),
+            LogWriter::new(
+                self.log.clone(),
+                config.log_buffer,
+                config.log_give_up,
+                config.stats.clone(),
+            )
+            .run(log_rx, writer_stop.clone()),
         );
         let mut writer_done = false;
 
@@ -204,6 +237,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache, L: LogStore> Watchdog<B, D, C, L>
                     Some(Delivery { message, ack }) => {
                         let entry = state.on_message(message).await;
                         if let Some(p) = room.take() {
+                            config.stats.log_received.fetch_add(1, Ordering::Relaxed);
                             p.send((entry, ack));
                         }
                     }

@@ -43,6 +43,7 @@ fn config() -> WatchdogConfig {
         logs_cleanup: Duration::from_secs(3600),
         log_buffer: 100,
         log_give_up: None,
+        stats: Default::default(),
     }
 }
 

@@ -38,6 +38,7 @@ fn config() -> WatchdogConfig {
         logs_cleanup: Duration::from_secs(5),
         log_buffer: 100,
         log_give_up: None,
+        stats: Default::default(),
     }
 }
 

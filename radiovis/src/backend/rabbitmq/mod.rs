@@ -317,6 +317,10 @@ impl MessageBus for RabbitBus {
         self.shared.generation.subscribe()
     }
 
+    fn is_connected(&self) -> bool {
+        RabbitBus::is_connected(self)
+    }
+
     async fn subscribe_acked(&self) -> Result<DeliveryStream, BusError> {
         if self.shared.shutdown.is_cancelled() {
             return Err(BusError::Closed);

@@ -12,7 +12,7 @@ use crate::http::HttpConfig;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortOrOff(pub Option<u16>);
 
-fn port_or_off(s: &str) -> Result<PortOrOff, String> {
+pub(super) fn port_or_off(s: &str) -> Result<PortOrOff, String> {
     match s.trim() {
         o if o.eq_ignore_ascii_case("off") => Ok(PortOrOff(None)),
         p => p

@@ -1,4 +1,4 @@
-//! The baseline: a minimal STOMP fan-out server, what a careful engineer writes in an
+//! The first baseline (kept for comparison; `lean` is the default): what a careful engineer writes in an
 //! afternoon. CONNECT -> CONNECTED, SUBSCRIBE (topic -> connections, RECEIPT when asked),
 //! SEND -> one pre-encoded MESSAGE handed to every subscriber of the destination.
 //! Nothing else: no auth, no topic normalisation, no last message, no heart-beats.

@@ -1,0 +1,317 @@
+//! `radiovis-bench web-memory`: the server's memory per client for each transport at
+//! N clients, against STOMP over TCP measured in the same run (BENCHMARKS.md).
+//!
+//! For each transport a fresh server is started, its RSS read, N idle clients opened
+//! (each subscribed to `<prefix><i % K>/text`, topics with no message, so that
+//! long-polls stay held), 2 s of settling, its RSS read again: per client =
+//! (after - before) / N. Clients are raw sockets speaking just enough of each
+//! protocol (no client library in the measured path).
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+use crate::{free_port, start_server, sys, RunArgs, ServerKind};
+
+/// Arguments of `web-memory`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WebArgs {
+    /// Clients per transport (N).
+    #[arg(short = 'n', long, default_value_t = 10_000)]
+    pub clients: usize,
+    /// Topics (K) the clients are spread over.
+    #[arg(short = 'k', long, default_value_t = 100)]
+    pub topics: usize,
+    /// Connections being set up at once.
+    #[arg(long, default_value_t = 200)]
+    pub concurrency: usize,
+    /// The radiovis-server binary to start.
+    #[arg(long, default_value = "target/release/radiovis-server")]
+    pub server_bin: std::path::PathBuf,
+    /// RUST_LOG of the started servers.
+    #[arg(long, default_value = "warn")]
+    pub server_log: String,
+    /// Messages published to every topic after the memory is read, to measure the
+    /// fan-out latency to every client (0: memory only).
+    #[arg(short = 'm', long, default_value_t = 10)]
+    pub messages: u64,
+    /// Write the figures as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// The transports measured.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Transport {
+    StompTcp,
+    LongPoll,
+    Sse,
+    EbuWebsocket,
+    StompWebsocket,
+}
+
+const TRANSPORTS: [Transport; 5] = [
+    Transport::StompTcp,
+    Transport::LongPoll,
+    Transport::Sse,
+    Transport::EbuWebsocket,
+    Transport::StompWebsocket,
+];
+
+const SERVICE: &str = "/topic/dab/4e1/4001/4001/0/web";
+
+#[derive(Debug, Serialize)]
+struct Row {
+    transport: Transport,
+    clients: usize,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    kib_per_client: f64,
+    ratio_to_stomp_tcp: f64,
+    latency: Option<crate::web_latency::Latency>,
+}
+
+/// Runs every transport and prints a table.
+pub async fn run(a: WebArgs) -> Result<(), String> {
+    if a.clients == 0 || a.topics == 0 {
+        return Err("--clients and --topics must be at least 1".into());
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    for transport in TRANSPORTS {
+        let http_port = free_port()?;
+        let env = vec![
+            ("HTTP_PORT".to_owned(), http_port.to_string()),
+            // Held long-polls stay held for the whole measurement.
+            ("HTTP_POLL_HOLD".to_owned(), "3600".to_owned()),
+        ];
+        let server = start_server(&run_args(&a), ServerKind::Radiovis, &env).await?;
+        let pid = server.pid.ok_or("no server pid")?;
+        let http = format!("127.0.0.1:{http_port}");
+        let stomp = server.addr.to_string();
+        let before = sys::rss_kib(pid).map_err(|e| format!("rss: {e}"))?;
+        let clients = open_clients(&a, transport, &stomp, &http).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = sys::rss_kib(pid).map_err(|e| format!("rss: {e}"))?;
+        let per = after.saturating_sub(before) as f64 / a.clients as f64;
+        let base = rows.first().map_or(per, |r| r.kib_per_client);
+        let opened = clients.len();
+        let latency = match a.messages {
+            0 => None,
+            m => Some(
+                crate::web_latency::measure(
+                    clients,
+                    matches!(transport, Transport::LongPoll),
+                    &stomp,
+                    SERVICE,
+                    a.topics,
+                    m,
+                )
+                .await?,
+            ),
+        };
+        rows.push(Row {
+            transport,
+            clients: opened,
+            rss_before_kib: before,
+            rss_after_kib: after,
+            kib_per_client: per,
+            ratio_to_stomp_tcp: if base > 0.0 { per / base } else { f64::NAN },
+            latency,
+        });
+        drop(server);
+    }
+    println!(
+        "{:<16} {:>8} {:>12} {:>12} {:>10} {:>8} {:>10} {:>9} {:>9} {:>7}",
+        "transport",
+        "clients",
+        "rss before",
+        "rss after",
+        "KiB/client",
+        "x tcp",
+        "delivered",
+        "p50 µs",
+        "p99 µs",
+        "missing"
+    );
+    for r in &rows {
+        let l = r.latency.as_ref();
+        println!(
+            "{:<16} {:>8} {:>9} KiB {:>9} KiB {:>10.2} {:>8.2} {:>10} {:>9} {:>9} {:>7}",
+            serde_json::to_value(r.transport)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            r.clients,
+            r.rss_before_kib,
+            r.rss_after_kib,
+            r.kib_per_client,
+            r.ratio_to_stomp_tcp,
+            l.map_or(0, |l| l.deliveries),
+            l.map_or(0, |l| l.p50_us),
+            l.map_or(0, |l| l.p99_us),
+            l.map_or(0, |l| l.missing),
+        );
+    }
+    if let Some(path) = &a.json {
+        let text = serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn run_args(a: &WebArgs) -> RunArgs {
+    RunArgs {
+        subscribers: a.clients,
+        topics: a.topics,
+        rate: 1.0,
+        messages: 0,
+        server: ServerKind::Radiovis,
+        compare: false,
+        server_bin: a.server_bin.clone(),
+        directory: None,
+        server_log: a.server_log.clone(),
+        addr: None,
+        pid: None,
+        port: 0,
+        topic_prefix: SERVICE.to_owned(),
+        login: String::new(),
+        passcode: String::new(),
+        concurrency: a.concurrency,
+        connect_timeout: 300,
+        settle_ms: 0,
+        drain_timeout: 0,
+        instances: None,
+        json: None,
+    }
+}
+
+/// Opens N clients of one transport, `concurrency` at a time; each is set up (and,
+/// where the protocol confirms it, subscribed) when this returns.
+async fn open_clients(
+    a: &WebArgs,
+    transport: Transport,
+    stomp: &str,
+    http: &str,
+) -> Result<Vec<TcpStream>, String> {
+    let gate = std::sync::Arc::new(Semaphore::new(a.concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(a.clients);
+    for i in 0..a.clients {
+        let gate = gate.clone();
+        let service = format!("{SERVICE}{}", i % a.topics);
+        let addr = match transport {
+            Transport::StompTcp => stomp.to_owned(),
+            _ => http.to_owned(),
+        };
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.map_err(|e| e.to_string())?;
+            tokio::time::timeout(Duration::from_secs(30), open(transport, &addr, &service))
+                .await
+                .map_err(|_| format!("{transport:?} client {i}: set-up timed out"))?
+        }));
+    }
+    let mut out = Vec::with_capacity(a.clients);
+    for t in tasks {
+        out.push(t.await.map_err(|e| e.to_string())??);
+    }
+    Ok(out)
+}
+
+async fn open(transport: Transport, addr: &str, service: &str) -> Result<TcpStream, String> {
+    let mut s = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let text = format!("{service}/text");
+    let enc = text.replace('/', "%2F");
+    match transport {
+        Transport::StompTcp => {
+            let frames = format!(
+                "CONNECT\n\n\0SUBSCRIBE\ndestination:{text}\nx-ebu-nofastreply:yes\nreceipt:r\n\n\0"
+            );
+            write(&mut s, frames.as_bytes()).await?;
+            read_until(&mut s, b"RECEIPT").await?;
+        }
+        Transport::LongPoll => {
+            let req = format!(
+                "GET /radiodns/vis/vis.json?topic={enc}&last_id=none HTTP/1.1\r\nHost: b\r\n\r\n"
+            );
+            write(&mut s, req.as_bytes()).await?;
+        }
+        Transport::Sse => {
+            let path = service.trim_start_matches("/topic/");
+            let req = format!("GET /radiodns/push/1.0/{path} HTTP/1.1\r\nHost: b\r\n\r\n");
+            write(&mut s, req.as_bytes()).await?;
+            read_until(&mut s, b"retry:").await?;
+        }
+        Transport::EbuWebsocket => {
+            write(&mut s, upgrade(service, None).as_bytes()).await?;
+            read_until(&mut s, b"HELLO").await?;
+        }
+        Transport::StompWebsocket => {
+            write(&mut s, upgrade("/stomp", Some("v10.stomp")).as_bytes()).await?;
+            read_until(&mut s, b"\r\n\r\n").await?;
+            write(&mut s, &ws_frame(b"CONNECT\n\n\0")).await?;
+            read_until(&mut s, b"CONNECTED").await?;
+            let sub =
+                format!("SUBSCRIBE\ndestination:{text}\nx-ebu-nofastreply:yes\nreceipt:r\n\n\0");
+            write(&mut s, &ws_frame(sub.as_bytes())).await?;
+            read_until(&mut s, b"RECEIPT").await?;
+        }
+    }
+    Ok(s)
+}
+
+fn upgrade(path: &str, protocol: Option<&str>) -> String {
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: b\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    if let Some(p) = protocol {
+        req.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
+    }
+    req.push_str("\r\n");
+    req
+}
+
+/// A client text frame (masked with a zero key, which leaves the payload as it is).
+fn ws_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x81];
+    if payload.len() < 126 {
+        f.push(0x80 | payload.len() as u8);
+    } else {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    f.extend_from_slice(&[0, 0, 0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+async fn write(s: &mut TcpStream, bytes: &[u8]) -> Result<(), String> {
+    s.write_all(bytes).await.map_err(|e| format!("write: {e}"))
+}
+
+/// Reads until `needle` has arrived (bounded to 64 KiB).
+async fn read_until(s: &mut TcpStream, needle: &[u8]) -> Result<(), String> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while seen.len() < 64 * 1024 {
+        let n = s.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err(format!(
+                "closed before {:?}: {:?}",
+                String::from_utf8_lossy(needle),
+                String::from_utf8_lossy(&seen)
+            ));
+        }
+        seen.extend_from_slice(&buf[..n]);
+        if seen.windows(needle.len()).any(|w| w == needle) {
+            return Ok(());
+        }
+    }
+    Err("no answer within 64 KiB".into())
+}
