@@ -244,6 +244,22 @@ async fn tls_and_plain_radios_receive_a_slide_and_https_serves_the_routes() {
         String::from_utf8_lossy(&answer)
     );
 
+    // And an operations route: /healthz over HTTPS.
+    let mut https = tls_connect(&addrs.https, &cert, &[b"http/1.1"])
+        .await
+        .expect("HTTPS handshake");
+    https
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    read_until(&mut https, &mut answer, "alive").await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
     // Plain STOMP on the TLS port is not served: the handshake fails, nothing else.
     let mut raw = TcpStream::connect(&addrs.tls).await.expect("connect");
     raw.write_all(b"CONNECT\naccept-version:1.2\n\n\0")
