@@ -461,6 +461,30 @@ async fn sighup_reloads_the_certificate_and_a_bad_renewal_keeps_the_old_one() {
 }
 
 #[tokio::test]
+async fn disconnect_over_tls_ends_with_close_notify() {
+    let dir = Dir::new();
+    let (cert, key) = self_signed();
+    dir.install(&cert, &key);
+    let (_server, addrs) = start(&dir).await;
+    let (mut radio, mut buf) = tls_radio(&addrs.tls, &cert, "/topic/fm/4e1/4001/09580/text").await;
+    radio
+        .write_all(b"DISCONNECT\nreceipt:bye\n\n\0")
+        .await
+        .expect("write");
+    read_until(&mut radio, &mut buf, "receipt-id:bye").await;
+    // After the RECEIPT the server closes: with a TLS close_notify, which the client
+    // reads as a clean end (Ok(0)), not as a truncation (UnexpectedEof).
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(WAIT, radio.read_to_end(&mut rest))
+        .await
+        .expect("closed in time");
+    assert!(
+        end.is_ok(),
+        "TLS stream ended without close_notify: {end:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_bad_tls_configuration_stops_startup_with_78_naming_the_variable() {
     let dir = Dir::new();
     let (cert, key) = self_signed();
