@@ -218,3 +218,33 @@ async fn a_polling_client_receives_a_sequence_without_gaps_or_duplicates() {
     let want: Vec<String> = (0..N).map(|i| format!("TEXT number {i}")).collect();
     assert_eq!(got, want);
 }
+
+#[tokio::test]
+async fn a_held_poll_whose_client_left_is_released() {
+    use tokio::io::AsyncWriteExt;
+    let hub = TestHub::start().await;
+    let http = serve_http(&hub, config(20_000)).await;
+    let mut s = tokio::net::TcpStream::connect(&http)
+        .await
+        .expect("connect");
+    let req = format!(
+        "GET /radiodns/vis/vis.json?topic={} HTTP/1.1\r\nHost: x\r\n\r\n",
+        enc(TEXT)
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while hub.hub.stats().subscriptions == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(s);
+    // Released long before the 20 s hold is over.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while hub.hub.stats().subscriptions > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still held after the client left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -192,20 +192,29 @@ async fn a_slide_published_with_curl_reaches_a_stomp_radio() {
     assert_eq!(image.get("destination"), Some(IMAGE));
     assert_eq!(image.body, b"SHOW https://radio1.example/next.jpg");
 
+    // The same as curl sends it by default (`--data-binary` says the body is a form).
+    let (status, body) = curl(&["-u", &user, "--data-binary", "TEXT Artist - Title", &url])
+        .await
+        .expect("curl");
+    assert_eq!(status, 200, "{body}");
+    let text = radio.expect("MESSAGE").await;
+    assert_eq!(text.get("destination"), Some(TEXT));
+    assert_eq!(text.body, b"TEXT Artist - Title");
+
     let metrics = scrape(&http).await;
     assert_eq!(
         value(
             &metrics,
             "radiovis_messages_published_total{transport=\"http\"}"
         ),
-        3.0
+        4.0
     );
     assert_eq!(
         value(
             &metrics,
             "radiovis_connections_accepted_total{transport=\"http\"}"
         ),
-        2.0
+        3.0
     );
 }
 

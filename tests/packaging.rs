@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use testkit::processes::workspace_binary;
 use yaml_rust2::{Yaml, YamlLoader};
@@ -343,5 +344,81 @@ fn alert_rules_parse_and_cover_the_four_conditions() {
             .get(alert)
             .unwrap_or_else(|| panic!("no alert {alert}"));
         assert!(expr.contains(metric), "{alert}: {expr}");
+    }
+}
+
+/// Every `radiovis_*` series an alert rule reads is one a real process serves: a
+/// server running the watchdog in process (so the watchdog metrics are there too),
+/// whose PlugIt directory is unreachable (so the directory error series exists: a
+/// labelled counter appears with its first error), scraped on `GET /metrics`.
+#[tokio::test]
+async fn alert_rules_read_metrics_the_server_serves() {
+    use testkit::processes::Process;
+    let docs =
+        YamlLoader::load_from_str(&read("packaging/prometheus/radiovis-alerts.yml")).expect("YAML");
+    let mut wanted = BTreeSet::new();
+    for r in docs[0]["groups"][0]["rules"].as_vec().expect("rules") {
+        let expr = r["expr"].as_str().expect("expr");
+        for part in expr.split("radiovis_").skip(1) {
+            let name: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            wanted.insert(format!("radiovis_{name}"));
+        }
+    }
+    assert!(wanted.len() >= 5, "{wanted:?}");
+
+    let server_bin = workspace_binary("radiovis-server").unwrap_or_else(|e| panic!("{e}"));
+    let closed = testkit::processes::free_port().expect("port");
+    let env = [
+        ("STOMP_IP", "127.0.0.1".to_owned()),
+        ("STOMP_PORT", "0".to_owned()),
+        ("HTTP_PORT", "0".to_owned()),
+        (
+            "RADIODNS_API_URL",
+            format!("http://127.0.0.1:{closed}/plugIt/"),
+        ),
+        ("RADIOVIS_WATCHDOG", "on".to_owned()),
+        ("RUST_LOG", "info".to_owned()),
+    ];
+    let mut server = Process::spawn("server", &server_bin, &[], &env).expect("start");
+    server
+        .wait_log("listening for HTTP connections", Duration::from_secs(30))
+        .await
+        .expect("HTTP listener");
+    let line = server
+        .log
+        .matching("listening for HTTP connections")
+        .remove(0);
+    let addr = line
+        .split("addr=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("address")
+        .to_owned();
+    // The directory's first (failing) calls run at start-up: scrape until they show.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = testkit::web::get(&addr, "/metrics", Duration::from_secs(10)).await;
+        assert_eq!(metrics.status, 200);
+        let text = String::from_utf8_lossy(&metrics.body).into_owned();
+        let served: BTreeSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let missing: Vec<&String> = wanted
+            .iter()
+            .filter(|n| !served.contains(n.as_str()))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the alert rules read {missing:?}, which /metrics does not serve:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -244,6 +244,22 @@ async fn tls_and_plain_radios_receive_a_slide_and_https_serves_the_routes() {
         String::from_utf8_lossy(&answer)
     );
 
+    // And an operations route: /healthz over HTTPS.
+    let mut https = tls_connect(&addrs.https, &cert, &[b"http/1.1"])
+        .await
+        .expect("HTTPS handshake");
+    https
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    read_until(&mut https, &mut answer, "alive").await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
     // Plain STOMP on the TLS port is not served: the handshake fails, nothing else.
     let mut raw = TcpStream::connect(&addrs.tls).await.expect("connect");
     raw.write_all(b"CONNECT\naccept-version:1.2\n\n\0")
@@ -442,6 +458,30 @@ async fn sighup_reloads_the_certificate_and_a_bad_renewal_keeps_the_old_one() {
     broadcaster.expect("CONNECTED").await;
     broadcaster.publish(&topic, b"TEXT still here", &[]).await;
     read_until(&mut early, &mut early_buf, "TEXT still here").await;
+}
+
+#[tokio::test]
+async fn disconnect_over_tls_ends_with_close_notify() {
+    let dir = Dir::new();
+    let (cert, key) = self_signed();
+    dir.install(&cert, &key);
+    let (_server, addrs) = start(&dir).await;
+    let (mut radio, mut buf) = tls_radio(&addrs.tls, &cert, "/topic/fm/4e1/4001/09580/text").await;
+    radio
+        .write_all(b"DISCONNECT\nreceipt:bye\n\n\0")
+        .await
+        .expect("write");
+    read_until(&mut radio, &mut buf, "receipt-id:bye").await;
+    // After the RECEIPT the server closes: with a TLS close_notify, which the client
+    // reads as a clean end (Ok(0)), not as a truncation (UnexpectedEof).
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(WAIT, radio.read_to_end(&mut rest))
+        .await
+        .expect("closed in time");
+    assert!(
+        end.is_ok(),
+        "TLS stream ended without close_notify: {end:?}"
+    );
 }
 
 #[tokio::test]

@@ -592,11 +592,7 @@ pub use clients::ClientLimitArgs;
 #[cfg(feature = "http")]
 mod http;
 #[cfg(feature = "http")]
-pub use http::{HttpArgs, PortOrOff};
-#[cfg(feature = "http")]
-mod ops;
-#[cfg(feature = "http")]
-pub use ops::{FallbackHttpArgs, OpsArgs};
+pub use http::{FallbackHttpArgs, HttpArgs, OpsArgs, PortOrOff};
 
 #[cfg(test)]
 mod tests;

@@ -164,6 +164,9 @@ where
             };
         }
     };
+    // curl's `--data-binary` and `-d` label any body a form: a body that is a RadioVis
+    // message is one, whatever its label (no form starts with `TEXT ` or `SHOW `).
+    let form = form && !(body.starts_with(b"TEXT ") || body.starts_with(b"SHOW "));
     let raw = if form {
         params.read(&body);
         None

@@ -38,7 +38,7 @@ const STOMP_PROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
 const MAX_MESSAGE: usize = 1024 * 1024;
 
 /// tungstenite's read buffer per WebSocket (it grows for larger messages).
-const READ_BUFFER: usize = 4096;
+const READ_BUFFER: usize = 1024;
 
 type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 
@@ -88,7 +88,8 @@ async fn websocket(on_upgrade: OnUpgrade) -> Option<WebSocketStream<Upgraded>> {
     match on_upgrade.await {
         Ok(upgraded) => {
             // Small buffers: tungstenite's defaults (128 KiB to read, 128 KiB to write)
-            // would make an idle player cost 25 times a STOMP radio (BENCHMARKS.md).
+            // would make an idle player cost 25 times a STOMP radio; a 1 KiB read
+            // buffer (it grows for larger messages) leaves about 2 (BENCHMARKS.md).
             let config = WebSocketConfig::default()
                 .read_buffer_size(READ_BUFFER)
                 .write_buffer_size(0)

@@ -219,7 +219,12 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
             Err(e) => Err(e),
         };
         match result {
-            Ok(()) => SessionError::Disconnected,
+            Ok(()) => {
+                // DISCONNECT (its RECEIPT written): close our side cleanly, bounded. On
+                // TLS this sends close_notify, without which clients see a truncation.
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
+                SessionError::Disconnected
+            }
             Err(e) => {
                 Box::pin(self.close_after(&e)).await;
                 e

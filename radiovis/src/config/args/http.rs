@@ -6,13 +6,16 @@ use std::net::{IpAddr, SocketAddr};
 use clap::Args;
 
 use super::{secs, ConfigError, StompArgs};
+
+mod ops;
 use crate::http::HttpConfig;
+pub use ops::{FallbackHttpArgs, OpsArgs};
 
 /// A port, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortOrOff(pub Option<u16>);
 
-pub(super) fn port_or_off(s: &str) -> Result<PortOrOff, String> {
+fn port_or_off(s: &str) -> Result<PortOrOff, String> {
     match s.trim() {
         o if o.eq_ignore_ascii_case("off") => Ok(PortOrOff(None)),
         p => p

@@ -73,7 +73,7 @@ pub struct FallbackHttpArgs {
         env = "FB_HTTP_PORT",
         value_name = "FB_HTTP_PORT",
         default_value = "8081",
-        value_parser = super::http::port_or_off
+        value_parser = super::port_or_off
     )]
     pub fb_http_port: PortOrOff,
 }
