@@ -315,6 +315,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
 
     /// A token for a web client's writer: cancelled when the hub stops (STOMP sessions
     /// are told through their queue, see [`Hub::register_session`]).
+    #[cfg(feature = "http")]
     pub fn session_token(&self) -> CancellationToken {
         self.shutdown.child_token()
     }
