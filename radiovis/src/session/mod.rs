@@ -16,12 +16,12 @@
 //!
 //! | file | job |
 //! |---|---|
-//! | `mod.rs` | the connection loop: read, write, heart-beats, kill, close |
+//! | `mod.rs` | the connection loop: read, heart-beats, kill, close |
 //! | `connect.rs` | CONNECT negotiation: version, credentials, heart-beats |
 //! | `commands.rs` | SUBSCRIBE, UNSUBSCRIBE, SEND and their receipts and ERRORs |
 //! | `subscriptions.rs` | the session's own list of subscriptions |
-//! | `write.rs` | writing: queued MESSAGEs (vectored), replies, blocked writes, shutdown flush |
 //! | `io.rs` | the connection: a TCP socket, or any byte stream (TLS, WebSocket) |
+//! | `write.rs` | writes: coalesced queued frames, replies, blocked writes, linger |
 
 mod commands;
 mod connect;
@@ -30,6 +30,7 @@ mod subscriptions;
 mod write;
 
 pub use io::{Generic, SessionIo};
+pub(crate) use write::linger;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -204,6 +205,9 @@ struct Session<I, B, D, C> {
     /// CONNECTED was sent.
     connected: bool,
 }
+
+/// Largest chunk written at once when draining the queue.
+const WRITE_BATCH: usize = 64 * 1024;
 
 impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C> {
     async fn run(&mut self) -> SessionError {
@@ -392,30 +396,6 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
             let _ = tokio::time::timeout(Duration::from_secs(1), self.write_frame(&error)).await;
         }
         linger(&mut self.io).await;
-    }
-}
-
-/// Closes our side, then discards what the client still sends (at most 1 s, 16 MiB),
-/// so that its kernel does not answer our close with a reset that destroys the ERROR
-/// we wrote last (docs/protocol.md#limits). Also used by the server for the
-/// connections it refuses.
-pub(crate) async fn linger<I: SessionIo>(io: &mut I) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
-    let mut sink = BytesMut::with_capacity(8192);
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let mut discarded = 0usize;
-    while discarded < 16 * 1024 * 1024 {
-        match tokio::time::timeout_at(deadline, io.readable()).await {
-            Ok(Ok(())) => {}
-            _ => return,
-        }
-        sink.clear();
-        match io.try_read_buf(&mut sink) {
-            Ok(0) => return,
-            Ok(n) => discarded += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
-        }
     }
 }
 

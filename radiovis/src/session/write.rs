@@ -1,6 +1,7 @@
-//! A session's writes: queued MESSAGE frames (vectored from their shared buffers), its
-//! own replies, writes blocked on a full socket (bounded by `write_timeout`, ended by a
-//! [`Kill`]), and the flush at shutdown.
+//! The session's writes: queued MESSAGE frames (a few vectored from their shared
+//! buffers, a backlog coalesced through the session's buffer), its own replies, writes
+//! that block (bounded by `write_timeout` and cut short by a kill), and the linger after
+//! an ERROR.
 
 use std::io::IoSlice;
 use std::sync::atomic::Ordering;
@@ -14,10 +15,8 @@ use crate::backend::{Cache, DirectoryApi, MessageBus};
 use crate::outbound::{Kill, Outbound};
 use crate::stomp::Frame;
 
-use super::{Session, SessionError, SessionIo};
+use super::{Session, SessionError, SessionIo, WRITE_BATCH};
 
-/// Largest chunk written at once when draining the queue into the session's buffer.
-const WRITE_BATCH: usize = 64 * 1024;
 /// Most frames written by one vectored write (two buffers each); more waiting are
 /// copied into one buffer instead (the slices live on the stack, set up on every write).
 const WRITE_FRAMES: usize = 8;
@@ -207,5 +206,29 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
             let _ = tokio::time::timeout(Duration::from_secs(1), self.io.write_all(&buf)).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
+    }
+}
+
+/// Closes our side, then discards what the client still sends (at most 1 s, 16 MiB),
+/// so that its kernel does not answer our close with a reset that destroys the ERROR
+/// we wrote last (docs/protocol.md#limits). Also used by the server for the
+/// connections it refuses.
+pub(crate) async fn linger<I: SessionIo>(io: &mut I) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+    let mut sink = BytesMut::with_capacity(8192);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut discarded = 0usize;
+    while discarded < 16 * 1024 * 1024 {
+        match tokio::time::timeout_at(deadline, io.readable()).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+        sink.clear();
+        match io.try_read_buf(&mut sink) {
+            Ok(0) => return,
+            Ok(n) => discarded += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
     }
 }
