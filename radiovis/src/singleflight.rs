@@ -17,7 +17,8 @@ use moka::future::Cache;
 pub const MAX_KEYS: u64 = 100_000;
 
 /// Values by key, each fetched at most once per `ttl` however many callers ask at once.
-/// A failed fetch is not cached: the next caller tries again.
+/// A failed fetch is not cached: the next caller tries again. Clones share the values.
+#[derive(Clone)]
 pub struct SingleFlight<V> {
     cache: Cache<String, V>,
 }

@@ -262,23 +262,26 @@ impl<D: DirectoryApi, C: Cache> Normaliser<D, C> {
         if self.lookup.backing_off(cc) {
             return Err(());
         }
-        let lookup = self.lookup.clone();
-        let (cc_owned, key) = (
+        let (lookup, gcc) = (self.lookup.clone(), self.gcc.clone());
+        let (cc, key) = (
             cc.to_owned(),
             format!("radiovis_isoecc_{}", channel_of(topic)),
         );
-        self.gcc
-            .get_or_fetch(cc, move || async move {
-                // Detached: a caller that gives up (its own deadline, its connection
-                // closing) must not cancel the look-up, whose outcome the other waiters
-                // and the backoff need; another caller would start it again.
-                let timeout = lookup.timeout;
-                tokio::spawn(async move { lookup.fetch(&cc_owned, &key).await })
-                    .await
-                    .unwrap_or(Err(DirectoryError::Timeout(timeout)))
-            })
+        // Detached, the shared look-up and its election both: a caller that gives up
+        // (its own deadline, its connection closing) must not cancel the look-up, whose
+        // outcome the other waiters and the backoff need. Were the elected caller's
+        // future the look-up, the next caller would start a second one and wait a whole
+        // timeout for it. Bounded: the look-up ends within its timeout.
+        tokio::spawn(async move {
+            gcc.get_or_fetch(
+                &cc.clone(),
+                move || async move { lookup.fetch(&cc, &key).await },
+            )
             .await
-            .map_err(|_| ())
+        })
+        .await
+        .unwrap_or(Err(DirectoryError::Timeout(self.lookup.timeout)))
+        .map_err(|_| ())
     }
 }
 
@@ -495,6 +498,81 @@ mod tests {
                 .await
                 .as_deref(),
             Some("/topic/fm/4e1/4002/09580/text")
+        );
+    }
+
+    /// A directory whose `get_gcc` never answers; counts the calls.
+    #[derive(Default)]
+    struct HangingGcc {
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl DirectoryApi for HangingGcc {
+        async fn check_auth(
+            &self,
+            _: &str,
+            _: &str,
+            _: std::net::IpAddr,
+        ) -> Result<bool, DirectoryError> {
+            Ok(false)
+        }
+        async fn get_channels(&self, _: &str) -> Result<Vec<String>, DirectoryError> {
+            Ok(Vec::new())
+        }
+        async fn get_gcc(&self, _: &str) -> Result<Option<String>, DirectoryError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::pending().await
+        }
+        async fn get_all_channels(
+            &self,
+        ) -> Result<Vec<crate::backend::ChannelRef>, DirectoryError> {
+            Ok(Vec::new())
+        }
+        async fn get_all_vis_channels(
+            &self,
+        ) -> Result<Vec<crate::backend::ChannelRef>, DirectoryError> {
+            Ok(Vec::new())
+        }
+        async fn get_channel_default(
+            &self,
+            _: &str,
+        ) -> Result<Option<crate::backend::ChannelDefault>, DirectoryError> {
+            Ok(None)
+        }
+    }
+
+    /// A caller that gives up on a look-up (a session whose own deadline started just
+    /// before the look-up's) must not take the shared look-up with it: a caller coming
+    /// just then joins the one in flight and is answered when it ends. Failed before:
+    /// the look-up was the elected caller's future, so the next caller started a second
+    /// one and waited a whole timeout (a SUBSCRIBE answered 5 s late, seen in CI).
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_giving_up_leaves_the_shared_lookup_running() {
+        let dir = Arc::new(HangingGcc::default());
+        let n = Normaliser::with_timeouts(
+            dir.clone(),
+            Arc::new(MemoryCache::new()),
+            Duration::from_secs(5),
+            Duration::from_secs(1),
+        );
+        let cc = "/topic/fm/de/d001/09580/text";
+        let gave_up = tokio::time::timeout(Duration::from_millis(4_990), n.try_normalise(cc)).await;
+        assert!(gave_up.is_err(), "the directory hangs");
+        let asked = Instant::now();
+        assert_eq!(
+            n.try_normalise(cc).await,
+            Err(Unconverted { topic: cc.into() })
+        );
+        assert!(
+            asked.elapsed() <= Duration::from_millis(50),
+            "answered when the first look-up timed out, not a timeout later: {:?}",
+            asked.elapsed()
+        );
+        assert_eq!(
+            dir.calls.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "one look-up"
         );
     }
 }
