@@ -67,6 +67,7 @@ const LOG_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(300);
 async fn main() -> ExitCode {
     let (cli, matches) = radiovis::config::parse_cli::<Cli>();
     radiovis::config::init_logging(cli.rabbit.rabbitmq_debug, cli.log.log_format);
+    radiovis::config::log_sighup("the watchdog has nothing to reload");
     radiovis::config::log_settings(&Cli::command(), &matches);
     radiovis::config::exit_code("radiovis-fallback", run(cli).await)
 }

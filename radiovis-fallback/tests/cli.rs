@@ -96,3 +96,36 @@ async fn json_logs_with_the_settings_and_no_secret() {
         assert!(settings.contains(shown), "{shown:?} not in {settings}");
     }
 }
+
+/// SIGHUP (`systemctl reload`, a closed terminal) does not end the watchdog: it has
+/// nothing to reload and says so (docs/protocol.md#tls). Failed before: the
+/// signal's default action killed the process.
+#[tokio::test]
+async fn sighup_is_logged_not_fatal() {
+    let closed = free_port().expect("port");
+    let env = [
+        ("RABBITMQ_HOST", "127.0.0.1".to_owned()),
+        ("RABBITMQ_PORT", closed.to_string()),
+        ("FB_HTTP_PORT", "off".to_owned()),
+    ];
+    let mut fallback = Process::spawn("fallback", std::path::Path::new(FALLBACK), &[], &env)
+        .expect("start radiovis-fallback");
+    fallback
+        .wait_log("effective settings", Duration::from_secs(20))
+        .await
+        .expect("started");
+    let pid = fallback.id().to_string();
+    let sent = tokio::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .await
+        .expect("run kill");
+    assert!(sent.success(), "SIGHUP sent");
+    fallback
+        .wait_log("SIGHUP", Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; exited: {:?}", fallback.exited()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fallback.exited(), None, "still running after SIGHUP");
+    fallback.kill();
+}

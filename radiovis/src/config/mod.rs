@@ -36,7 +36,9 @@ pub use logging::{
     effective_settings, init_logging, log_settings, parse_cli, redacted_url, LogArgs, LogFormat,
     EXIT_CODES, EXIT_CONFIG,
 };
-pub use runtime::{error_chain, exit_code, listen, raise_open_files_limit, shutdown_signal};
+pub use runtime::{
+    error_chain, exit_code, listen, log_sighup, raise_open_files_limit, shutdown_signal,
+};
 #[cfg(feature = "tls")]
 pub use tls::{TlsArgs, TlsListeners};
 #[cfg(all(feature = "plugit", feature = "memcached"))]

@@ -90,6 +90,27 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Keeps SIGHUP (`systemctl reload`, a closed terminal) from ending a process that has
+/// nothing to reload (the signal's default action): each one is logged with `why`.
+/// The handler is in place when this returns; call it from within the runtime.
+pub fn log_sighup(why: &'static str) {
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP received: {why}");
+                }
+            });
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP: it would stop the process")
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = why;
+}
+
 /// Raises this process's soft limit of open files to its hard limit (every connection
 /// is a file descriptor; the usual soft limit, 1,024, would cap a server far below
 /// `RADIOVIS_MAX_CONNECTIONS`) and warns when `max_connections` is still above it:
