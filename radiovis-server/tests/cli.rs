@@ -7,8 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use testkit::harness::Conn;
-use testkit::processes::{free_port, Process};
-use tokio::io::AsyncBufReadExt;
+use testkit::processes::{free_port, stdout_until, Process};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_radiovis-server");
 
@@ -215,21 +214,14 @@ async fn text_logs_into_a_pipe_have_no_colour_codes_and_no_secret() {
         .kill_on_drop(true)
         .spawn()
         .expect("start radiovis-server");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut seen = Vec::new();
-    let listening = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let done = line.contains("listening for STOMP connections");
-            seen.push(line);
-            if done {
-                return true;
-            }
-        }
-        false
-    })
+    let (listening, seen) = stdout_until(
+        &mut child,
+        "listening for STOMP connections",
+        Duration::from_secs(30),
+    )
     .await;
     let _ = child.start_kill();
-    assert_eq!(listening, Ok(true), "{seen:#?}");
+    assert!(listening, "{seen:#?}");
     assert!(
         seen.iter().any(|l| l.contains("effective settings")
             && l.contains("RABBITMQ_PASSWORD=***")

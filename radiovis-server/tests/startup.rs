@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::AsyncBufReadExt;
+use testkit::processes::stdout_until;
 use tokio::process::Command;
 
 #[tokio::test]
@@ -25,20 +25,13 @@ async fn the_startup_log_names_the_backends() {
         .kill_on_drop(true)
         .spawn()
         .expect("start radiovis-server");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut seen = Vec::new();
-    let listening = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let done = line.contains("listening for STOMP connections");
-            seen.push(line);
-            if done {
-                return true;
-            }
-        }
-        false
-    })
+    let (listening, seen) = stdout_until(
+        &mut child,
+        "listening for STOMP connections",
+        Duration::from_secs(30),
+    )
     .await;
-    assert_eq!(listening, Ok(true), "{seen:#?}");
+    assert!(listening, "{seen:#?}");
     let log = seen.join("\n");
     assert!(
         log.contains(r#"backend="file""#) && log.contains("examples/directory.toml"),

@@ -5,6 +5,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use testkit::processes::stdout_until;
 use tokio::io::AsyncBufReadExt;
 use tokio::process::Command;
 
@@ -30,17 +31,11 @@ async fn startup_log(env: &[(&str, &str)]) -> String {
         .kill_on_drop(true)
         .spawn()
         .expect("start radiovis-server");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut seen = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let done = line.contains("listening for STOMP connections");
-            seen.push(line);
-            if done {
-                break;
-            }
-        }
-    })
+    let (_, seen) = stdout_until(
+        &mut child,
+        "listening for STOMP connections",
+        Duration::from_secs(30),
+    )
     .await;
     let _ = child.start_kill();
     seen.join("\n")

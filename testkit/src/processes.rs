@@ -358,3 +358,30 @@ impl Drop for RabbitGuard {
         }
     }
 }
+
+/// Reads `child`'s standard output (piped) line by line until a line contains
+/// `marker`, for at most `within`: the lines read (the marker's included) and whether
+/// it came. The binaries' start-up tests wait for "listening for STOMP connections".
+pub async fn stdout_until(
+    child: &mut tokio::process::Child,
+    marker: &str,
+    within: Duration,
+) -> (bool, Vec<String>) {
+    use tokio::io::AsyncBufReadExt;
+    let stdout = child.stdout.take().expect("the child's stdout is piped");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    let came = tokio::time::timeout(within, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let done = line.contains(marker);
+            seen.push(line);
+            if done {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    (came, seen)
+}
