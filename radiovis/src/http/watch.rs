@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Cache, DirectoryApi, MessageBus};
@@ -194,17 +194,37 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Drop for Watch<B, D, C> {
 
 /// Splits 1.0 MESSAGE frames (as [`Watch::take`] gives them) into frames.
 pub(super) fn frames(mut bytes: BytesMut) -> Vec<Frame> {
-    // Generous limits: these frames were encoded by the hub, not sent by a client.
-    let mut decoder = Decoder::new(crate::stomp::Limits {
-        max_frame_size: usize::MAX / 2,
-        max_headers: usize::MAX / 2,
-        max_header_line: usize::MAX / 2,
-    });
+    let mut decoder = hub_decoder();
     let mut out = Vec::new();
     while let Ok(Some(frame)) = decoder.decode(&mut bytes) {
         out.push(frame);
     }
     out
+}
+
+/// The frames queued in `bytes`, each as the hub encoded it (with its NUL): what a
+/// STOMP 1.0 radio receives, passed on without decoding it into a [`Frame`] to encode
+/// it again.
+pub(super) fn raw_frames(bytes: BytesMut) -> Vec<Bytes> {
+    let all = bytes.freeze();
+    let mut rest = BytesMut::from(&all[..]);
+    let mut decoder = hub_decoder();
+    let (mut out, mut start) = (Vec::new(), 0);
+    while let Ok(Some(_)) = decoder.decode(&mut rest) {
+        let end = all.len() - rest.len();
+        out.push(all.slice(start..end));
+        start = end;
+    }
+    out
+}
+
+/// A decoder for frames the hub encoded (not sent by a client): generous limits.
+fn hub_decoder() -> Decoder {
+    Decoder::new(crate::stomp::Limits {
+        max_frame_size: usize::MAX / 2,
+        max_headers: usize::MAX / 2,
+        max_header_line: usize::MAX / 2,
+    })
 }
 
 /// The value of a frame's `message-id`, or "".

@@ -22,12 +22,11 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::watch::{frames, Ended, Watch};
+use super::watch::{raw_frames, Ended, Watch};
 use super::ws_bytes::WsBytes;
 use super::{Body, Place};
 use crate::backend::{Cache, DirectoryApi, MessageBus};
 use crate::hub::{Hub, Transport};
-use crate::stomp::Version;
 use crate::StompHub;
 
 /// STOMP subprotocols, preferred first.
@@ -262,8 +261,8 @@ impl Writer {
         ws: &mut WebSocketStream<Upgraded>,
         bytes: bytes::BytesMut,
     ) -> Result<(), String> {
-        for frame in frames(bytes) {
-            let encoded = frame.to_bytes(Version::V1_0);
+        // Queued as a 1.0 radio receives them (docs/protocol.md#websocket-ebu).
+        for encoded in raw_frames(bytes) {
             let without_nul = encoded.strip_suffix(b"\0").unwrap_or(&encoded);
             let text = String::from_utf8_lossy(without_nul).into_owned();
             self.send(ws, text).await?;
