@@ -362,3 +362,51 @@ async fn next_event<R: tokio::io::AsyncBufRead + Unpin>(
         }
     }
 }
+
+/// Writes a raw HTTP request and returns the status line of the answer, which must
+/// come within `within`.
+async fn raw_status(http: &str, request: &[u8], within: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(http).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut buf = vec![0; 1024];
+    let n = tokio::time::timeout(within, s.read(&mut buf))
+        .await
+        .expect("answered, not held")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+/// An HTTP publish reads a bounded body in bounded time: a body that stops arriving is
+/// answered 408 within the frame timeout (it was held for ever), one over the frame
+/// size limit 413 (docs/protocol.md#http-publish).
+#[tokio::test]
+async fn http_publish_bounds_the_body() {
+    use base64::Engine;
+    let config = radiovis::HubConfig {
+        frame_timeout: Duration::from_secs(1),
+        ..test_config()
+    };
+    let limit = config.limits.max_frame_size;
+    let hub = TestHub::with(config, static_directory()).await;
+    let http = serve_http(&hub, Default::default()).await.to_string();
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{LOGIN}:{PASSCODE}"));
+    let head = |length: usize| {
+        format!(
+            "POST /services/fm/4e1/4001/09580 HTTP/1.1\r\nHost: radiovis\r\n\
+             Authorization: Basic {auth}\r\nContent-Length: {length}\r\n\r\n"
+        )
+    };
+
+    let mut stalled = head(100).into_bytes();
+    stalled.extend_from_slice(b"TEXT half a body");
+    let status = raw_status(&http, &stalled, Duration::from_secs(5)).await;
+    assert!(status.starts_with("HTTP/1.1 408"), "{status}");
+
+    let mut huge = head(limit + 1).into_bytes();
+    huge.extend_from_slice(b"TEXT ");
+    huge.resize(huge.len() + limit - 4, b'x');
+    let status = raw_status(&http, &huge, WAIT).await;
+    assert!(status.starts_with("HTTP/1.1 413"), "{status}");
+}

@@ -152,7 +152,17 @@ where
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
     let limit = hub.config().limits.max_frame_size;
-    let body = match Limited::new(request.into_body(), limit).collect().await {
+    // Bounded in time as a STOMP frame is: a body that stops arriving does not hold
+    // the request (docs/protocol.md#http-publish).
+    let wait = hub.config().frame_timeout;
+    let read = tokio::time::timeout(wait, Limited::new(request.into_body(), limit).collect());
+    let Ok(read) = read.await else {
+        return error(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!("body not received within {} s", wait.as_secs_f64()),
+        );
+    };
+    let body = match read {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
             return match e.downcast_ref::<http_body_util::LengthLimitError>() {
