@@ -3,6 +3,7 @@
 //! the client has it already; then a wait on the hub's fan-out (no polling), answered
 //! by the next message or, after the hold time, by an empty `200` ("poll again").
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -18,32 +19,89 @@ use crate::stomp::Frame;
 /// Most `topic=` parameters of one request.
 const MAX_TOPICS: usize = 16;
 
-/// Answers one long-poll request.
-pub(super) async fn handle<T, B: MessageBus, D: DirectoryApi, C: Cache>(
+/// What a long-poll asks for.
+struct Query {
+    topics: Vec<String>,
+    last_id: Option<String>,
+}
+
+impl Query {
+    /// The `topic=` and `last_id=` parameters, or the `400` for a bad query.
+    fn of<T>(req: &Request<T>) -> Result<Query, Response<Body>> {
+        let mut query = Query {
+            topics: Vec::new(),
+            last_id: None,
+        };
+        for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+            match &*k {
+                "topic" => query.topics.push(v.into_owned()),
+                "last_id" if !v.is_empty() => query.last_id = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        if query.topics.is_empty() {
+            return Err(super::error(
+                StatusCode::BAD_REQUEST,
+                "a topic= parameter is required",
+            ));
+        }
+        if query.topics.len() > MAX_TOPICS {
+            return Err(super::error(
+                StatusCode::BAD_REQUEST,
+                &format!("too many topic= parameters: limit is {MAX_TOPICS}"),
+            ));
+        }
+        Ok(query)
+    }
+}
+
+/// Answers one long-poll request. The request is read here and dropped: the future
+/// a held request is (all it costs besides its subscriptions) holds only what the
+/// wait needs.
+pub(super) fn handle<T, B: MessageBus, D: DirectoryApi, C: Cache>(
     hub: &Arc<Hub<B, D, C>>,
     config: &HttpConfig,
-    req: &Request<T>,
+    req: Request<T>,
     peer: SocketAddr,
-) -> Response<Body> {
-    let mut topics = Vec::new();
-    let mut last_id = None;
-    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
-        match &*k {
-            "topic" => topics.push(v.into_owned()),
-            "last_id" if !v.is_empty() => last_id = Some(v.into_owned()),
-            _ => {}
+) -> impl Future<Output = Response<Body>> + Send + 'static {
+    let query = Query::of(&req);
+    let abort = Abort::of(&req);
+    drop(req);
+    let (hub, hold) = (hub.clone(), config.poll_hold);
+    async move {
+        let query = match query {
+            Ok(query) => query,
+            Err(refusal) => return refusal,
+        };
+        // Boxed: subscribing is a moment, the wait is long.
+        let watch = Box::pin(subscribe(hub, peer, abort, query.topics)).await;
+        let (watch, newest) = match watch {
+            Ok(subscribed) => subscribed,
+            Err(refusal) => return refusal,
+        };
+        if let Some(frame) = newest {
+            if !same_id(query.last_id.as_deref(), message_id(&frame)) {
+                return answer(&frame);
+            }
+        }
+        // The client has the newest (or there is none): hold until a newer one.
+        match tokio::time::timeout(hold, wait(&watch, query.last_id.as_deref())).await {
+            Ok(Some(frame)) => answer(&frame),
+            // Hold time over, server stopping or client too slow: poll again.
+            _ => poll_again(),
         }
     }
-    if topics.is_empty() {
-        return super::error(StatusCode::BAD_REQUEST, "a topic= parameter is required");
-    }
-    if topics.len() > MAX_TOPICS {
-        return super::error(
-            StatusCode::BAD_REQUEST,
-            &format!("too many topic= parameters: limit is {MAX_TOPICS}"),
-        );
-    }
-    let mut watch = Watch::new(hub.clone(), peer, Abort::of(req), Transport::LongPoll);
+}
+
+/// Subscribes a new web client to `topics`; the client and the newest of their last
+/// messages, or the answer refusing a topic.
+async fn subscribe<B: MessageBus, D: DirectoryApi, C: Cache>(
+    hub: Arc<Hub<B, D, C>>,
+    peer: SocketAddr,
+    abort: tokio_util::sync::CancellationToken,
+    topics: Vec<String>,
+) -> Result<(Watch<B, D, C>, Option<Frame>), Response<Body>> {
+    let mut watch = Watch::new(hub, peer, abort, Transport::LongPoll);
     let mut newest: Option<(u64, Frame)> = None;
     for topic in &topics {
         match watch.subscribe(topic).await {
@@ -58,37 +116,30 @@ pub(super) async fn handle<T, B: MessageBus, D: DirectoryApi, C: Cache>(
             }
             Ok(None) => {}
             Err(e @ WatchError::BadDestination(_)) => {
-                return super::error(StatusCode::BAD_REQUEST, &e.to_string())
+                return Err(super::error(StatusCode::BAD_REQUEST, &e.to_string()))
             }
-            Err(e) => return super::error(StatusCode::TOO_MANY_REQUESTS, &e.to_string()),
+            Err(e) => return Err(super::error(StatusCode::TOO_MANY_REQUESTS, &e.to_string())),
         }
     }
-    if let Some((_, frame)) = newest {
-        if !same_id(last_id.as_deref(), message_id(&frame)) {
-            return answer(&frame);
+    Ok((watch, newest.map(|(_, frame)| frame)))
+}
+
+/// The first message newer than `last_id` (of several that arrive together, the
+/// newest), or `None` when the client is gone or the server stops.
+async fn wait<B: MessageBus, D: DirectoryApi, C: Cache>(
+    watch: &Watch<B, D, C>,
+    last_id: Option<&str>,
+) -> Option<Frame> {
+    loop {
+        watch.next().await.ok()?;
+        // One the client has is no news.
+        if let Some(frame) = frames(watch.take())
+            .into_iter()
+            .rev()
+            .find(|f| !same_id(last_id, message_id(f)))
+        {
+            return Some(frame);
         }
-    }
-    // The client has the newest (or there is none): hold until a newer one.
-    let held = tokio::time::timeout(config.poll_hold, async {
-        loop {
-            if watch.next().await.is_err() {
-                return None;
-            }
-            // The newest of what arrived together; one the client has is no news.
-            if let Some(frame) = frames(watch.take())
-                .into_iter()
-                .rev()
-                .find(|f| !same_id(last_id.as_deref(), message_id(f)))
-            {
-                return Some(frame);
-            }
-        }
-    })
-    .await;
-    match held {
-        Ok(Some(frame)) => answer(&frame),
-        // Hold time over, server stopping or client too slow: poll again.
-        _ => poll_again(),
     }
 }
 

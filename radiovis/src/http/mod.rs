@@ -20,6 +20,7 @@
 //! | [`ops_respond`] | whole responses, `/metrics`, `/healthz`, `/readyz`, HTTP Basic credentials |
 //! | [`ops_process`] | [`ProcessRouter`]: `/metrics` and health of a process without a hub (radiovis-fallback) |
 
+mod connection;
 mod longpoll;
 pub mod ops;
 pub mod ops_process;
@@ -32,6 +33,7 @@ mod watch;
 mod websocket;
 mod ws_bytes;
 
+pub use connection::{serve_connection, Io};
 pub use ops_process::ProcessRouter;
 pub use router::{HttpConfig, RadiovisRouter};
 
@@ -59,9 +61,9 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Time a client has to send a request's headers, and that an idle keep-alive
 /// connection is kept (docs/protocol.md#http-listener).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most bytes of a request's head the server buffers.
-const MAX_HEAD: usize = 16 * 1024;
+pub(super) const MAX_HEAD: usize = 16 * 1024;
 /// How long [`serve`] waits at shutdown for open connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -71,12 +73,15 @@ pub trait Router: Clone + Send + Sync + 'static {
     type Guard: Send + 'static;
     /// Admits a new connection from `peer`, or refuses it (it is closed at once).
     fn admit(&self, peer: SocketAddr) -> Result<Self::Guard, Refused>;
-    /// Answers one request.
-    fn route(
+    /// Answers one request (its body, if any, is read from `T`).
+    fn route<T>(
         &self,
-        req: Request<Incoming>,
+        req: Request<T>,
         peer: SocketAddr,
-    ) -> impl Future<Output = Response<Body>> + Send;
+    ) -> impl Future<Output = Response<Body>> + Send
+    where
+        T: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        T::Error: std::error::Error + Send + Sync + 'static;
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting,
@@ -116,23 +121,19 @@ pub async fn serve<R: Router>(listener: TcpListener, router: R, shutdown: Cancel
     }
 }
 
-/// Serves HTTP/1.1 (with upgrades to WebSocket) on one accepted stream until the
-/// client closes it or `shutdown` is cancelled (requests in progress finish first).
-pub async fn serve_connection<R, S>(
+/// Serves the rest of a connection with hyper (requests with a body), from the
+/// request `io` starts with, with the connection's place and abort token.
+async fn serve_hyper<R, S>(
     router: R,
-    stream: S,
+    io: S,
     peer: SocketAddr,
     shutdown: CancellationToken,
+    place: Place,
+    abort: Abort,
 ) where
     R: Router,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Ok(guard) = router.admit(peer) else {
-        // Logged and counted by `admit`; the client sees the connection closed.
-        return;
-    };
-    let place = Place(Arc::new(parking_lot::Mutex::new(Some(Box::new(guard)))));
-    let abort = Abort(CancellationToken::new());
     let service = hyper::service::service_fn({
         let abort = abort.clone();
         let place = place.clone();
@@ -149,7 +150,7 @@ pub async fn serve_connection<R, S>(
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(MAX_HEAD);
     let conn = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
@@ -196,6 +197,11 @@ impl Abort {
 pub struct Place(Arc<parking_lot::Mutex<Option<Box<dyn std::any::Any + Send>>>>);
 
 impl Place {
+    /// The place `guard` holds.
+    pub(super) fn new(guard: Box<dyn std::any::Any + Send>) -> Self {
+        Place(Arc::new(parking_lot::Mutex::new(Some(guard))))
+    }
+
     /// Takes the place of the request's connection (`None` outside
     /// [`serve_connection`], or when taken already).
     pub fn take<T>(req: &Request<T>) -> Option<Box<dyn std::any::Any + Send>> {

@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -47,7 +46,7 @@ impl Router for ProcessRouter {
         })
     }
 
-    async fn route(&self, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    async fn route<T>(&self, req: Request<T>, _peer: SocketAddr) -> Response<Body> {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/metrics") => ops_respond::metrics(&self.metrics),
             (&Method::GET, "/healthz") => ops_respond::healthz(),

@@ -1,10 +1,11 @@
 //! [`RadiovisRouter`]: what the server's HTTP listener answers, as one `match` on
 //! (method, path) that hands each request to its module.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use futures::future::Either;
 use hyper::{Method, Request, Response};
 
 use super::ops::Ops;
@@ -79,19 +80,47 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Router for RadiovisRouter<B, D, C
         self.hub.admit(peer)
     }
 
-    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let path = req.uri().path().to_owned();
-        tracing::debug!(method = %req.method(), %path, "HTTP request");
+    fn route<T>(
+        &self,
+        req: Request<T>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Response<Body>> + Send
+    where
+        T: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        T::Error: std::error::Error + Send + Sync + 'static,
+    {
+        tracing::debug!(method = %req.method(), path = %req.uri().path(), "HTTP request");
+        let get = req.method() == Method::GET;
+        let path = req.uri().path();
+        let (longpoll, sse) = (
+            get && path == "/radiodns/vis/vis.json",
+            get && path.starts_with(sse::PREFIX),
+        );
+        // The requests a client holds (a long-poll, an event stream) are not boxed:
+        // their futures are all a held client costs besides its subscriptions. The
+        // others are, so that the future of every request is no larger than theirs.
         let hub = self.hub.hub();
+        if longpoll {
+            Either::Left(longpoll::handle(hub, &self.config, req, peer))
+        } else if sse {
+            Either::Right(Either::Left(sse::handle(hub, &self.config, req, peer)))
+        } else {
+            Either::Right(Either::Right(Box::pin(self.other(req, peer))))
+        }
+    }
+}
+
+impl<B: MessageBus, D: DirectoryApi, C: Cache> RadiovisRouter<B, D, C> {
+    /// Every request but a long-poll or an event stream.
+    async fn other<T>(&self, req: Request<T>, peer: SocketAddr) -> Response<Body>
+    where
+        T: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        T::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let path = req.uri().path().to_owned();
         match (req.method(), path.as_str()) {
-            (&Method::GET, "/radiodns/vis/vis.json") => {
-                longpoll::handle(hub, &self.config, &req, peer).await
-            }
             (&Method::GET, "/stomp") => websocket::stomp(&self.hub, req, peer),
             (&Method::GET, p) if p.starts_with("/topic/") => websocket::ebu(&self.hub, req, peer),
-            (&Method::GET, p) if p.starts_with(sse::PREFIX) => {
-                sse::handle(hub, &self.config, &req, peer).await
-            }
             (&Method::OPTIONS, _) => super::preflight(),
             (m, p) if Ops::<B, D, C>::handles(m, p) => self.ops.route(req, peer).await,
             _ => super::not_found(),

@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,13 +30,14 @@ const RETRY_MS: u32 = 3000;
 /// The two kinds of event, and the topic suffix of each.
 const KINDS: [(&str, &str); 2] = [("text", "/text"), ("image", "/image")];
 
-/// Opens an event stream for the service at `path` (after [`PREFIX`]).
-pub(super) async fn handle<T, B: MessageBus, D: DirectoryApi, C: Cache>(
+/// Opens an event stream for the service at `path` (after [`PREFIX`]). The request
+/// is read here and dropped; the subscriptions are made in a future of their own.
+pub(super) fn handle<T, B: MessageBus, D: DirectoryApi, C: Cache>(
     hub: &Arc<Hub<B, D, C>>,
     config: &HttpConfig,
-    req: &Request<T>,
+    req: Request<T>,
     peer: SocketAddr,
-) -> Response<Body> {
+) -> impl Future<Output = Response<Body>> + Send + 'static {
     let service = req.uri().path()[PREFIX.len()..].trim_end_matches('/');
     let base = format!("/topic/{service}");
     // `Last-Event-ID` is the `id:` we sent last: the ids of the last text and image.
@@ -45,7 +47,27 @@ pub(super) async fn handle<T, B: MessageBus, D: DirectoryApi, C: Cache>(
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split('|').map(str::to_owned).collect())
         .unwrap_or_default();
-    let mut watch = Watch::new(hub.clone(), peer, Abort::of(req), Transport::Sse);
+    let abort = Abort::of(&req);
+    drop(req);
+    Box::pin(open(
+        hub.clone(),
+        config.sse_keepalive,
+        base,
+        seen,
+        abort,
+        peer,
+    ))
+}
+
+async fn open<B: MessageBus, D: DirectoryApi, C: Cache>(
+    hub: Arc<Hub<B, D, C>>,
+    keepalive: Duration,
+    base: String,
+    seen: Vec<String>,
+    abort: tokio_util::sync::CancellationToken,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let mut watch = Watch::new(hub, peer, abort, Transport::Sse);
     let mut ids = [String::new(), String::new()];
     let mut replays = Vec::new();
     for (i, (_, suffix)) in KINDS.iter().enumerate() {
@@ -75,7 +97,7 @@ pub(super) async fn handle<T, B: MessageBus, D: DirectoryApi, C: Cache>(
         base,
         ids,
         out: VecDeque::new(),
-        keepalive: config.sse_keepalive,
+        keepalive,
     };
     stream
         .out

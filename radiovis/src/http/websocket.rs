@@ -17,11 +17,13 @@ use hyper::header::{self, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::connection::{Io, RawUpgrade, Upgraded};
 use super::watch::{raw_frames, Ended, Watch};
 use super::ws_bytes::WsBytes;
 use super::{Body, Place};
@@ -39,14 +41,48 @@ const MAX_MESSAGE: usize = 1024 * 1024;
 /// tungstenite's read buffer per WebSocket (it grows for larger messages).
 const READ_BUFFER: usize = 1024;
 
-type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+/// The socket of an upgraded connection.
+type Socket = Box<dyn Io>;
+
+/// Where the upgraded connection comes from: the listener's own reader
+/// (docs/protocol.md#http-listener), or hyper on a connection it serves.
+enum Upgrade {
+    Raw(oneshot::Receiver<Upgraded>),
+    Hyper(OnUpgrade),
+}
+
+impl Upgrade {
+    fn of<T>(req: &mut Request<T>) -> Self {
+        match RawUpgrade::take(req) {
+            Some(raw) => Upgrade::Raw(raw),
+            None => Upgrade::Hyper(hyper::upgrade::on(req)),
+        }
+    }
+
+    /// The connection, once the `101` answer is written.
+    async fn wait(self) -> Option<Upgraded> {
+        match self {
+            Upgrade::Raw(rx) => rx.await.ok(),
+            Upgrade::Hyper(on) => match on.await {
+                Ok(upgraded) => Some(Upgraded {
+                    io: Box::new(TokioIo::new(upgraded)),
+                    read: Vec::new(),
+                }),
+                Err(e) => {
+                    tracing::debug!(error = %e, "WebSocket upgrade failed");
+                    None
+                }
+            },
+        }
+    }
+}
 
 /// Checks a WebSocket upgrade request; the `101` answer (with `protocol` chosen) and
 /// the upgrade to wait for, or the answer refusing it.
 fn accept<T>(
     req: &mut Request<T>,
     protocol: Option<&'static str>,
-) -> Result<(Response<Body>, OnUpgrade), Box<Response<Body>>> {
+) -> Result<(Response<Body>, Upgrade), Box<Response<Body>>> {
     let headers = req.headers();
     let upgrade = headers
         .get(header::UPGRADE)
@@ -68,7 +104,7 @@ fn accept<T>(
         )));
     }
     let accept = derive_accept_key(key.as_bytes());
-    let on_upgrade = hyper::upgrade::on(req);
+    let on_upgrade = Upgrade::of(req);
     let mut response = Response::new(super::full(bytes::Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();
@@ -83,31 +119,24 @@ fn accept<T>(
     Ok((response, on_upgrade))
 }
 
-async fn websocket(on_upgrade: OnUpgrade) -> Option<WebSocketStream<Upgraded>> {
-    match on_upgrade.await {
-        Ok(upgraded) => {
-            // Small buffers: tungstenite's defaults (128 KiB to read, 128 KiB to write)
-            // would make an idle player cost 25 times a STOMP radio; a 1 KiB read
-            // buffer (it grows for larger messages) leaves about 2 (BENCHMARKS.md).
-            let config = WebSocketConfig::default()
-                .read_buffer_size(READ_BUFFER)
-                .write_buffer_size(0)
-                .max_message_size(Some(MAX_MESSAGE))
-                .max_frame_size(Some(MAX_MESSAGE));
-            Some(
-                WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await,
-            )
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "WebSocket upgrade failed");
-            None
-        }
-    }
+async fn websocket(on_upgrade: Upgrade) -> Option<WebSocketStream<Socket>> {
+    let upgraded = on_upgrade.wait().await?;
+    // Small buffers: tungstenite's defaults (128 KiB to read, 128 KiB to write) would
+    // make an idle player cost 25 times a STOMP radio (BENCHMARKS.md).
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE));
+    Some(
+        WebSocketStream::from_partially_read(
+            upgraded.io,
+            upgraded.read,
+            Role::Server,
+            Some(config),
+        )
+        .await,
+    )
 }
 
 /// STOMP over WebSocket: the session of the STOMP port on the upgraded connection.
@@ -178,7 +207,7 @@ pub(super) fn ebu<T, B: MessageBus, D: DirectoryApi, C: Cache>(
 
 async fn ebu_session<B: MessageBus, D: DirectoryApi, C: Cache>(
     hub: Arc<Hub<B, D, C>>,
-    mut ws: WebSocketStream<Upgraded>,
+    mut ws: WebSocketStream<Socket>,
     peer: SocketAddr,
     path: &str,
 ) -> String {
@@ -258,7 +287,7 @@ impl Writer {
     /// Sends queued MESSAGE frames, one text message each, without their NUL.
     async fn send_frames(
         &self,
-        ws: &mut WebSocketStream<Upgraded>,
+        ws: &mut WebSocketStream<Socket>,
         bytes: bytes::BytesMut,
     ) -> Result<(), String> {
         // Queued as a 1.0 radio receives them (docs/protocol.md#websocket-ebu).
@@ -270,7 +299,7 @@ impl Writer {
         Ok(())
     }
 
-    async fn send(&self, ws: &mut WebSocketStream<Upgraded>, text: String) -> Result<(), String> {
+    async fn send(&self, ws: &mut WebSocketStream<Socket>, text: String) -> Result<(), String> {
         let limit = self.limit;
         tokio::select! {
             r = tokio::time::timeout(limit, ws.send(Message::text(text))) => match r {
