@@ -3,7 +3,9 @@
 //! the client has it already; then a wait on the hub's fan-out (no polling), answered
 //! by the next message or, after the hold time, by an empty `200` ("poll again").
 
-use std::future::Future;
+use std::future::{ready, Future};
+
+use futures::future::Either;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -26,8 +28,8 @@ struct Query {
 }
 
 impl Query {
-    /// The `topic=` and `last_id=` parameters, or the `400` for a bad query.
-    fn of<T>(req: &Request<T>) -> Result<Query, Response<Body>> {
+    /// The `topic=` and `last_id=` parameters, or why the query is bad.
+    fn of<T>(req: &Request<T>) -> Result<Query, String> {
         let mut query = Query {
             topics: Vec::new(),
             last_id: None,
@@ -40,16 +42,10 @@ impl Query {
             }
         }
         if query.topics.is_empty() {
-            return Err(super::error(
-                StatusCode::BAD_REQUEST,
-                "a topic= parameter is required",
-            ));
+            return Err("a topic= parameter is required".into());
         }
         if query.topics.len() > MAX_TOPICS {
-            return Err(super::error(
-                StatusCode::BAD_REQUEST,
-                &format!("too many topic= parameters: limit is {MAX_TOPICS}"),
-            ));
+            return Err(format!("too many topic= parameters: limit is {MAX_TOPICS}"));
         }
         Ok(query)
     }
@@ -64,15 +60,14 @@ pub(super) fn handle<T, B: MessageBus, D: DirectoryApi, C: Cache>(
     req: Request<T>,
     peer: SocketAddr,
 ) -> impl Future<Output = Response<Body>> + Send + 'static {
-    let query = Query::of(&req);
+    let query = match Query::of(&req) {
+        Ok(query) => query,
+        Err(e) => return Either::Left(ready(super::error(StatusCode::BAD_REQUEST, &e))),
+    };
     let abort = Abort::of(&req);
     drop(req);
     let (hub, hold) = (hub.clone(), config.poll_hold);
-    async move {
-        let query = match query {
-            Ok(query) => query,
-            Err(refusal) => return refusal,
-        };
+    Either::Right(async move {
         // Boxed: subscribing is a moment, the wait is long.
         let watch = Box::pin(subscribe(hub, peer, abort, query.topics)).await;
         let (watch, newest) = match watch {
@@ -90,7 +85,7 @@ pub(super) fn handle<T, B: MessageBus, D: DirectoryApi, C: Cache>(
             // Hold time over, server stopping or client too slow: poll again.
             _ => poll_again(),
         }
-    }
+    })
 }
 
 /// Subscribes a new web client to `topics`; the client and the newest of their last
