@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -206,10 +207,10 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> StompHub<B, D, C> {
         match self.admit(peer) {
             Ok(admitted) => {
                 let hub = self.hub.clone();
-                self.tracker.spawn(async move {
-                    crate::session::run(hub, io, peer, transport).await;
-                    drop(admitted);
-                });
+                // Not an async block around `run`: it would hold `io` a second time.
+                self.tracker.spawn(
+                    crate::session::run(hub, io, peer, transport).map(move |()| drop(admitted)),
+                );
             }
             Err(refused) => self.refuse(io, refused.to_string()),
         }

@@ -39,7 +39,7 @@ const STOMP_PROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
 const MAX_MESSAGE: usize = 1024 * 1024;
 
 /// tungstenite's read buffer per WebSocket (it grows for larger messages).
-const READ_BUFFER: usize = 1024;
+const READ_BUFFER: usize = 256;
 
 /// The socket of an upgraded connection.
 type Socket = Box<dyn Io>;
@@ -194,11 +194,11 @@ pub(super) fn ebu<T, B: MessageBus, D: DirectoryApi, C: Cache>(
     let place = Place::take(&req);
     let hub = server.hub().clone();
     tokio::spawn(async move {
-        let Some(ws) = websocket(on_upgrade).await else {
+        let Some(mut ws) = websocket(on_upgrade).await else {
             return;
         };
         tracing::info!(%peer, %path, "EBU player WebSocket connected");
-        let ended = ebu_session(hub, ws, peer, &path).await;
+        let ended = ebu_session(hub, &mut ws, peer, &path).await;
         tracing::info!(%peer, %path, reason = %ended, "EBU player WebSocket closed");
         drop(place);
     });
@@ -207,10 +207,12 @@ pub(super) fn ebu<T, B: MessageBus, D: DirectoryApi, C: Cache>(
 
 async fn ebu_session<B: MessageBus, D: DirectoryApi, C: Cache>(
     hub: Arc<Hub<B, D, C>>,
-    mut ws: WebSocketStream<Socket>,
+    ws: &mut WebSocketStream<Socket>,
     peer: SocketAddr,
     path: &str,
 ) -> String {
+    // What this future holds while it waits is what an idle player costs: the socket
+    // is its caller's, subscribing and writing are futures of their own (boxed).
     let write_timeout = hub.config().write_timeout;
     let kill = hub.session_token();
     let mut watch = Watch::new(hub, peer, kill.clone(), Transport::WebSocket);
@@ -218,7 +220,7 @@ async fn ebu_session<B: MessageBus, D: DirectoryApi, C: Cache>(
         limit: write_timeout,
         kill,
     };
-    if w.send(&mut ws, "RADIOVISWEBSOCKET:HELLO\0".into())
+    if Box::pin(w.send(ws, "RADIOVISWEBSOCKET:HELLO\0".into()))
         .await
         .is_err()
     {
@@ -226,7 +228,7 @@ async fn ebu_session<B: MessageBus, D: DirectoryApi, C: Cache>(
     }
     let mut replays = Vec::new();
     for suffix in ["/text", "/image"] {
-        match watch.subscribe(&format!("{path}{suffix}")).await {
+        match Box::pin(watch.subscribe(&format!("{path}{suffix}"))).await {
             Ok(Some((seq, item))) => {
                 let mut bytes = bytes::BytesMut::from(&item.head[..]);
                 bytes.extend_from_slice(&item.tail);
@@ -236,9 +238,7 @@ async fn ebu_session<B: MessageBus, D: DirectoryApi, C: Cache>(
             Err(e) => {
                 // The player splits on ':' and shows the third part.
                 let reason = e.to_string().replace(':', " ");
-                let _ = w
-                    .send(&mut ws, format!("RADIOVISWEBSOCKET:ERROR:{reason}\0"))
-                    .await;
+                let _ = Box::pin(w.send(ws, format!("RADIOVISWEBSOCKET:ERROR:{reason}\0"))).await;
                 let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
                 return e.to_string();
             }
@@ -246,7 +246,7 @@ async fn ebu_session<B: MessageBus, D: DirectoryApi, C: Cache>(
     }
     replays.sort_by_key(|(seq, _)| *seq);
     for (_, bytes) in replays {
-        if w.send_frames(&mut ws, bytes).await.is_err() {
+        if Box::pin(w.send_frames(ws, bytes)).await.is_err() {
             return "client gone".into();
         }
     }
@@ -256,7 +256,7 @@ async fn ebu_session<B: MessageBus, D: DirectoryApi, C: Cache>(
                 Ok(()) => {
                     // A write blocked past the write timeout is a slow consumer; so is
                     // an overflow of the queue meanwhile (the next `next`).
-                    if let Err(e) = w.send_frames(&mut ws, watch.take()).await {
+                    if let Err(e) = Box::pin(w.send_frames(ws, watch.take())).await {
                         return e;
                     }
                 }
