@@ -162,9 +162,14 @@ fn prepare(head: Head, abort: &Abort, place: &Place) -> (Request<Empty<Bytes>>, 
             .insert(RawUpgrade(Arc::new(parking_lot::Mutex::new(Some(rx)))));
         tx
     });
+    let head_only = request.method() == Method::HEAD;
+    if head_only {
+        // The head of what a GET gets (docs/protocol.md#http-listener).
+        *request.method_mut() = Method::GET;
+    }
     let answer = Answer {
         version: request.version(),
-        head_only: request.method() == Method::HEAD,
+        head_only,
         keep_alive: head.keep_alive,
         upgrade,
     };

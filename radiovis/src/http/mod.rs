@@ -1,5 +1,8 @@
-//! The HTTP listener (feature `http`): one hyper server per address, serving a
-//! [`Router`] on every connection it accepts, with graceful shutdown.
+//! The HTTP listener (feature `http`): one listener per address, serving a
+//! [`Router`] on every connection it accepts, with graceful shutdown. Requests
+//! without a body (every web transport) are read and answered by `connection`, with
+//! no buffer larger than the request; the first request with a body hands its
+//! connection to hyper.
 //!
 //! [`serve`] accepts on a `TcpListener`; [`serve_connection`] serves one already
 //! accepted stream of any kind (a TLS stream, for instance). Both take any
@@ -8,6 +11,7 @@
 //!
 //! | module | job |
 //! |---|---|
+//! | `connection` | one connection's life: request heads (`httparse`), answers, upgrades, the hand-over to hyper |
 //! | `router` | [`RadiovisRouter`]: one `match` on (method, path) -> handler modules |
 //! | `longpoll` | RadioVIS HTTP long-poll `/radiodns/vis/vis.json` (docs/protocol.md#http-long-poll) |
 //! | `sse` | server-sent events `/radiodns/push/1.0/<path>` (docs/protocol.md#server-sent-events) |

@@ -1,4 +1,5 @@
-//! WebSocket transports on hyper upgrades:
+//! WebSocket transports on upgraded HTTP connections (the listener's own, or
+//! hyper's on a connection it serves):
 //!
 //! - EBU player mode on any `/topic/...` path (docs/protocol.md#websocket-ebu): the
 //!   text `RADIOVISWEBSOCKET:HELLO\0`, then every MESSAGE of `<path>/text` and
