@@ -34,6 +34,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Abort, Body, Place, Router, HEADER_TIMEOUT, MAX_HEAD};
 
+/// How long writing one piece of an answer may take: a client that does not read
+/// its answer is dropped (docs/protocol.md#http-listener).
+const WRITE_TIMEOUT: std::time::Duration = HEADER_TIMEOUT;
+
 /// Most headers in a request head.
 const MAX_HEADERS: usize = 64;
 
@@ -294,13 +298,17 @@ impl<S: Io> Conn<S> {
         }
     }
 
-    /// Writes `bytes`, unless the connection is aborted first (slow consumer).
+    /// Writes `bytes`, unless the connection is aborted first (slow consumer) or the
+    /// client takes none of them for [`WRITE_TIMEOUT`].
     async fn write(&mut self, bytes: &[u8], abort: &Abort) -> io::Result<()> {
+        let write = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
         tokio::select! {
-            r = async {
-                self.stream.write_all(bytes).await?;
-                self.stream.flush().await
-            } => r,
+            r = tokio::time::timeout(WRITE_TIMEOUT, write) => r.unwrap_or_else(|_| {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "client does not read its answer"))
+            }),
             _ = abort.0.cancelled() => Err(io::Error::other("aborted: slow consumer")),
         }
     }
