@@ -40,6 +40,9 @@ const WRITE_TIMEOUT: std::time::Duration = HEADER_TIMEOUT;
 
 /// Most headers in a request head.
 const MAX_HEADERS: usize = 64;
+/// Longest a closed connection is read (and what is read dropped) after its last
+/// answer, so that the close does not reset it.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A byte stream an HTTP connection runs on (TCP, TLS, an upgraded connection).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -133,7 +136,7 @@ pub async fn serve_connection<R, S>(
         match written {
             Ok(true) if !shutdown.is_cancelled() => {}
             Ok(_) => {
-                let _ = tokio::time::timeout(HEADER_TIMEOUT, conn.stream.shutdown()).await;
+                Box::pin(conn.linger()).await;
                 return;
             }
             Err(e) => {
@@ -249,10 +252,34 @@ impl<S: Io> Conn<S> {
         };
         let mut response = Response::new(super::full(Bytes::new()));
         *response.status_mut() = refusal;
-        let _ = self
+        if let Ok(false) = self
             .respond(response, Version::HTTP_11, false, false, abort)
-            .await;
+            .await
+        {
+            self.linger().await;
+        }
         None
+    }
+
+    /// Closes the connection after its last answer: the write side is shut, then what
+    /// the client still sends is read and dropped, for [`LINGER`] at most. Closed with
+    /// bytes unread, the socket would be reset, and a client still sending (a head over
+    /// the limit) could lose the answer (RFC 9112, 9.6).
+    async fn linger(&mut self) {
+        if let Ok(Ok(())) = tokio::time::timeout(HEADER_TIMEOUT, self.stream.shutdown()).await {
+            self.buf = Vec::new();
+            let _ = tokio::time::timeout(LINGER, async {
+                loop {
+                    self.buf.clear();
+                    self.buf.reserve(4096);
+                    match self.stream.read_buf(&mut self.buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+        }
     }
 
     /// Reads until the buffer holds a whole request head.

@@ -1,0 +1,478 @@
+//! The HTTP listener's own connection handling over raw TCP sockets
+//! (docs/protocol.md#http-listener): keep-alive and pipelining with content-length
+//! framing, the handover to hyper at the first request with a body, HTTP/1.0 and
+//! `Connection: close`, HEAD, refused heads (431, 400), event streams chunked on
+//! HTTP/1.1 and close-delimited on HTTP/1.0, and a held long-poll released when its
+//! client leaves. Requests are written as bytes and answers read as bytes.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use radiovis::http::HttpConfig;
+use radiovis::HubConfig;
+use testkit::harness::*;
+use testkit::web::{read_head, serve_http, HttpResponse};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+const SSE_PATH: &str = "/radiodns/push/1.0/fm/4e1/4001/09580";
+const CHANNEL: &str = "/topic/fm/4e1/4001/09580/";
+
+fn poll_target() -> String {
+    format!("/radiodns/vis/vis.json?topic={}", TEXT.replace('/', "%2F"))
+}
+
+fn held_polls() -> HttpConfig {
+    HttpConfig {
+        poll_hold: Duration::from_secs(10),
+        ..HttpConfig::default()
+    }
+}
+
+/// A raw HTTP client on one socket: writes bytes, reads answers one by one.
+struct Raw {
+    reader: BufReader<TcpStream>,
+}
+
+impl Raw {
+    async fn connect(addr: &str) -> Raw {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        Raw {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        let stream = self.reader.get_mut();
+        stream.write_all(bytes).await.expect("write request");
+        stream.flush().await.expect("flush request");
+    }
+
+    /// Reads one answer whose body is framed by `content-length` (none for HEAD).
+    async fn response(&mut self, head_only: bool) -> HttpResponse {
+        tokio::time::timeout(WAIT, async {
+            let (status, headers) = read_head(&mut self.reader).await;
+            let mut r = HttpResponse {
+                status,
+                headers,
+                body: Vec::new(),
+            };
+            assert!(
+                r.header("transfer-encoding").is_none(),
+                "a whole answer is not chunked: {r:?}"
+            );
+            let length: usize = r
+                .header("content-length")
+                .unwrap_or_else(|| panic!("no content-length: {r:?}"))
+                .parse()
+                .expect("content-length is a number");
+            if !head_only {
+                r.body.resize(length, 0);
+                self.reader
+                    .read_exact(&mut r.body)
+                    .await
+                    .expect("the whole body");
+            }
+            r
+        })
+        .await
+        .expect("an answer in time")
+    }
+
+    /// The head of an answer whose body is read separately (a stream).
+    async fn head(&mut self) -> HttpResponse {
+        let (status, headers) = tokio::time::timeout(WAIT, read_head(&mut self.reader))
+            .await
+            .expect("an answer's head in time");
+        HttpResponse {
+            status,
+            headers,
+            body: Vec::new(),
+        }
+    }
+
+    /// One chunk of a chunked body, checking its framing.
+    async fn chunk(&mut self) -> Vec<u8> {
+        tokio::time::timeout(WAIT, async {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).await.expect("chunk size");
+            assert!(line.ends_with("\r\n"), "chunk size line {line:?}");
+            let size = usize::from_str_radix(line.trim_end(), 16)
+                .unwrap_or_else(|_| panic!("bad chunk size line {line:?}"));
+            let mut chunk = vec![0; size + 2];
+            self.reader.read_exact(&mut chunk).await.expect("chunk");
+            assert_eq!(&chunk[size..], b"\r\n", "a chunk ends with CRLF");
+            chunk.truncate(size);
+            chunk
+        })
+        .await
+        .expect("a chunk in time")
+    }
+
+    /// Reads raw bytes until they contain `needle`; returns all of them.
+    async fn read_until_contains(&mut self, needle: &str) -> String {
+        let mut seen = Vec::new();
+        tokio::time::timeout(WAIT, async {
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&seen).contains(needle) {
+                let n = self.reader.read(&mut buf).await.expect("read");
+                assert!(n > 0, "closed before {needle:?}: {seen:?}");
+                seen.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no {needle:?} in time: {:?}",
+                String::from_utf8_lossy(&seen)
+            )
+        });
+        String::from_utf8_lossy(&seen).into_owned()
+    }
+
+    /// Reads until the server closes the connection; what came before the end.
+    async fn until_closed(&mut self) -> Vec<u8> {
+        let mut rest = Vec::new();
+        tokio::time::timeout(WAIT, self.reader.read_to_end(&mut rest))
+            .await
+            .expect("the server closes the connection")
+            .expect("a clean close");
+        rest
+    }
+
+    /// Asserts that nothing arrives (and the connection stays open) for `within`.
+    async fn expect_quiet(&mut self, within: Duration) {
+        if let Ok(r) = tokio::time::timeout(within, self.reader.fill_buf()).await {
+            let got = r.expect("read").to_vec();
+            panic!(
+                "unexpected bytes or close: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+        }
+    }
+}
+
+fn get(target: &str) -> String {
+    format!("GET {target} HTTP/1.1\r\nHost: radiovis.test\r\n\r\n")
+}
+
+fn assert_healthz(r: &HttpResponse) {
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["status"], "alive", "{r:?}");
+    assert_eq!(r.header("connection"), None, "kept alive: {r:?}");
+}
+
+/// Waits until the hub holds `n` subscriptions.
+async fn wait_subscriptions(hub: &TestHub, n: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while hub.hub.stats().subscriptions != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "subscriptions: {} (want {n})",
+            hub.hub.stats().subscriptions
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_requests_on_one_keep_alive_connection() {
+    let hub = TestHub::start().await;
+    let http = serve_http(&hub, held_polls()).await;
+    let mut c = Raw::connect(&http).await;
+    c.send(get("/healthz").as_bytes()).await;
+    assert_healthz(&c.response(false).await);
+
+    // The same socket: a long-poll, held, then answered by a message over STOMP.
+    c.send(get(&poll_target()).as_bytes()).await;
+    wait_subscriptions(&hub, 1).await;
+    c.expect_quiet(Duration::from_millis(200)).await;
+    let mut b = hub.broadcaster().await;
+    b.publish(TEXT, b"TEXT on a kept connection", &[]).await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["body"], "TEXT on a kept connection");
+    // Nothing after the body: content-length was exact, the connection stays open.
+    c.expect_quiet(Duration::from_millis(300)).await;
+    c.send(get("/healthz").as_bytes()).await;
+    assert_healthz(&c.response(false).await);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let hub = TestHub::start().await;
+    let http = serve_http(&hub, held_polls()).await;
+    let mut c = Raw::connect(&http).await;
+    c.send(format!("{}{}", get("/healthz"), get("/no/such/thing")).as_bytes())
+        .await;
+    assert_healthz(&c.response(false).await);
+    let r = c.response(false).await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(r.json()["error"], "not found");
+
+    // Behind a held long-poll: the next requests wait for its answer, in order.
+    c.send(format!("{}{}{}", get(&poll_target()), get("/healthz"), get("/nope")).as_bytes())
+        .await;
+    wait_subscriptions(&hub, 1).await;
+    c.expect_quiet(Duration::from_millis(300)).await;
+    let mut b = hub.broadcaster().await;
+    b.publish(TEXT, b"TEXT pipelined", &[]).await;
+    let r = c.response(false).await;
+    assert_eq!(r.json()["body"], "TEXT pipelined", "{r:?}");
+    assert_healthz(&c.response(false).await);
+    assert_eq!(c.response(false).await.status, 404);
+    c.expect_quiet(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_post_with_a_body_after_a_get_is_served_on_the_same_connection() {
+    let hub = TestHub::start().await;
+    let http = serve_http(&hub, HttpConfig::default()).await;
+    let mut radio = hub.radio().await;
+    radio
+        .subscribe(TEXT, Some("text"), &[("x-ebu-nofastreply", "yes")])
+        .await;
+    radio.sync().await;
+
+    let mut c = Raw::connect(&http).await;
+    c.send(get("/healthz").as_bytes()).await;
+    assert_healthz(&c.response(false).await);
+
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{LOGIN}:{PASSCODE}"));
+    let body = format!("topic={CHANNEL}&text=handed+over");
+    let post = format!(
+        "POST /publish HTTP/1.1\r\nHost: radiovis.test\r\nAuthorization: Basic {auth}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // The POST and a GET behind it in one write: both reach hyper.
+    c.send(format!("{post}{}", get("/no/such/thing")).as_bytes())
+        .await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 200, "{r:?} {}", String::from_utf8_lossy(&r.body));
+    let published = r.json()["published"].clone();
+    assert_eq!(published[0]["topic"], TEXT, "{published}");
+    let m = radio.expect("MESSAGE").await;
+    assert_eq!(m.text(), "TEXT handed over");
+
+    let r = c.response(false).await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(r.json()["error"], "not found");
+    // An unknown path with a body: hyper reads it, the router says 404.
+    c.send(b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        .await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(r.json()["error"], "not found");
+}
+
+#[tokio::test]
+async fn an_http_1_0_request_is_answered_then_the_connection_closed() {
+    let hub = TestHub::start().await;
+    let http = serve_http(&hub, HttpConfig::default()).await;
+    let mut c = Raw::connect(&http).await;
+    c.send(b"GET /healthz HTTP/1.0\r\n\r\n").await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(r.json()["status"], "alive");
+    assert!(c.until_closed().await.is_empty(), "bytes after the body");
+
+    // With keep-alive asked for, HTTP/1.0 keeps the connection.
+    let mut c = Raw::connect(&http).await;
+    c.send(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .await;
+    let r = c.response(false).await;
+    assert_eq!(r.header("connection"), Some("keep-alive"), "{r:?}");
+    c.send(b"GET /healthz HTTP/1.0\r\n\r\n").await;
+    assert_eq!(c.response(false).await.status, 200);
+    assert!(c.until_closed().await.is_empty());
+}
+
+#[tokio::test]
+async fn connection_close_on_http_1_1_closes_after_the_answer() {
+    let hub = TestHub::start().await;
+    let http = serve_http(&hub, HttpConfig::default()).await;
+    let mut c = Raw::connect(&http).await;
+    // Requests behind it (more than one read of the server) are never answered,
+    // and the close is a clean one: what was left unread does not reset it.
+    c.send(
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n{}",
+            get("/nope").repeat(600)
+        )
+        .as_bytes(),
+    )
+    .await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("connection"), Some("close"));
+    let rest = c.until_closed().await;
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+}
+
+#[tokio::test]
+async fn a_head_answer_has_a_length_and_no_body() {
+    let hub = TestHub::start().await;
+    let http = serve_http(&hub, HttpConfig::default()).await;
+    let mut c = Raw::connect(&http).await;
+    c.send(b"HEAD /no/such/thing HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let r = c.response(true).await;
+    assert_eq!(r.status, 404, "{r:?}");
+    let length: usize = r
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .expect("content-length");
+    assert!(length > 0, "the length of the body a GET would get: {r:?}");
+    c.expect_quiet(Duration::from_millis(300)).await;
+    // HEAD of a path that answers GET: the GET answer's head (200), no body.
+    c.send(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let r = c.response(true).await;
+    assert_eq!(r.status, 200, "HEAD is answered as GET: {r:?}");
+    assert!(r.header("content-length").is_some(), "{r:?}");
+    c.expect_quiet(Duration::from_millis(300)).await;
+    // The next answer starts right after the head.
+    c.send(get("/healthz").as_bytes()).await;
+    assert_healthz(&c.response(false).await);
+}
+
+#[tokio::test]
+async fn a_head_over_16_kib_is_a_431_then_close() {
+    let hub = TestHub::start().await;
+    let http = serve_http(&hub, HttpConfig::default()).await;
+    let mut c = Raw::connect(&http).await;
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    c.send(big.as_bytes()).await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 431, "{r:?}");
+    assert_eq!(r.header("connection"), Some("close"));
+    c.until_closed().await;
+
+    // Under the limit, a big head is fine.
+    let mut c = Raw::connect(&http).await;
+    let fits = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(12 * 1024)
+    );
+    c.send(fits.as_bytes()).await;
+    assert_healthz(&c.response(false).await);
+}
+
+#[tokio::test]
+async fn a_malformed_request_line_is_a_400_then_close() {
+    let hub = TestHub::start().await;
+    let http = serve_http(&hub, HttpConfig::default()).await;
+    for bad in [
+        &b"THIS IS NOT HTTP\r\n\r\n"[..],
+        b"GET /healthz HTTP/1.1\r\nNo colon here\r\n\r\n",
+    ] {
+        let mut c = Raw::connect(&http).await;
+        c.send(bad).await;
+        let r = c.response(false).await;
+        assert_eq!(r.status, 400, "{:?}: {r:?}", String::from_utf8_lossy(bad));
+        assert_eq!(r.header("connection"), Some("close"));
+        c.until_closed().await;
+    }
+    // A malformed request behind a good one: the good one is answered first.
+    let mut c = Raw::connect(&http).await;
+    c.send(format!("{}BAD\0REQUEST\r\n\r\n", get("/healthz")).as_bytes())
+        .await;
+    assert_healthz(&c.response(false).await);
+    assert_eq!(c.response(false).await.status, 400);
+    c.until_closed().await;
+}
+
+#[tokio::test]
+async fn an_event_stream_is_chunked_on_http_1_1() {
+    let hub = TestHub::start().await;
+    let http = serve_http(&hub, HttpConfig::default()).await;
+    let mut c = Raw::connect(&http).await;
+    c.send(get(SSE_PATH).as_bytes()).await;
+    let r = c.head().await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"), "{r:?}");
+    assert_eq!(r.header("content-length"), None);
+    wait_subscriptions(&hub, 2).await;
+    let mut b = hub.broadcaster().await;
+    b.publish(TEXT, b"TEXT chunked", &[]).await;
+    let mut text = String::new();
+    while !text.contains("\n\n") || !text.contains("event: text") {
+        let chunk = c.chunk().await;
+        assert!(!chunk.is_empty(), "the last chunk: the stream ended");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let event = &text[text.find("event: text").expect("event")..];
+    assert!(event.contains("\"body\":\"chunked\""), "{event:?}");
+}
+
+#[tokio::test]
+async fn an_event_stream_is_close_delimited_on_http_1_0() {
+    let hub = TestHub::start().await;
+    let http = serve_http(&hub, HttpConfig::default()).await;
+    let mut c = Raw::connect(&http).await;
+    c.send(format!("GET {SSE_PATH} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").as_bytes())
+        .await;
+    let r = c.head().await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    assert_eq!(r.header("transfer-encoding"), None, "{r:?}");
+    assert_eq!(r.header("content-length"), None, "{r:?}");
+    // Its end is the connection's, whatever the client asked.
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    wait_subscriptions(&hub, 2).await;
+    let mut b = hub.broadcaster().await;
+    b.publish(TEXT, b"TEXT raw", &[]).await;
+    let text = c.read_until_contains("\"body\":\"raw\"").await;
+    // Raw event text: it starts with the stream's first comment, no chunk sizes.
+    assert!(text.starts_with(": radiovis\n"), "{text:?}");
+    assert!(text.contains("event: text\n"), "{text:?}");
+    assert!(!text.contains("\r\n"), "chunk framing in {text:?}");
+}
+
+#[tokio::test]
+async fn a_held_poll_whose_client_closed_is_released_with_its_connection() {
+    let config = HubConfig {
+        max_connections_per_address: 1,
+        ..test_config()
+    };
+    let hub = TestHub::with(config, static_directory()).await;
+    let http = serve_http(&hub, held_polls()).await;
+    let mut held = Raw::connect(&http).await;
+    held.send(get(&poll_target()).as_bytes()).await;
+    wait_subscriptions(&hub, 1).await;
+    // The held poll has the address's only place: another connection is refused.
+    let mut other = Raw::connect(&http).await;
+    other.send(get("/healthz").as_bytes()).await;
+    let mut refused = Vec::new();
+    let _ = tokio::time::timeout(WAIT, other.reader.read_to_end(&mut refused))
+        .await
+        .expect("refused connection closed");
+    assert!(
+        refused.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&refused)
+    );
+
+    drop(held);
+    // Released long before the 10 s hold: its subscription and its place.
+    wait_subscriptions(&hub, 0).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut c = Raw::connect(&http).await;
+        c.send(get("/healthz").as_bytes()).await;
+        let mut first = [0u8; 1];
+        if let Ok(Ok(1)) = tokio::time::timeout(WAIT, c.reader.read(&mut first)).await {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the held poll's place was never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
