@@ -17,6 +17,7 @@
 //! 4. the first request with a body (HTTP publish) hands the connection, with what was
 //!    read of it, to hyper, which serves it from then on.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -70,78 +71,85 @@ impl RawUpgrade {
 
 /// Serves HTTP/1.1 (with upgrades to WebSocket) on one accepted stream until the
 /// client closes it or `shutdown` is cancelled (requests in progress finish first).
-pub async fn serve_connection<R, S>(
+/// The connection is admitted under the limits when this is called.
+pub fn serve_connection<R, S>(
     router: R,
     stream: S,
     peer: SocketAddr,
     shutdown: CancellationToken,
-) where
+) -> impl Future<Output = ()> + Send
+where
     R: Router,
     S: Io,
 {
-    let Ok(guard) = router.admit(peer) else {
-        // Logged and counted by `admit`; the client sees the connection closed.
-        return;
-    };
-    let place = Place::new(Box::new(guard));
+    // Logged and counted by `admit`; a refused client sees the connection closed.
+    let place = router
+        .admit(peer)
+        .ok()
+        .map(|guard| Place::new(Box::new(guard)));
+    // Made here and moved into the future whole: made inside it, each would be held
+    // twice (as the future's captured argument and as its local).
     let abort = Abort(CancellationToken::new());
     let mut conn = Conn {
         stream,
         buf: Vec::new(),
     };
-    // What this loop holds while a request is pending is what every held client
-    // costs: the big steps (reading a head, writing an answer, hyper) are futures
-    // of their own, boxed or finished before the request is routed.
-    loop {
-        let Some(head) = Box::pin(conn.next_head(&shutdown, &abort, peer)).await else {
+    async move {
+        let Some(place) = place else {
             return;
         };
-        if head.has_body {
-            // The whole connection, what was read of it first, goes to hyper.
-            let io = Prefixed {
-                prefix: Bytes::from(std::mem::take(&mut conn.buf)),
-                inner: conn.stream,
+        loop {
+            let Some(head) = Box::pin(conn.next_head(&shutdown, &abort, peer)).await else {
+                return;
             };
-            Box::pin(super::serve_hyper(router, io, peer, shutdown, place, abort)).await;
-            return;
-        }
-        conn.consume(head.len);
-        let (request, answer) = prepare(head, &abort, &place);
-        let response = tokio::select! {
-            r = router.route(request, peer) => r,
-            _ = conn.until_closed() => {
-                tracing::debug!(%peer, "HTTP client left before its answer");
+            if head.has_body {
+                // The whole connection, what was read of it first, goes to hyper.
+                let io = Prefixed {
+                    prefix: Bytes::from(std::mem::take(&mut conn.buf)),
+                    inner: conn.stream,
+                };
+                Box::pin(super::serve_hyper(router, io, peer, shutdown, place, abort)).await;
                 return;
             }
-        };
-        if let (StatusCode::SWITCHING_PROTOCOLS, Some(tx)) = (response.status(), answer.upgrade) {
-            let written =
-                Box::pin(conn.respond(response, answer.version, true, true, &abort)).await;
-            if written.is_ok() {
-                let _ = tx.send(Upgraded {
-                    io: Box::new(conn.stream),
-                    read: conn.buf,
-                });
-            }
-            return;
-        }
-        let written = Box::pin(conn.respond(
-            response,
-            answer.version,
-            answer.head_only,
-            answer.keep_alive,
-            &abort,
-        ))
-        .await;
-        match written {
-            Ok(true) if !shutdown.is_cancelled() => {}
-            Ok(_) => {
-                Box::pin(conn.linger()).await;
+            conn.consume(head.len);
+            let (request, answer) = prepare(head, &abort, &place);
+            let response = tokio::select! {
+                r = router.route(request, peer) => r,
+                _ = conn.until_closed() => {
+                    tracing::debug!(%peer, "HTTP client left before its answer");
+                    return;
+                }
+            };
+            if let (StatusCode::SWITCHING_PROTOCOLS, Some(tx)) = (response.status(), answer.upgrade)
+            {
+                let written =
+                    Box::pin(conn.respond(response, answer.version, true, true, &abort)).await;
+                if written.is_ok() {
+                    let _ = tx.send(Upgraded {
+                        io: Box::new(conn.stream),
+                        read: conn.buf,
+                    });
+                }
                 return;
             }
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "HTTP connection ended while answering");
-                return;
+            let written = Box::pin(conn.respond(
+                response,
+                answer.version,
+                answer.head_only,
+                answer.keep_alive,
+                &abort,
+            ))
+            .await;
+            match written {
+                Ok(true) if !shutdown.is_cancelled() => {}
+                Ok(_) => {
+                    Box::pin(conn.linger()).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "HTTP connection ended while answering");
+                    return;
+                }
             }
         }
     }

@@ -69,16 +69,11 @@ pub(super) fn handle<T, B: MessageBus, D: DirectoryApi, C: Cache>(
     let (hub, hold) = (hub.clone(), config.poll_hold);
     Either::Right(async move {
         // Boxed: subscribing is a moment, the wait is long.
-        let watch = Box::pin(subscribe(hub, peer, abort, query.topics)).await;
-        let (watch, newest) = match watch {
-            Ok(subscribed) => subscribed,
-            Err(refusal) => return refusal,
+        let subscribed = subscribe(hub, peer, abort, query.topics, query.last_id.as_deref());
+        let watch = match Box::pin(subscribed).await {
+            Ok(watch) => watch,
+            Err(answer) => return *answer,
         };
-        if let Some(frame) = newest {
-            if !same_id(query.last_id.as_deref(), message_id(&frame)) {
-                return answer(&frame);
-            }
-        }
         // The client has the newest (or there is none): hold until a newer one.
         match tokio::time::timeout(hold, wait(&watch, query.last_id.as_deref())).await {
             Ok(Some(frame)) => answer(&frame),
@@ -88,14 +83,16 @@ pub(super) fn handle<T, B: MessageBus, D: DirectoryApi, C: Cache>(
     })
 }
 
-/// Subscribes a new web client to `topics`; the client and the newest of their last
-/// messages, or the answer refusing a topic.
+/// Subscribes a new web client to `topics`, to wait for a message newer than
+/// `last_id`; or the answer at once: the newest of the topics' last messages when the
+/// client does not have it, a refusal for a bad topic.
 async fn subscribe<B: MessageBus, D: DirectoryApi, C: Cache>(
     hub: Arc<Hub<B, D, C>>,
     peer: SocketAddr,
     abort: tokio_util::sync::CancellationToken,
     topics: Vec<String>,
-) -> Result<(Watch<B, D, C>, Option<Frame>), Response<Body>> {
+    last_id: Option<&str>,
+) -> Result<Watch<B, D, C>, Box<Response<Body>>> {
     let mut watch = Watch::new(hub, peer, abort, Transport::LongPoll);
     let mut newest: Option<(u64, Frame)> = None;
     for topic in &topics {
@@ -111,12 +108,23 @@ async fn subscribe<B: MessageBus, D: DirectoryApi, C: Cache>(
             }
             Ok(None) => {}
             Err(e @ WatchError::BadDestination(_)) => {
-                return Err(super::error(StatusCode::BAD_REQUEST, &e.to_string()))
+                return Err(Box::new(super::error(
+                    StatusCode::BAD_REQUEST,
+                    &e.to_string(),
+                )))
             }
-            Err(e) => return Err(super::error(StatusCode::TOO_MANY_REQUESTS, &e.to_string())),
+            Err(e) => {
+                return Err(Box::new(super::error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &e.to_string(),
+                )))
+            }
         }
     }
-    Ok((watch, newest.map(|(_, frame)| frame)))
+    match newest {
+        Some((_, frame)) if !same_id(last_id, message_id(&frame)) => Err(Box::new(answer(&frame))),
+        _ => Ok(watch),
+    }
 }
 
 /// The first message newer than `last_id` (of several that arrive together, the

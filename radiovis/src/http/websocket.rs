@@ -240,7 +240,8 @@ async fn ebu_session<B: MessageBus, D: DirectoryApi, C: Cache>(
                 // The player splits on ':' and shows the third part.
                 let reason = e.to_string().replace(':', " ");
                 let _ = Box::pin(w.send(ws, format!("RADIOVISWEBSOCKET:ERROR:{reason}\0"))).await;
-                let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                let _ =
+                    Box::pin(tokio::time::timeout(Duration::from_secs(1), ws.close(None))).await;
                 return e.to_string();
             }
         }
@@ -262,7 +263,7 @@ async fn ebu_session<B: MessageBus, D: DirectoryApi, C: Cache>(
                     }
                 }
                 Err(Ended::Shutdown) => {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                    let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), ws.close(None))).await;
                     return "server shutting down".into();
                 }
                 Err(Ended::SlowConsumer) => return "slow consumer: outbound queue full".into(),
