@@ -3,7 +3,8 @@
 //!
 //! For each transport a fresh server is started, its RSS read, N idle clients opened
 //! (each subscribed to `<prefix><i % K>/text`, topics with no message, so that
-//! long-polls stay held), 2 s of settling, its RSS read again: per client =
+//! long-polls stay held; and `<prefix><i % K>/image` too, as radios and players
+//! follow a station, unless `--text-only`), 2 s of settling, its RSS read again: per client =
 //! (after - before) / N. Clients are raw sockets speaking just enough of each
 //! protocol (no client library in the measured path).
 
@@ -41,6 +42,12 @@ pub struct WebArgs {
     /// Write the figures as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// STOMP, long-poll and STOMP-over-WebSocket clients follow only `<topic>/text`
+    /// (how this was measured before 2026-12-01). By default every client follows
+    /// one station's text and image, as radios and players do; EBU player and SSE
+    /// clients always do.
+    #[arg(long)]
+    pub text_only: bool,
 }
 
 /// The transports measured.
@@ -71,6 +78,8 @@ struct Row {
     rss_before_kib: u64,
     rss_after_kib: u64,
     kib_per_client: f64,
+    /// Topics each client follows.
+    subscriptions: usize,
     ratio_to_stomp_tcp: f64,
     latency: Option<crate::web_latency::Latency>,
 }
@@ -104,7 +113,7 @@ pub async fn run(a: WebArgs) -> Result<(), String> {
             m => Some(
                 crate::web_latency::measure(
                     clients,
-                    matches!(transport, Transport::LongPoll),
+                    matches!(transport, Transport::LongPoll).then_some(!a.text_only),
                     &stomp,
                     SERVICE,
                     a.topics,
@@ -119,6 +128,11 @@ pub async fn run(a: WebArgs) -> Result<(), String> {
             rss_before_kib: before,
             rss_after_kib: after,
             kib_per_client: per,
+            subscriptions: match transport {
+                Transport::Sse | Transport::EbuWebsocket => 2,
+                _ if a.text_only => 1,
+                _ => 2,
+            },
             ratio_to_stomp_tcp: if base > 0.0 { per / base } else { f64::NAN },
             latency,
         });
@@ -199,6 +213,7 @@ async fn open_clients(
     http: &str,
 ) -> Result<Vec<TcpStream>, String> {
     let gate = std::sync::Arc::new(Semaphore::new(a.concurrency.max(1)));
+    let text_only = a.text_only;
     let mut tasks = Vec::with_capacity(a.clients);
     for i in 0..a.clients {
         let gate = gate.clone();
@@ -209,9 +224,13 @@ async fn open_clients(
         };
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.map_err(|e| e.to_string())?;
-            tokio::time::timeout(Duration::from_secs(30), open(transport, &addr, &service))
-                .await
-                .map_err(|_| format!("{transport:?} client {i}: set-up timed out"))?
+            let station = !text_only;
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                open(transport, &addr, &service, station),
+            )
+            .await
+            .map_err(|_| format!("{transport:?} client {i}: set-up timed out"))?
         }));
     }
     let mut out = Vec::with_capacity(a.clients);
@@ -221,23 +240,44 @@ async fn open_clients(
     Ok(out)
 }
 
-async fn open(transport: Transport, addr: &str, service: &str) -> Result<TcpStream, String> {
+/// Opens one client of `service`: its text topic, and its image topic too when
+/// `station` (always for EBU and SSE clients).
+async fn open(
+    transport: Transport,
+    addr: &str,
+    service: &str,
+    station: bool,
+) -> Result<TcpStream, String> {
     let mut s = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
-    let text = format!("{service}/text");
-    let enc = text.replace('/', "%2F");
+    let mut topics = vec![format!("{service}/text")];
+    if station {
+        topics.push(format!("{service}/image"));
+    }
+    // One SUBSCRIBE per topic, the last with a receipt.
+    let subscribes: String = topics
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let receipt = if i + 1 == topics.len() {
+                "receipt:r\n"
+            } else {
+                ""
+            };
+            format!("SUBSCRIBE\ndestination:{t}\nid:{i}\nx-ebu-nofastreply:yes\n{receipt}\n\0")
+        })
+        .collect();
     match transport {
         Transport::StompTcp => {
-            let frames = format!(
-                "CONNECT\n\n\0SUBSCRIBE\ndestination:{text}\nx-ebu-nofastreply:yes\nreceipt:r\n\n\0"
-            );
+            let frames = format!("CONNECT\n\n\0{subscribes}");
             write(&mut s, frames.as_bytes()).await?;
             read_until(&mut s, b"RECEIPT").await?;
         }
         Transport::LongPoll => {
             let req = format!(
-                "GET /radiodns/vis/vis.json?topic={enc}&last_id=none HTTP/1.1\r\nHost: b\r\n\r\n"
+                "GET {}&last_id=none HTTP/1.1\r\nHost: b\r\n\r\n",
+                long_poll_target(service, station)
             );
             write(&mut s, req.as_bytes()).await?;
         }
@@ -256,13 +296,24 @@ async fn open(transport: Transport, addr: &str, service: &str) -> Result<TcpStre
             read_until(&mut s, b"\r\n\r\n").await?;
             write(&mut s, &ws_frame(b"CONNECT\n\n\0")).await?;
             read_until(&mut s, b"CONNECTED").await?;
-            let sub =
-                format!("SUBSCRIBE\ndestination:{text}\nx-ebu-nofastreply:yes\nreceipt:r\n\n\0");
-            write(&mut s, &ws_frame(sub.as_bytes())).await?;
+            write(&mut s, &ws_frame(subscribes.as_bytes())).await?;
             read_until(&mut s, b"RECEIPT").await?;
         }
     }
     Ok(s)
+}
+
+/// The long-poll request target (without `last_id`) of a client of `service`.
+pub(crate) fn long_poll_target(service: &str, station: bool) -> String {
+    let enc = |t: String| t.replace('/', "%2F");
+    let mut target = format!(
+        "/radiodns/vis/vis.json?topic={}",
+        enc(format!("{service}/text"))
+    );
+    if station {
+        target.push_str(&format!("&topic={}", enc(format!("{service}/image"))));
+    }
+    target
 }
 
 fn upgrade(path: &str, protocol: Option<&str>) -> String {

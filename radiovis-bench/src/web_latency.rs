@@ -92,10 +92,11 @@ async fn receive(
 }
 
 /// Measures the fan-out latency to `clients` (already subscribed to
-/// `<service><i % topics>/text`).
+/// `<service><i % topics>/text`); `long_poll`: the clients are long-polls, following
+/// the station's image too when `Some(true)`.
 pub async fn measure(
     clients: Vec<TcpStream>,
-    long_poll: bool,
+    long_poll: Option<bool>,
     stomp: &str,
     service: &str,
     topics: usize,
@@ -106,9 +107,8 @@ pub async fn measure(
         + Duration::from_secs(30);
     let mut tasks = Vec::with_capacity(clients.len());
     for (i, s) in clients.into_iter().enumerate() {
-        let target = long_poll.then(|| {
-            let topic = format!("{service}{}/text", i % topics).replace('/', "%2F");
-            format!("/radiodns/vis/vis.json?topic={topic}")
+        let target = long_poll.map(|station| {
+            crate::web::long_poll_target(&format!("{service}{}", i % topics), station)
         });
         tasks.push(tokio::spawn(receive(s, target, messages, until)));
     }

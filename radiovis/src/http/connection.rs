@@ -2,8 +2,8 @@
 //!
 //! Radios and players hold their requests for a long time: a long-poll waits for the
 //! next slide, an event stream and a WebSocket never end. hyper keeps two 8 KiB buffers
-//! per connection for as long as it serves it, which made a held long-poll cost six
-//! times a STOMP radio (BENCHMARKS.md). So a connection is read here first, into a
+//! per connection for as long as it serves it, which made a held long-poll cost more
+//! than ten times a STOMP radio (BENCHMARKS.md). So a connection is read here first, into a
 //! buffer no larger than what the client sent:
 //!
 //! 1. the request head is read (30 s, 16 KiB at most) and parsed with `httparse`;
