@@ -20,27 +20,24 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Body as _;
-use hyper::header::{self, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use hyper::header;
+use hyper::{Method, Request, Response, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use super::wire::{encode_head, parse, Head, HeadError, Prefixed};
 use super::{Abort, Body, Place, Router, HEADER_TIMEOUT, MAX_HEAD};
 
 /// How long writing one piece of an answer may take: a client that does not read
 /// its answer is dropped (docs/protocol.md#http-listener).
 const WRITE_TIMEOUT: std::time::Duration = HEADER_TIMEOUT;
 
-/// Most headers in a request head.
-const MAX_HEADERS: usize = 64;
 /// Longest a closed connection is read (and what is read dropped) after its last
 /// answer, so that the close does not reset it.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
@@ -194,32 +191,6 @@ fn prepare(head: Head, abort: &Abort, place: &Place) -> (Request<Empty<Bytes>>, 
 /// Whether the request asks to switch protocols (a WebSocket handshake).
 fn wants_upgrade<T>(request: &Request<T>) -> bool {
     request.headers().contains_key(header::UPGRADE)
-}
-
-/// A request head, parsed.
-struct Head {
-    request: Request<()>,
-    /// Bytes of the head in the buffer.
-    len: usize,
-    /// A body follows (`content-length` above 0 or `transfer-encoding`).
-    has_body: bool,
-    /// The client keeps the connection open after the answer.
-    keep_alive: bool,
-}
-
-#[derive(Debug)]
-enum HeadError {
-    /// The client closed the connection between requests.
-    Closed,
-    TooLarge,
-    Bad(&'static str),
-    Io(io::Error),
-}
-
-impl From<io::Error> for HeadError {
-    fn from(e: io::Error) -> Self {
-        HeadError::Io(e)
-    }
 }
 
 /// The socket and the bytes read from it and not consumed yet.
@@ -413,166 +384,5 @@ impl<S: Io> Conn<S> {
             self.write(b"0\r\n\r\n", abort).await?;
         }
         Ok(keep_alive)
-    }
-}
-
-/// The status line and headers of an answer, with the framing headers this writer
-/// adds (`content-length` or chunked, `connection`, `date`).
-fn encode_head(
-    parts: hyper::http::response::Parts,
-    version: Version,
-    length: Option<u64>,
-    chunked: bool,
-    keep_alive: bool,
-) -> Vec<u8> {
-    let status = parts.status;
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        header_line(&mut out, name.as_str(), value.as_bytes());
-    }
-    if !parts.headers.contains_key(header::DATE) {
-        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-        header_line(&mut out, "date", date.as_bytes());
-    }
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        // The upgrade's own headers say the rest.
-        out.extend_from_slice(b"\r\n");
-        return out;
-    }
-    let no_length = status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    if let (Some(n), false) = (length, no_length) {
-        header_line(&mut out, "content-length", n.to_string().as_bytes());
-    }
-    if chunked {
-        header_line(&mut out, "transfer-encoding", b"chunked");
-    }
-    if !keep_alive {
-        header_line(&mut out, "connection", b"close");
-    } else if version == Version::HTTP_10 {
-        header_line(&mut out, "connection", b"keep-alive");
-    }
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-fn header_line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Parses the head at the start of `buf`; `None` while it is incomplete.
-fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    let len = match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(_) => return Err(HeadError::Bad("malformed request head")),
-    };
-    let method = Method::from_bytes(parsed.method.unwrap_or("").as_bytes())
-        .map_err(|_| HeadError::Bad("bad method"))?;
-    let uri: Uri = parsed
-        .path
-        .unwrap_or("")
-        .parse()
-        .map_err(|_| HeadError::Bad("bad request target"))?;
-    let version = match parsed.version {
-        Some(0) => Version::HTTP_10,
-        _ => Version::HTTP_11,
-    };
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = version;
-    let map = request.headers_mut();
-    let mut has_body = false;
-    for h in parsed.headers.iter() {
-        let name =
-            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Bad("bad header"))?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| HeadError::Bad("bad header"))?;
-        if name == header::TRANSFER_ENCODING
-            || (name == header::CONTENT_LENGTH && value.as_bytes() != b"0")
-        {
-            has_body = true;
-        }
-        map.append(name, value);
-    }
-    let tokens = |token: &str| {
-        map.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    let keep_alive = match version {
-        Version::HTTP_10 => tokens("keep-alive"),
-        _ => !tokens("close"),
-    };
-    Ok(Some(Head {
-        request,
-        len,
-        has_body,
-        keep_alive,
-    }))
-}
-
-/// A stream with bytes already read from it put back in front.
-struct Prefixed<S> {
-    prefix: Bytes,
-    inner: S,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
