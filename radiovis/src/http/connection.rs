@@ -129,6 +129,22 @@ where
                 }
                 return;
             }
+            if !answer.head_only && response.body().size_hint().exact().is_none() {
+                // A stream (an event stream) is written by a task of its own, which
+                // holds only what writing it needs (this future is sized for a held
+                // long-poll), with the connection's place; the connection ends with it.
+                tokio::spawn(async move {
+                    let written = conn
+                        .respond(response, answer.version, false, false, &abort)
+                        .await;
+                    if let Err(e) = written {
+                        tracing::debug!(%peer, error = %e, "HTTP stream ended");
+                    }
+                    Box::pin(conn.linger()).await;
+                    drop(place);
+                });
+                return;
+            }
             let written = Box::pin(conn.respond(
                 response,
                 answer.version,
