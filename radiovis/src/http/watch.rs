@@ -138,6 +138,9 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
         }
         tracing::debug!(%destination, key = ?key, "web client subscribed");
         self.wildcards += usize::from(wildcard);
+        // Grown one at a time: a web client follows one or two topics, and a doubling
+        // Vec would hold room for four.
+        self.subs.reserve_exact(1);
         self.subs.push((key, sub, destination));
         Ok(last.map(|p| {
             (

@@ -27,7 +27,7 @@ use tokio_tungstenite::WebSocketStream;
 use super::connection::{Io, RawUpgrade, Upgraded};
 use super::watch::{raw_frames, Ended, Watch};
 use super::ws_bytes::WsBytes;
-use super::{Body, Place};
+use super::{Abort, Body, Place};
 use crate::backend::{Cache, DirectoryApi, MessageBus};
 use crate::hub::{Hub, Transport};
 use crate::StompHub;
@@ -193,13 +193,15 @@ pub(super) fn ebu<T, B: MessageBus, D: DirectoryApi, C: Cache>(
     };
     // The HTTP connection's place under the limits goes along with the player.
     let place = Place::take(&req);
+    // The connection's token: the fan-out cancels it when the player does not keep up.
+    let kill = Abort::of(&req);
     let hub = server.hub().clone();
     tokio::spawn(async move {
         let Some(mut ws) = websocket(on_upgrade).await else {
             return;
         };
         tracing::info!(%peer, %path, "EBU player WebSocket connected");
-        let ended = ebu_session(hub, &mut ws, peer, &path).await;
+        let ended = ebu_session(hub, &mut ws, kill, peer, &path).await;
         tracing::info!(%peer, %path, reason = %ended, "EBU player WebSocket closed");
         drop(place);
     });
@@ -209,13 +211,13 @@ pub(super) fn ebu<T, B: MessageBus, D: DirectoryApi, C: Cache>(
 async fn ebu_session<B: MessageBus, D: DirectoryApi, C: Cache>(
     hub: Arc<Hub<B, D, C>>,
     ws: &mut WebSocketStream<Socket>,
+    kill: tokio_util::sync::CancellationToken,
     peer: SocketAddr,
     path: &str,
 ) -> String {
     // What this future holds while it waits is what an idle player costs: the socket
     // is its caller's, subscribing and writing are futures of their own (boxed).
     let write_timeout = hub.config().write_timeout;
-    let kill = hub.session_token();
     let mut watch = Watch::new(hub, peer, kill.clone(), Transport::WebSocket);
     let w = Writer {
         limit: write_timeout,

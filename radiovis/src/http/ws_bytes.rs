@@ -57,6 +57,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsBytes<S> {
         let n = self.unread.len().min(buf.remaining());
         let chunk = self.unread.split_to(n);
         buf.put_slice(&chunk);
+        if self.unread.is_empty() {
+            // An empty slice still holds the message's buffer (tungstenite's read
+            // buffer, which then has to allocate another): let it go.
+            self.unread = Bytes::new();
+        }
         Poll::Ready(Ok(()))
     }
 }
