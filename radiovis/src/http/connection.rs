@@ -133,11 +133,10 @@ where
                 // A stream (an event stream) is written by a task of its own, which
                 // holds only what writing it needs (this future is sized for a held
                 // long-poll), with the connection's place; the connection ends with it.
+                let out = Outgoing::new(response, answer.version, false, false);
+                let chunked = out.framing == Framing::Chunked;
                 tokio::spawn(async move {
-                    let written = conn
-                        .respond(response, answer.version, false, false, &abort)
-                        .await;
-                    if let Err(e) = written {
+                    if let Err(e) = conn.stream(out.head, out.body, chunked, &abort).await {
                         tracing::debug!(%peer, error = %e, "HTTP stream ended");
                     }
                     Box::pin(conn.linger()).await;
@@ -341,39 +340,41 @@ impl<S: Io> Conn<S> {
         response: Response<Body>,
         version: Version,
         head_only: bool,
-        mut keep_alive: bool,
+        keep_alive: bool,
         abort: &Abort,
     ) -> io::Result<bool> {
-        let (parts, mut body) = response.into_parts();
-        let status = parts.status;
-        let bodiless = head_only
-            || status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED;
-        let length = body.size_hint().exact();
-        let chunked = !bodiless && length.is_none() && version == Version::HTTP_11;
-        if !bodiless && length.is_none() && !chunked {
-            // HTTP/1.0 and a body of unknown length: it ends with the connection.
-            keep_alive = false;
-        }
-        let mut out = encode_head(parts, version, length, chunked, keep_alive);
-        if bodiless {
-            self.write(&out, abort).await?;
-            return Ok(keep_alive);
-        }
-        if length.is_some() {
-            // A whole body: one write with the head.
-            while let Some(Ok(frame)) = body.frame().await {
-                if let Ok(data) = frame.into_data() {
-                    out.extend_from_slice(&data);
+        let mut answer = Outgoing::new(response, version, head_only, keep_alive);
+        match answer.framing {
+            Framing::None => self.write(&answer.head, abort).await?,
+            Framing::Length => {
+                // A whole body: one write with the head.
+                while let Some(Ok(frame)) = answer.body.frame().await {
+                    if let Ok(data) = frame.into_data() {
+                        answer.head.extend_from_slice(&data);
+                    }
                 }
+                self.write(&answer.head, abort).await?;
             }
-            self.write(&out, abort).await?;
-            return Ok(keep_alive);
+            Framing::Chunked | Framing::Close => {
+                let chunked = answer.framing == Framing::Chunked;
+                self.stream(answer.head, answer.body, chunked, abort)
+                    .await?;
+            }
         }
-        // A stream (server-sent events): each piece as soon as it is ready.
-        self.write(&out, abort).await?;
-        drop(out);
+        Ok(answer.keep_alive)
+    }
+
+    /// Writes the head of a stream (server-sent events), then each piece of its body
+    /// as soon as it is ready, chunked or as it is, until the body ends.
+    async fn stream(
+        &mut self,
+        head: Vec<u8>,
+        mut body: Body,
+        chunked: bool,
+        abort: &Abort,
+    ) -> io::Result<()> {
+        self.write(&head, abort).await?;
+        drop(head);
         loop {
             let next = tokio::select! {
                 f = body.frame() => f,
@@ -399,6 +400,63 @@ impl<S: Io> Conn<S> {
         if chunked {
             self.write(b"0\r\n\r\n", abort).await?;
         }
-        Ok(keep_alive)
+        Ok(())
+    }
+}
+
+/// How an answer's body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body (`HEAD`, `101`, `204`, `304`).
+    None,
+    /// `content-length`.
+    Length,
+    /// A stream on HTTP/1.1.
+    Chunked,
+    /// A stream on HTTP/1.0: it ends with the connection.
+    Close,
+}
+
+/// An answer ready to write: its head encoded, its body, how the body is framed.
+struct Outgoing {
+    head: Vec<u8>,
+    body: Body,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+impl Outgoing {
+    fn new(response: Response<Body>, version: Version, head_only: bool, keep_alive: bool) -> Self {
+        let (parts, body) = response.into_parts();
+        let status = parts.status;
+        let length = body.size_hint().exact();
+        let framing = if head_only
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            Framing::None
+        } else if length.is_some() {
+            Framing::Length
+        } else if version == Version::HTTP_11 {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        };
+        // A body that ends with the connection ends it.
+        let keep_alive = keep_alive && framing != Framing::Close;
+        let head = encode_head(
+            parts,
+            version,
+            length,
+            framing == Framing::Chunked,
+            keep_alive,
+        );
+        Outgoing {
+            head,
+            body,
+            framing,
+            keep_alive,
+        }
     }
 }

@@ -216,44 +216,16 @@ async fn ebu_session<B: MessageBus, D: DirectoryApi, C: Cache>(
     path: &str,
 ) -> String {
     // What this future holds while it waits is what an idle player costs: the socket
-    // is its caller's, subscribing and writing are futures of their own (boxed).
-    let write_timeout = hub.config().write_timeout;
-    let mut watch = Watch::new(hub, peer, kill.clone(), Transport::WebSocket);
+    // is its caller's; the start (hello, subscriptions, replays) and each write are
+    // futures of their own (boxed), so that the wait holds only the loop's state.
     let w = Writer {
-        limit: write_timeout,
-        kill,
+        limit: hub.config().write_timeout,
+        kill: kill.clone(),
     };
-    if Box::pin(w.send(ws, "RADIOVISWEBSOCKET:HELLO\0".into()))
-        .await
-        .is_err()
-    {
-        return "client gone".into();
-    }
-    let mut replays = Vec::new();
-    for suffix in ["/text", "/image"] {
-        match Box::pin(watch.subscribe(&format!("{path}{suffix}"))).await {
-            Ok(Some((seq, item))) => {
-                let mut bytes = bytes::BytesMut::from(&item.head[..]);
-                bytes.extend_from_slice(&item.tail);
-                replays.push((seq, bytes));
-            }
-            Ok(None) => {}
-            Err(e) => {
-                // The player splits on ':' and shows the third part.
-                let reason = e.to_string().replace(':', " ");
-                let _ = Box::pin(w.send(ws, format!("RADIOVISWEBSOCKET:ERROR:{reason}\0"))).await;
-                let _ =
-                    Box::pin(tokio::time::timeout(Duration::from_secs(1), ws.close(None))).await;
-                return e.to_string();
-            }
-        }
-    }
-    replays.sort_by_key(|(seq, _)| *seq);
-    for (_, bytes) in replays {
-        if Box::pin(w.send_frames(ws, bytes)).await.is_err() {
-            return "client gone".into();
-        }
-    }
+    let watch = match Box::pin(ebu_start(hub, ws, &w, kill, peer, path)).await {
+        Ok(watch) => watch,
+        Err(reason) => return reason,
+    };
     loop {
         tokio::select! {
             woke = watch.next() => match woke {
@@ -278,6 +250,52 @@ async fn ebu_session<B: MessageBus, D: DirectoryApi, C: Cache>(
             },
         }
     }
+}
+
+/// Greets an EBU player, subscribes it to `<path>/text` and `<path>/image` and sends
+/// their last messages; the player's subscriptions, or why it ended.
+async fn ebu_start<B: MessageBus, D: DirectoryApi, C: Cache>(
+    hub: Arc<Hub<B, D, C>>,
+    ws: &mut WebSocketStream<Socket>,
+    w: &Writer,
+    kill: tokio_util::sync::CancellationToken,
+    peer: SocketAddr,
+    path: &str,
+) -> Result<Watch<B, D, C>, String> {
+    let mut watch = Watch::new(hub, peer, kill, Transport::WebSocket);
+    if w.send(ws, "RADIOVISWEBSOCKET:HELLO\0".into())
+        .await
+        .is_err()
+    {
+        return Err("client gone".into());
+    }
+    let mut replays = Vec::new();
+    for suffix in ["/text", "/image"] {
+        match watch.subscribe(&format!("{path}{suffix}")).await {
+            Ok(Some((seq, item))) => {
+                let mut bytes = bytes::BytesMut::from(&item.head[..]);
+                bytes.extend_from_slice(&item.tail);
+                replays.push((seq, bytes));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // The player splits on ':' and shows the third part.
+                let reason = e.to_string().replace(':', " ");
+                let _ = w
+                    .send(ws, format!("RADIOVISWEBSOCKET:ERROR:{reason}\0"))
+                    .await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                return Err(e.to_string());
+            }
+        }
+    }
+    replays.sort_by_key(|(seq, _)| *seq);
+    for (_, bytes) in replays {
+        if w.send_frames(ws, bytes).await.is_err() {
+            return Err("client gone".into());
+        }
+    }
+    Ok(watch)
 }
 
 /// Writes to an EBU player's WebSocket, giving up when a write makes no progress for
