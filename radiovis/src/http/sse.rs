@@ -142,6 +142,10 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> EventStream<B, D, C> {
     async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
             if let Some(chunk) = self.out.pop_front() {
+                if self.out.is_empty() {
+                    // An idle stream holds no queue buffer.
+                    self.out = VecDeque::new();
+                }
                 return Some(chunk);
             }
             let woke = tokio::time::timeout(self.keepalive, self.watch.next()).await;

@@ -39,8 +39,12 @@ const STOMP_PROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
 /// frames, bounded again by the session's own limits).
 const MAX_MESSAGE: usize = 1024 * 1024;
 
-/// tungstenite's read buffer per WebSocket (it grows for larger messages).
-const READ_BUFFER: usize = 256;
+/// tungstenite's read buffer per WebSocket, and the most it reads at once. It grows
+/// to the largest message read and stays so: a browser's CONNECT and SUBSCRIBE frames
+/// fit in 256 bytes when it starts at 128 (at 256 they made it 512). A large message
+/// is read 128 bytes per call; browsers send small frames, broadcasters publish over
+/// STOMP/TCP or HTTP.
+const READ_BUFFER: usize = 128;
 
 /// The socket of an upgraded connection.
 type Socket = Box<dyn Io>;
