@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::wire::{encode_head, parse, Head, HeadError, Prefixed};
+use super::wire::{encode_head, parse, Head, HeadError};
 use super::{Abort, Body, Place, Router, HEADER_TIMEOUT, MAX_HEAD};
 
 /// How long writing one piece of an answer may take: a client that does not read
@@ -100,11 +100,11 @@ where
                 return;
             };
             if head.has_body {
-                // The whole connection, what was read of it first, goes to hyper.
-                let io = Prefixed {
-                    prefix: Bytes::from(std::mem::take(&mut conn.buf)),
-                    inner: conn.stream,
-                };
+                // The whole connection, what was read of it first put back in front,
+                // goes to hyper (tokio's split, chain and join: this is the rare path).
+                let read = std::io::Cursor::new(std::mem::take(&mut conn.buf));
+                let (reader, writer) = tokio::io::split(conn.stream);
+                let io = tokio::io::join(read.chain(reader), writer);
                 Box::pin(super::serve_hyper(router, io, peer, shutdown, place, abort)).await;
                 return;
             }

@@ -12,7 +12,7 @@
 //! | module | job |
 //! |---|---|
 //! | `connection` | one connection's life: request heads (`httparse`), answers, upgrades, the hand-over to hyper |
-//! | `wire` | HTTP/1 heads in (`httparse`) and out, a stream with read bytes put back |
+//! | `wire` | HTTP/1 heads in (`httparse`) and out |
 //! | `router` | [`RadiovisRouter`]: one `match` on (method, path) -> handler modules |
 //! | `longpoll` | RadioVIS HTTP long-poll `/radiodns/vis/vis.json` (docs/protocol.md#http-long-poll) |
 //! | `sse` | server-sent events `/radiodns/push/1.0/<path>` (docs/protocol.md#server-sent-events) |
