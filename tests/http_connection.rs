@@ -397,6 +397,8 @@ async fn an_event_stream_is_chunked_on_http_1_1() {
     assert_eq!(r.header("content-type"), Some("text/event-stream"));
     assert_eq!(r.header("transfer-encoding"), Some("chunked"), "{r:?}");
     assert_eq!(r.header("content-length"), None);
+    // The connection ends with the stream (docs/protocol.md#http-listener).
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
     wait_subscriptions(&hub, 2).await;
     let mut b = hub.broadcaster().await;
     b.publish(TEXT, b"TEXT chunked", &[]).await;
