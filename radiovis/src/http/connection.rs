@@ -117,11 +117,15 @@ where
                     return;
                 }
             };
-            if let (StatusCode::SWITCHING_PROTOCOLS, Some(tx)) = (response.status(), answer.upgrade)
-            {
-                let written =
-                    Box::pin(conn.respond(response, answer.version, true, true, &abort)).await;
-                if written.is_ok() {
+            let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+            let out = Outgoing::new(
+                response,
+                answer.version,
+                answer.head_only || switching,
+                answer.keep_alive,
+            );
+            if let (true, Some(tx)) = (switching, answer.upgrade) {
+                if Box::pin(conn.respond(out, &abort)).await.is_ok() {
                     let _ = tx.send(Upgraded {
                         io: Box::new(conn.stream),
                         read: conn.buf,
@@ -129,14 +133,12 @@ where
                 }
                 return;
             }
-            if !answer.head_only && response.body().size_hint().exact().is_none() {
+            if out.is_stream() {
                 // A stream (an event stream) is written by a task of its own, which
                 // holds only what writing it needs (this future is sized for a held
                 // long-poll), with the connection's place; the connection ends with it.
-                let out = Outgoing::new(response, answer.version, false, false);
-                let chunked = out.framing == Framing::Chunked;
                 tokio::spawn(async move {
-                    if let Err(e) = conn.stream(out.head, out.body, chunked, &abort).await {
+                    if let Err(e) = conn.respond(out, &abort).await {
                         tracing::debug!(%peer, error = %e, "HTTP stream ended");
                     }
                     Box::pin(conn.linger()).await;
@@ -144,14 +146,7 @@ where
                 });
                 return;
             }
-            let written = Box::pin(conn.respond(
-                response,
-                answer.version,
-                answer.head_only,
-                answer.keep_alive,
-                &abort,
-            ))
-            .await;
+            let written = Box::pin(conn.respond(out, &abort)).await;
             match written {
                 Ok(true) if !shutdown.is_cancelled() => {}
                 Ok(_) => {
@@ -246,10 +241,8 @@ impl<S: Io> Conn<S> {
         };
         let mut response = Response::new(super::full(Bytes::new()));
         *response.status_mut() = refusal;
-        if let Ok(false) = self
-            .respond(response, Version::HTTP_11, false, false, abort)
-            .await
-        {
+        let out = Outgoing::new(response, Version::HTTP_11, false, false);
+        if let Ok(false) = self.respond(out, abort).await {
             self.linger().await;
         }
         None
@@ -334,34 +327,25 @@ impl<S: Io> Conn<S> {
         }
     }
 
-    /// Writes `response`; whether the connection stays open for another request.
-    async fn respond(
-        &mut self,
-        response: Response<Body>,
-        version: Version,
-        head_only: bool,
-        keep_alive: bool,
-        abort: &Abort,
-    ) -> io::Result<bool> {
-        let mut answer = Outgoing::new(response, version, head_only, keep_alive);
-        match answer.framing {
-            Framing::None => self.write(&answer.head, abort).await?,
+    /// Writes an answer; whether the connection stays open for another request.
+    async fn respond(&mut self, mut out: Outgoing, abort: &Abort) -> io::Result<bool> {
+        match out.framing {
+            Framing::None => self.write(&out.head, abort).await?,
             Framing::Length => {
                 // A whole body: one write with the head.
-                while let Some(Ok(frame)) = answer.body.frame().await {
+                while let Some(Ok(frame)) = out.body.frame().await {
                     if let Ok(data) = frame.into_data() {
-                        answer.head.extend_from_slice(&data);
+                        out.head.extend_from_slice(&data);
                     }
                 }
-                self.write(&answer.head, abort).await?;
+                self.write(&out.head, abort).await?;
             }
             Framing::Chunked | Framing::Close => {
-                let chunked = answer.framing == Framing::Chunked;
-                self.stream(answer.head, answer.body, chunked, abort)
-                    .await?;
+                let chunked = out.framing == Framing::Chunked;
+                self.stream(out.head, out.body, chunked, abort).await?;
             }
         }
-        Ok(answer.keep_alive)
+        Ok(out.keep_alive)
     }
 
     /// Writes the head of a stream (server-sent events), then each piece of its body
@@ -426,6 +410,11 @@ struct Outgoing {
 }
 
 impl Outgoing {
+    /// Whether the body is a stream, written as it comes.
+    fn is_stream(&self) -> bool {
+        matches!(self.framing, Framing::Chunked | Framing::Close)
+    }
+
     fn new(response: Response<Body>, version: Version, head_only: bool, keep_alive: bool) -> Self {
         let (parts, body) = response.into_parts();
         let status = parts.status;
@@ -443,8 +432,8 @@ impl Outgoing {
         } else {
             Framing::Close
         };
-        // A body that ends with the connection ends it.
-        let keep_alive = keep_alive && framing != Framing::Close;
+        // A stream ends its connection (docs/protocol.md#http-listener).
+        let keep_alive = keep_alive && !matches!(framing, Framing::Chunked | Framing::Close);
         let head = encode_head(
             parts,
             version,
