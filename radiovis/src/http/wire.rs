@@ -55,8 +55,7 @@ pub(super) fn encode_head(
         header_line(&mut out, name.as_str(), value.as_bytes());
     }
     if !parts.headers.contains_key(header::DATE) {
-        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-        header_line(&mut out, "date", date.as_bytes());
+        date_line(&mut out);
     }
     if status == StatusCode::SWITCHING_PROTOCOLS {
         // The upgrade's own headers say the rest.
@@ -79,6 +78,27 @@ pub(super) fn encode_head(
     }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// The `date` header, formatted once a second per thread: answers to held long-polls
+/// are written per client per message.
+fn date_line(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> = const {
+            std::cell::RefCell::new((0, String::new()))
+        };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, date)| {
+        if *at != second || date.is_empty() {
+            *at = second;
+            *date = httpdate::fmt_http_date(now);
+        }
+        header_line(out, "date", date.as_bytes());
+    });
 }
 
 fn header_line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
