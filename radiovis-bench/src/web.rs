@@ -48,12 +48,16 @@ pub struct WebArgs {
     /// clients always do.
     #[arg(long)]
     pub text_only: bool,
+    /// Measure only these transports (comma-separated); STOMP over TCP, the
+    /// baseline of the ratios, is always measured first.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<Transport>,
 }
 
 /// The transports measured.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
-enum Transport {
+pub enum Transport {
     StompTcp,
     LongPoll,
     Sse,
@@ -91,6 +95,9 @@ pub async fn run(a: WebArgs) -> Result<(), String> {
     }
     let mut rows: Vec<Row> = Vec::new();
     for transport in TRANSPORTS {
+        if transport != Transport::StompTcp && !a.only.is_empty() && !a.only.contains(&transport) {
+            continue;
+        }
         let http_port = free_port()?;
         let env = vec![
             ("HTTP_PORT".to_owned(), http_port.to_string()),
