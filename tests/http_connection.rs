@@ -478,3 +478,64 @@ async fn a_held_poll_whose_client_closed_is_released_with_its_connection() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A long-poll client on a keep-alive connection keeps its subscriptions between its
+/// polls (docs/protocol.md#http-long-poll): what is published between an answer and
+/// the next poll is answered at once (the newest of it), the next poll with the id it
+/// got is held until a newer message, and only a poll for other topics, or the end of
+/// the connection, gives the subscriptions up.
+#[tokio::test]
+async fn a_keep_alive_poller_keeps_its_subscription_between_polls() {
+    let hub = TestHub::start().await;
+    let http = serve_http(&hub, held_polls()).await;
+    let mut b = hub.broadcaster().await;
+    let mut c = Raw::connect(&http).await;
+    c.send(get(&poll_target()).as_bytes()).await;
+    wait_subscriptions(&hub, 1).await;
+    b.publish(TEXT, b"TEXT one", &[("message-id", "m-1")]).await;
+    let r = c.response(false).await;
+    assert_eq!(r.json()["body"], "TEXT one", "{r:?}");
+    // Answered, and still subscribed while the client has no request out.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(hub.hub.stats().subscriptions, 1, "subscription given up");
+
+    // Two messages between the polls: the newest is answered at once.
+    b.publish(TEXT, b"TEXT two", &[("message-id", "m-2")]).await;
+    b.publish(TEXT, b"TEXT three", &[("message-id", "m-3")])
+        .await;
+    c.send(get(&format!("{}&last_id=m-1", poll_target())).as_bytes())
+        .await;
+    let r = c.response(false).await;
+    assert_eq!(r.json()["body"], "TEXT three", "{r:?}");
+    assert_eq!(r.json()["headers"]["RadioVIS-Message-ID"], "m-3");
+
+    // The client has the newest: held, then answered by the next one.
+    c.send(get(&format!("{}&last_id=m-3", poll_target())).as_bytes())
+        .await;
+    c.expect_quiet(Duration::from_millis(300)).await;
+    b.publish(TEXT, b"TEXT four", &[("message-id", "m-4")])
+        .await;
+    let r = c.response(false).await;
+    assert_eq!(r.json()["body"], "TEXT four", "{r:?}");
+
+    // A stale id gets the newest at once, as on a new connection.
+    c.send(get(&format!("{}&last_id=m-1", poll_target())).as_bytes())
+        .await;
+    assert_eq!(c.response(false).await.json()["body"], "TEXT four");
+
+    // Other topics: the old subscription is given up for the new one.
+    let image = TEXT.replace("/text", "/image");
+    let target = format!("/radiodns/vis/vis.json?topic={}", image.replace('/', "%2F"));
+    c.send(get(&target).as_bytes()).await;
+    c.expect_quiet(Duration::from_millis(300)).await;
+    assert_eq!(hub.hub.stats().subscriptions, 1);
+    b.publish(TEXT, b"TEXT not for this poll", &[]).await;
+    c.expect_quiet(Duration::from_millis(300)).await;
+    b.publish(&image, b"SHOW https://example.org/a.png", &[])
+        .await;
+    let r = c.response(false).await;
+    assert_eq!(r.json()["body"], "SHOW https://example.org/a.png", "{r:?}");
+
+    drop(c);
+    wait_subscriptions(&hub, 0).await;
+}

@@ -86,6 +86,9 @@ struct Row {
     subscriptions: usize,
     ratio_to_stomp_tcp: f64,
     latency: Option<crate::web_latency::Latency>,
+    /// The server's CPU time (user + system) while the messages were delivered, per
+    /// delivery (the clients' is not counted).
+    cpu_us_per_delivery: Option<f64>,
 }
 
 /// Runs every transport and prints a table.
@@ -115,6 +118,7 @@ pub async fn run(a: WebArgs) -> Result<(), String> {
         let per = after.saturating_sub(before) as f64 / a.clients as f64;
         let base = rows.first().map_or(per, |r| r.kib_per_client);
         let opened = clients.len();
+        let cpu_before = sys::cpu_micros(pid).map_err(|e| format!("cpu: {e}"))?;
         let latency = match a.messages {
             0 => None,
             m => Some(
@@ -129,6 +133,12 @@ pub async fn run(a: WebArgs) -> Result<(), String> {
                 .await?,
             ),
         };
+        // The server's CPU time over the latency phase, per message delivered.
+        let cpu = sys::cpu_micros(pid).map_err(|e| format!("cpu: {e}"))? - cpu_before;
+        let cpu_us_per_delivery = latency
+            .as_ref()
+            .filter(|l| l.deliveries > 0)
+            .map(|l| cpu as f64 / l.deliveries as f64);
         rows.push(Row {
             transport,
             clients: opened,
@@ -142,11 +152,12 @@ pub async fn run(a: WebArgs) -> Result<(), String> {
             },
             ratio_to_stomp_tcp: if base > 0.0 { per / base } else { f64::NAN },
             latency,
+            cpu_us_per_delivery,
         });
         drop(server);
     }
     println!(
-        "{:<16} {:>8} {:>12} {:>12} {:>10} {:>8} {:>10} {:>9} {:>9} {:>7}",
+        "{:<16} {:>8} {:>12} {:>12} {:>10} {:>8} {:>10} {:>9} {:>9} {:>7} {:>10}",
         "transport",
         "clients",
         "rss before",
@@ -156,12 +167,13 @@ pub async fn run(a: WebArgs) -> Result<(), String> {
         "delivered",
         "p50 µs",
         "p99 µs",
-        "missing"
+        "missing",
+        "cpu µs/msg"
     );
     for r in &rows {
         let l = r.latency.as_ref();
         println!(
-            "{:<16} {:>8} {:>9} KiB {:>9} KiB {:>10.2} {:>8.2} {:>10} {:>9} {:>9} {:>7}",
+            "{:<16} {:>8} {:>9} KiB {:>9} KiB {:>10.2} {:>8.2} {:>10} {:>9} {:>9} {:>7} {:>10.1}",
             serde_json::to_value(r.transport)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
@@ -175,6 +187,7 @@ pub async fn run(a: WebArgs) -> Result<(), String> {
             l.map_or(0, |l| l.p50_us),
             l.map_or(0, |l| l.p99_us),
             l.map_or(0, |l| l.missing),
+            r.cpu_us_per_delivery.unwrap_or(f64::NAN),
         );
     }
     if let Some(path) = &a.json {

@@ -58,6 +58,10 @@ pub enum PushError {
 pub struct OutboundQueue {
     inner: Mutex<Inner>,
     capacity: usize,
+    /// Whether a push to a full queue replaces its oldest frame instead of failing:
+    /// a client that is only ever sent the newest message (a long-poll) cannot be a
+    /// slow consumer.
+    keep_newest: bool,
     /// Cancelled on a kill too: a web client's connection, closed even while a write to
     /// it is blocked (STOMP sessions wait on the queue itself and have none).
     abort: Option<CancellationToken>,
@@ -78,7 +82,18 @@ impl OutboundQueue {
         OutboundQueue {
             inner: Mutex::new(Inner::default()),
             capacity: capacity.max(1),
+            keep_newest: false,
             abort: None,
+        }
+    }
+
+    /// A queue that holds only the newest frame pushed to it (a push replaces the one
+    /// waiting), and cancels `abort` when it is killed (a long-poll, answered with the
+    /// newest message: docs/protocol.md#http-long-poll).
+    pub fn newest(abort: CancellationToken) -> OutboundQueue {
+        OutboundQueue {
+            keep_newest: true,
+            ..OutboundQueue::with_abort(1, abort)
         }
     }
 
@@ -98,7 +113,13 @@ impl OutboundQueue {
                 return Err(PushError::Closed);
             }
             if inner.items.len() >= self.capacity {
-                return Err(PushError::Full);
+                if !self.keep_newest {
+                    return Err(PushError::Full);
+                }
+                // The consumer was woken for the one replaced.
+                inner.items.pop_front();
+                inner.items.push_back(item);
+                return Ok(());
             }
             inner.items.push_back(item);
             if inner.items.len() > 1 {
@@ -198,6 +219,15 @@ impl OutboundQueue {
         n
     }
 
+    /// Takes the waiting frames and returns the newest (the one a long-poll answers).
+    pub fn take_newest(&self) -> Option<Outbound> {
+        let mut inner = self.inner.lock();
+        let newest = inner.items.pop_back();
+        // An idle client holds no queue buffer.
+        inner.items = VecDeque::new();
+        newest
+    }
+
     /// Takes every waiting frame when there are at most `max`; `None` (and nothing
     /// taken) when there are more.
     pub fn take_up_to(&self, max: usize) -> Option<VecDeque<Outbound>> {
@@ -240,8 +270,75 @@ pub fn encode_head(destination: &str, subscription: Option<&str>, version: Versi
     Arc::from(&out[..])
 }
 
-/// A message as published on the bus, with its lazily encoded tails (one per STOMP
-/// version), shared by the fan-out and the last-message store.
+/// How a subscriber receives a message: the head of its subscription and the tail
+/// of the message, each encoded once, in one of these forms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// A STOMP MESSAGE frame of this version.
+    Stomp(Version),
+    /// A RadioVIS HTTP long-poll answer, a JSON document
+    /// (docs/protocol.md#http-long-poll): [`encode_json_head`] and the message's tail.
+    Json,
+}
+
+impl From<Version> for Form {
+    fn from(version: Version) -> Form {
+        Form::Stomp(version)
+    }
+}
+
+/// How a long-poll answer starts: its head, then its tail.
+const JSON_HEAD: &[u8] = b"{\"headers\": {\"RadioVIS-Destination\": ";
+const JSON_TAIL: &[u8] = b"\"RadioVIS-Message-ID\": ";
+
+/// The per-subscription head of a long-poll answer: `{"headers":
+/// {"RadioVIS-Destination": "<destination>", ` (the message's tail completes it).
+pub fn encode_json_head(destination: &str) -> Arc<[u8]> {
+    let mut out = Vec::with_capacity(48 + destination.len());
+    out.extend_from_slice(JSON_HEAD);
+    put_json_str(&mut out, destination);
+    out.extend_from_slice(b", ");
+    Arc::from(out)
+}
+
+impl Outbound {
+    /// Of a long-poll answer ([`Form::Json`]): its message id, as a JSON string
+    /// (quotes included, as it was written).
+    pub fn json_id(&self) -> Option<&[u8]> {
+        json_str_after(&self.tail, JSON_TAIL)
+    }
+
+    /// Of a long-poll answer ([`Form::Json`]): its destination, as a JSON string.
+    pub fn json_destination(&self) -> Option<&[u8]> {
+        json_str_after(&self.head, JSON_HEAD)
+    }
+}
+
+/// The JSON string that `bytes` has right after `key`, quotes included.
+fn json_str_after<'a>(bytes: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let rest = bytes.strip_prefix(key)?;
+    if rest.first() != Some(&b'"') {
+        return None;
+    }
+    let mut i = 1;
+    while let Some(&b) = rest.get(i) {
+        match b {
+            b'\\' => i += 2,
+            b'"' => return Some(&rest[..=i]),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// `s` as a JSON string, quotes included.
+fn put_json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a string to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// A message as published on the bus, with its lazily encoded tails (one per
+/// [`Form`]), shared by the fan-out and the last-message store.
 #[derive(Debug)]
 pub struct Published {
     /// Order of arrival on this instance, to find the newest of several topics.
@@ -252,7 +349,7 @@ pub struct Published {
     pub body: Bytes,
     /// Forwarded headers (`message-id` always among them).
     pub headers: Vec<(String, String)>,
-    tails: [OnceLock<Bytes>; 3],
+    tails: [OnceLock<Bytes>; 4],
 }
 
 impl Published {
@@ -267,14 +364,49 @@ impl Published {
         }
     }
 
-    /// The encoded tail for subscribers speaking `version`.
-    pub fn tail(&self, version: Version) -> Bytes {
-        let slot = match version {
-            Version::V1_0 => &self.tails[0],
-            Version::V1_1 => &self.tails[1],
-            Version::V1_2 => &self.tails[2],
+    /// The encoded tail for subscribers receiving `form` (a STOMP version).
+    pub fn tail(&self, form: impl Into<Form>) -> Bytes {
+        let form = form.into();
+        let slot = match form {
+            Form::Stomp(Version::V1_0) => &self.tails[0],
+            Form::Stomp(Version::V1_1) => &self.tails[1],
+            Form::Stomp(Version::V1_2) => &self.tails[2],
+            Form::Json => &self.tails[3],
         };
-        slot.get_or_init(|| self.encode_tail(version)).clone()
+        slot.get_or_init(|| match form {
+            Form::Stomp(version) => self.encode_tail(version),
+            Form::Json => self.encode_json_tail(),
+        })
+        .clone()
+    }
+
+    /// The first value of header `name`, as a MESSAGE frame would carry it.
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The rest of a long-poll answer after [`encode_json_head`]: the message id,
+    /// trigger time and link (the last two when the message has them), and the body.
+    fn encode_json_tail(&self) -> Bytes {
+        let mut out = Vec::with_capacity(96 + self.body.len());
+        out.extend_from_slice(JSON_TAIL);
+        put_json_str(&mut out, self.header("message-id").unwrap_or(""));
+        for (stomp, json) in [
+            ("trigger-time", &b", \"RadioVIS-Trigger-Time\": "[..]),
+            ("link", b", \"RadioVIS-Link\": "),
+        ] {
+            if let Some(v) = self.header(stomp) {
+                out.extend_from_slice(json);
+                put_json_str(&mut out, v);
+            }
+        }
+        out.extend_from_slice(b"}, \"body\": ");
+        put_json_str(&mut out, &String::from_utf8_lossy(&self.body));
+        out.push(b'}');
+        Bytes::from(out)
     }
 
     fn encode_tail(&self, version: Version) -> Bytes {
@@ -330,6 +462,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_newest_queue_keeps_only_the_newest_frame_and_is_never_full() {
+        let abort = CancellationToken::new();
+        let q = std::sync::Arc::new(OutboundQueue::newest(abort.clone()));
+        let item = |tail: &'static [u8]| Outbound {
+            head: Arc::from(&b"H"[..]),
+            tail: Bytes::from_static(tail),
+        };
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(async move { q.ready().await })
+        };
+        tokio::task::yield_now().await;
+        for tail in [&b"1"[..], b"2", b"3"] {
+            assert_eq!(q.try_push(item(tail)), Ok(()));
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.kill_reason(), None, "never a slow consumer");
+        assert!(!abort.is_cancelled());
+        let newest = q.take_newest().expect("a frame");
+        assert_eq!(&newest.tail[..], b"3");
+        assert!(q.take_newest().is_none(), "taken");
+        assert!(q.kill(Kill::Shutdown));
+        assert!(abort.is_cancelled(), "a kill still aborts");
+    }
+
+    #[tokio::test]
     async fn a_kill_wakes_the_consumer_once_and_keeps_what_is_queued() {
         let q = std::sync::Arc::new(OutboundQueue::new(4));
         let waiter = {
@@ -364,6 +526,45 @@ mod tests {
             tail: Bytes::from_static(b"T"),
         });
         assert_eq!(refused, Err(PushError::Closed));
+    }
+
+    #[test]
+    fn a_json_head_and_tail_make_a_long_poll_answer() {
+        let p = Published::new(
+            1,
+            "/topic/a/text".into(),
+            Bytes::from_static(b"TEXT \"quoted\"\n\\ caf\xc3\xa9"),
+            vec![
+                ("message-id".into(), "ID:m\"1".into()),
+                ("link".into(), "https://example.org/?a=1&b=2".into()),
+                ("link".into(), "second link, not sent".into()),
+            ],
+        );
+        let item = Outbound {
+            head: encode_json_head("/topic/fm/4e1/4001/09580/text"),
+            tail: p.tail(Form::Json),
+        };
+        let mut json = item.head.to_vec();
+        json.extend_from_slice(&item.tail);
+        let v: serde_json::Value = serde_json::from_slice(&json).expect("valid JSON");
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "headers": {
+                    "RadioVIS-Destination": "/topic/fm/4e1/4001/09580/text",
+                    "RadioVIS-Message-ID": "ID:m\"1",
+                    "RadioVIS-Link": "https://example.org/?a=1&b=2",
+                },
+                "body": "TEXT \"quoted\"\n\\ café",
+            })
+        );
+        assert_eq!(item.json_id(), Some(&br#""ID:m\"1""#[..]));
+        assert_eq!(
+            item.json_destination(),
+            Some(&br#""/topic/fm/4e1/4001/09580/text""#[..])
+        );
+        // Encoded once per message.
+        assert_eq!(p.tail(Form::Json).as_ptr(), item.tail.as_ptr());
     }
 
     #[test]

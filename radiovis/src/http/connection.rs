@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::wire::{encode_head, parse, Head, HeadError};
-use super::{Abort, Body, Place, Router, HEADER_TIMEOUT, MAX_HEAD};
+use super::{Abort, Body, Kept, Place, Router, HEADER_TIMEOUT, MAX_HEAD};
 
 /// How long writing one piece of an answer may take: a client that does not read
 /// its answer is dropped (docs/protocol.md#http-listener).
@@ -87,6 +87,7 @@ where
     // Made here and moved into the future whole: made inside it, each would be held
     // twice (as the future's captured argument and as its local).
     let abort = Abort(CancellationToken::new());
+    let kept = Kept::default();
     let mut conn = Conn {
         stream,
         buf: Vec::new(),
@@ -100,6 +101,8 @@ where
                 return;
             };
             if head.has_body {
+                // What a request left is given up: hyper's requests do not see it.
+                drop(kept);
                 // The whole connection, what was read of it first put back in front,
                 // goes to hyper (tokio's split, chain and join: this is the rare path).
                 let read = std::io::Cursor::new(std::mem::take(&mut conn.buf));
@@ -109,7 +112,7 @@ where
                 return;
             }
             conn.consume(head.len);
-            let (request, answer) = prepare(head, &abort, &place);
+            let (request, answer) = prepare(head, &abort, &place, &kept);
             let response = tokio::select! {
                 r = router.route(request, peer) => r,
                 _ = conn.until_closed() => {
@@ -171,12 +174,18 @@ struct Answer {
     upgrade: Option<oneshot::Sender<Upgraded>>,
 }
 
-/// The request for the router, with the connection's abort token and place (and its
-/// upgrade, for a handshake) in its extensions.
-fn prepare(head: Head, abort: &Abort, place: &Place) -> (Request<Empty<Bytes>>, Answer) {
+/// The request for the router, with the connection's abort token, place and kept
+/// slot (and its upgrade, for a handshake) in its extensions.
+fn prepare(
+    head: Head,
+    abort: &Abort,
+    place: &Place,
+    kept: &Kept,
+) -> (Request<Empty<Bytes>>, Answer) {
     let mut request = head.request.map(|()| Empty::<Bytes>::new());
     request.extensions_mut().insert(abort.clone());
     request.extensions_mut().insert(place.clone());
+    request.extensions_mut().insert(kept.clone());
     let upgrade = wants_upgrade(&request).then(|| {
         let (tx, rx) = oneshot::channel();
         request

@@ -1,7 +1,8 @@
 //! RadioVIS HTTP long-poll, `GET /radiodns/vis/vis.json?topic=...&last_id=...`
 //! (docs/protocol.md#http-long-poll): the newest message of the topics at once, unless
 //! the client has it already; then a wait on the hub's fan-out (no polling), answered
-//! by the next message or, after the hold time, by an empty `200` ("poll again").
+//! by the next message or, after the hold time, by an empty `200` ("poll again"). A
+//! client's subscriptions stay on its keep-alive connection for its next poll.
 
 use std::future::{ready, Future};
 
@@ -9,14 +10,14 @@ use futures::future::Either;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
-use serde_json::{json, Map, Value};
 
-use super::watch::{frames, message_id, Watch, WatchError};
-use super::{Abort, Body, HttpConfig};
+use super::watch::{Ended, Watch, WatchError};
+use super::{Abort, Body, HttpConfig, Kept};
 use crate::backend::{Cache, DirectoryApi, MessageBus};
 use crate::hub::{Hub, Transport};
-use crate::stomp::Frame;
+use crate::outbound::Outbound;
 
 /// Most `topic=` parameters of one request.
 const MAX_TOPICS: usize = 16;
@@ -51,6 +52,67 @@ impl Query {
     }
 }
 
+/// A long-poll client's subscriptions and the newest message of its topics. Kept on
+/// its connection between polls: a client that polls the same topics again on a
+/// keep-alive connection waits on them, and one message costs it an answer and the
+/// next request, not an unsubscription and a subscription (docs/protocol.md#http-long-poll).
+/// Its messages come as answers, encoded once per message and topic by the hub.
+struct Poller<B: MessageBus, D: DirectoryApi, C: Cache> {
+    watch: Watch<B, D, C>,
+    /// The newest message of the topics: replayed when subscribing, or arrived since.
+    newest: Option<Outbound>,
+}
+
+impl<B: MessageBus, D: DirectoryApi, C: Cache> Poller<B, D, C> {
+    /// The newest message, counting what arrived since the last look.
+    fn newest(&mut self) -> Option<&Outbound> {
+        if let Some(arrived) = self.watch.take_newest() {
+            self.newest = Some(arrived);
+        }
+        self.newest.as_ref()
+    }
+
+    /// Waits for a message the client does not have (of several that arrive
+    /// together, the newest); an error when the client is gone or the server stops.
+    async fn wait(&mut self, last_id: &LastId) -> Result<&Outbound, Ended> {
+        loop {
+            self.watch.next().await?;
+            if self.newest().is_some_and(|m| !last_id.names(m)) {
+                break;
+            }
+        }
+        self.newest.as_ref().ok_or(Ended::Shutdown)
+    }
+}
+
+/// The `last_id` of a poll, as a JSON string (how answers hold ids), so that it is
+/// compared with a message's id without decoding the message.
+struct LastId(Option<Vec<u8>>);
+
+impl LastId {
+    fn new(last_id: Option<&str>) -> LastId {
+        LastId(last_id.and_then(|id| serde_json::to_vec(id).ok()))
+    }
+
+    /// Whether the client has `message` already. Some handsets strip an `ID:` prefix
+    /// from the id they were given, so it is ignored on both sides.
+    fn names(&self, message: &Outbound) -> bool {
+        match (&self.0, message.json_id()) {
+            (Some(last), Some(id)) => bare(last) == bare(id),
+            _ => false,
+        }
+    }
+}
+
+/// A JSON string's content without its quotes and a leading `ID:` (which JSON writes
+/// as it is).
+fn bare(json: &[u8]) -> &[u8] {
+    let s = json
+        .get(1..json.len().saturating_sub(1))
+        .unwrap_or_default();
+    s.strip_prefix(b"ID:").unwrap_or(s)
+}
+
 /// Answers one long-poll request. The request is read here and dropped: the future
 /// a held request is (all it costs besides its subscriptions) holds only what the
 /// wait needs.
@@ -65,45 +127,61 @@ pub(super) fn handle<T, B: MessageBus, D: DirectoryApi, C: Cache>(
         Err(e) => return Either::Left(ready(super::error(StatusCode::BAD_REQUEST, &e))),
     };
     let abort = Abort::of(&req);
+    let kept = Kept::of(&req);
     drop(req);
+    // The subscriptions of the client's last poll on this connection, if they are
+    // to the same topics (those to others are given up here).
+    let parked = kept
+        .as_ref()
+        .and_then(Kept::take::<Poller<B, D, C>>)
+        .filter(|p| p.watch.follows(&query.topics));
     let (hub, hold) = (hub.clone(), config.poll_hold);
     Either::Right(async move {
-        // Boxed: subscribing is a moment, the wait is long.
-        let subscribed = subscribe(hub, peer, abort, query.topics, query.last_id.as_deref());
-        let watch = match Box::pin(subscribed).await {
-            Ok(watch) => watch,
-            Err(answer) => return *answer,
+        let last_id = LastId::new(query.last_id.as_deref());
+        let mut poller = match parked {
+            Some(poller) => poller,
+            // Boxed: subscribing is a moment, the wait is long.
+            None => match Box::pin(subscribe(hub, peer, abort, query.topics)).await {
+                Ok(poller) => poller,
+                Err(answer) => return *answer,
+            },
         };
-        // The client has the newest (or there is none): hold until a newer one.
-        match tokio::time::timeout(hold, wait(&watch, query.last_id.as_deref())).await {
-            Ok(Some(frame)) => answer(&frame),
-            // Hold time over, server stopping or client too slow: poll again.
-            _ => poll_again(),
+        let answer = match poller.newest() {
+            // The client does not have the newest: it gets it at once.
+            Some(newest) if !last_id.names(newest) => answer(newest),
+            // It has (or there is none): held until a newer one.
+            _ => match tokio::time::timeout(hold, poller.wait(&last_id)).await {
+                Ok(Ok(newest)) => answer(newest),
+                Ok(Err(ended)) => {
+                    tracing::debug!(%peer, ?ended, "long-poll ended");
+                    return poll_again();
+                }
+                // Hold time over: poll again.
+                Err(_) => poll_again(),
+            },
+        };
+        if let Some(kept) = kept {
+            kept.put(poller);
         }
+        answer
     })
 }
 
-/// Subscribes a new web client to `topics`, to wait for a message newer than
-/// `last_id`; or the answer at once: the newest of the topics' last messages when the
-/// client does not have it, a refusal for a bad topic.
+/// Subscribes a new long-poll client to `topics`, with the newest of their last
+/// messages; or the refusal of a bad topic.
 async fn subscribe<B: MessageBus, D: DirectoryApi, C: Cache>(
     hub: Arc<Hub<B, D, C>>,
     peer: SocketAddr,
     abort: tokio_util::sync::CancellationToken,
     topics: Vec<String>,
-    last_id: Option<&str>,
-) -> Result<Watch<B, D, C>, Box<Response<Body>>> {
+) -> Result<Box<Poller<B, D, C>>, Box<Response<Body>>> {
     let mut watch = Watch::new(hub, peer, abort, Transport::LongPoll);
-    let mut newest: Option<(u64, Frame)> = None;
+    let mut newest: Option<(u64, Outbound)> = None;
     for topic in &topics {
         match watch.subscribe(topic).await {
             Ok(Some((seq, item))) => {
-                let mut bytes = bytes::BytesMut::from(&item.head[..]);
-                bytes.extend_from_slice(&item.tail);
-                if let Some(frame) = frames(bytes).pop() {
-                    if newest.as_ref().is_none_or(|(s, _)| seq > *s) {
-                        newest = Some((seq, frame));
-                    }
+                if newest.as_ref().is_none_or(|(s, _)| seq > *s) {
+                    newest = Some((seq, item));
                 }
             }
             Ok(None) => {}
@@ -121,64 +199,25 @@ async fn subscribe<B: MessageBus, D: DirectoryApi, C: Cache>(
             }
         }
     }
-    match newest {
-        Some((_, frame)) if !same_id(last_id, message_id(&frame)) => Err(Box::new(answer(&frame))),
-        _ => Ok(watch),
-    }
+    Ok(Box::new(Poller {
+        watch,
+        newest: newest.map(|(_, item)| item),
+    }))
 }
 
-/// The first message newer than `last_id` (of several that arrive together, the
-/// newest), or `None` when the client is gone or the server stops.
-async fn wait<B: MessageBus, D: DirectoryApi, C: Cache>(
-    watch: &Watch<B, D, C>,
-    last_id: Option<&str>,
-) -> Option<Frame> {
-    loop {
-        watch.next().await.ok()?;
-        // One the client has is no news.
-        if let Some(frame) = frames(watch.take())
-            .into_iter()
-            .rev()
-            .find(|f| !same_id(last_id, message_id(f)))
-        {
-            return Some(frame);
-        }
-    }
-}
-
-/// Whether the client's `last_id` names this message. Some handsets strip an `ID:`
-/// prefix from the id they were given, so it is ignored on both sides.
-fn same_id(last_id: Option<&str>, id: &str) -> bool {
-    let strip = |s: &str| s.strip_prefix("ID:").unwrap_or(s).to_owned();
-    last_id.is_some_and(|l| strip(l) == strip(id))
-}
-
-/// A message as RadioVIS HTTP clients read it.
-fn answer(frame: &Frame) -> Response<Body> {
-    let mut headers = Map::new();
-    let id = message_id(frame).to_owned();
-    let destination = frame.get("destination").unwrap_or("").to_owned();
-    headers.insert("RadioVIS-Message-ID".into(), Value::from(id.clone()));
-    headers.insert(
-        "RadioVIS-Destination".into(),
-        Value::from(destination.clone()),
-    );
-    for (stomp, http) in [
-        ("trigger-time", "RadioVIS-Trigger-Time"),
-        ("link", "RadioVIS-Link"),
-    ] {
-        if let Some(v) = frame.get(stomp) {
-            headers.insert(http.into(), Value::from(v));
-        }
-    }
-    let body = String::from_utf8_lossy(&frame.body);
-    let mut response = super::json(StatusCode::OK, &json!({ "headers": headers, "body": body }));
-    // Also as HTTP headers, for clients that read them there.
+/// A message as RadioVIS HTTP clients read it: its JSON form as the hub encoded it,
+/// and its id and destination as HTTP headers too, for clients that read them there.
+fn answer(message: &Outbound) -> Response<Body> {
+    let mut body = Vec::with_capacity(message.head.len() + message.tail.len());
+    body.extend_from_slice(&message.head);
+    body.extend_from_slice(&message.tail);
+    let mut response = super::json_bytes(StatusCode::OK, body);
     for (name, value) in [
-        ("RadioVIS-Message-ID", id),
-        ("RadioVIS-Destination", destination),
+        ("RadioVIS-Message-ID", message.json_id()),
+        ("RadioVIS-Destination", message.json_destination()),
     ] {
-        if let Ok(v) = hyper::header::HeaderValue::from_str(&value) {
+        let value = value.and_then(|v| serde_json::from_slice::<String>(v).ok());
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
             response.headers_mut().insert(name, v);
         }
     }
@@ -188,7 +227,5 @@ fn answer(frame: &Frame) -> Response<Body> {
 /// Nothing new within the hold time: `200` with an empty body, which handsets treat as
 /// "no message, ask again" (docs/protocol.md#http-long-poll).
 fn poll_again() -> Response<Body> {
-    let mut response = super::json(StatusCode::OK, &Value::Null);
-    *response.body_mut() = super::full(bytes::Bytes::new());
-    response
+    super::json_bytes(StatusCode::OK, Vec::new())
 }

@@ -217,6 +217,29 @@ impl Place {
     }
 }
 
+/// What a request leaves on its connection for the next request on it (a long-poll's
+/// subscriptions, docs/protocol.md#http-long-poll); dropped with the connection. Every
+/// request read by [`serve_connection`] carries its connection's in its extensions.
+#[derive(Clone, Default)]
+pub struct Kept(Arc<parking_lot::Mutex<Option<Box<dyn std::any::Any + Send>>>>);
+
+impl Kept {
+    /// The slot of the request's connection (`None` outside [`serve_connection`]).
+    pub fn of<T>(req: &Request<T>) -> Option<Kept> {
+        req.extensions().get::<Kept>().cloned()
+    }
+
+    /// Takes what was left, if it is a `V` (anything else left is dropped).
+    pub fn take<V: Send + 'static>(&self) -> Option<Box<V>> {
+        self.0.lock().take()?.downcast().ok()
+    }
+
+    /// Leaves `value` for the next request (replacing what was left).
+    pub fn put<V: Send + 'static>(&self, value: Box<V>) {
+        *self.0.lock() = Some(value);
+    }
+}
+
 /// A whole body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed_unsync()
@@ -224,7 +247,13 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 
 /// A JSON response with the headers every answer to a web client carries.
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(full(value.to_string()));
+    json_bytes(status, value.to_string().into_bytes())
+}
+
+/// A response whose body is `json`, already encoded, with the headers every answer
+/// to a web client carries.
+pub fn json_bytes(status: StatusCode, json: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(full(json));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(

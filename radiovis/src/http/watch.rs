@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{Cache, DirectoryApi, MessageBus};
 use crate::hub::{Hub, IndexKey, SubEntry, SubscribeBudget, SubscribeLimit, Transport};
 use crate::monitoring::{Event, SessionInfo};
-use crate::outbound::{encode_head, Kill, Outbound, OutboundQueue};
+use crate::outbound::{encode_head, encode_json_head, Form, Kill, Outbound, OutboundQueue};
 use crate::stomp::{Decoder, Frame, Version};
 use crate::topic::{self, TopicError};
 
@@ -43,6 +43,9 @@ pub(super) enum Ended {
 pub(super) struct Watch<B: MessageBus, D: DirectoryApi, C: Cache> {
     /// How the client is connected (metrics).
     transport: Transport,
+    /// How it receives messages: a long-poll's answers, or STOMP 1.0 frames (the
+    /// other web transports re-frame them).
+    form: Form,
     hub: Arc<Hub<B, D, C>>,
     conn: u64,
     queue: Arc<OutboundQueue>,
@@ -57,7 +60,8 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
     /// A new client from `peer`, counted as an open connection. The fan-out cancels
     /// `kill` when the client's queue overflows: for a client answered over an HTTP
     /// connection, the connection's [`Abort`](super::Abort) token, which closes it
-    /// even while a write to it is blocked.
+    /// even while a write to it is blocked. A long-poll's queue keeps only the newest
+    /// message, the only one it answers, and never overflows.
     pub fn new(
         hub: Arc<Hub<B, D, C>>,
         peer: SocketAddr,
@@ -76,12 +80,16 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
         });
         Watch {
             transport,
+            form: match transport {
+                Transport::LongPoll => Form::Json,
+                _ => Form::Stomp(Version::V1_0),
+            },
             conn: hub.next_id(),
             // The fan-out kills the queue on overflow, which cancels `kill`.
-            queue: Arc::new(OutboundQueue::with_abort(
-                hub.config().outbound_queue,
-                kill.clone(),
-            )),
+            queue: Arc::new(match transport {
+                Transport::LongPoll => OutboundQueue::newest(kill.clone()),
+                _ => OutboundQueue::with_abort(hub.config().outbound_queue, kill.clone()),
+            }),
             kill,
             subs: Vec::new(),
             wildcards: 0,
@@ -114,7 +122,10 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
             Ok(key) => key,
             Err(_) => self.hub.unconverted_index_key(destination),
         };
-        let head = encode_head(destination, None, Version::V1_0);
+        let head = match self.form {
+            Form::Json => encode_json_head(destination),
+            Form::Stomp(version) => encode_head(destination, None, version),
+        };
         let sub = self.hub.next_id();
         let destination: Arc<str> = Arc::from(destination);
         let last = self.hub.subscribe(
@@ -122,7 +133,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
             (self.conn, sub),
             SubEntry {
                 head: head.clone(),
-                version: Version::V1_0,
+                form: self.form,
                 queue: self.queue.clone(),
                 monitor: self
                     .info
@@ -147,7 +158,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
                 p.seq,
                 Outbound {
                     head,
-                    tail: p.tail(Version::V1_0),
+                    tail: p.tail(self.form),
                 },
             )
         }))
@@ -167,8 +178,23 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
         }
     }
 
+    /// Whether the client follows exactly `destinations`, in this order.
+    pub fn follows(&self, destinations: &[String]) -> bool {
+        self.subs.len() == destinations.len()
+            && self
+                .subs
+                .iter()
+                .zip(destinations)
+                .all(|((_, _, d), want)| **d == **want)
+    }
+
+    /// Takes the queued messages and returns the newest.
+    pub fn take_newest(&self) -> Option<Outbound> {
+        self.queue.take_newest()
+    }
+
     /// Takes every queued message, oldest first, as 1.0 MESSAGE frames (each ending
-    /// with its NUL).
+    /// with its NUL; not for a long-poll, whose messages are JSON).
     pub fn take(&self) -> BytesMut {
         let mut out = BytesMut::new();
         self.queue.drain_into(&mut out, usize::MAX);

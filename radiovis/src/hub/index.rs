@@ -8,8 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::monitoring::SessionInfo;
-use crate::outbound::OutboundQueue;
-use crate::stomp::Version;
+use crate::outbound::{Form, OutboundQueue};
 
 /// Where a subscription sits in the index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -37,8 +36,8 @@ impl IndexKey {
 pub(crate) struct SubEntry {
     /// The MESSAGE head of this subscription, encoded once when it was made.
     pub head: Arc<[u8]>,
-    /// The STOMP version of the subscriber, to pick the message's tail.
-    pub version: Version,
+    /// The form the subscriber receives messages in, to pick the message's tail.
+    pub form: Form,
     /// The subscriber's outbound queue.
     pub queue: Arc<OutboundQueue>,
     /// Session and destination, for monitoring events (only when monitoring is on).

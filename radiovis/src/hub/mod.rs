@@ -535,7 +535,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Hub<B, D, C> {
         index.for_each_match(&published.topic, |entry| {
             let item = Outbound {
                 head: entry.head.clone(),
-                tail: published.tail(entry.version),
+                tail: published.tail(entry.form),
             };
             match entry.queue.try_push(item) {
                 Ok(()) => {

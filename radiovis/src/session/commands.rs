@@ -169,7 +169,7 @@ impl<I: SessionIo, B: MessageBus, D: DirectoryApi, C: Cache> Session<I, B, D, C>
             (self.conn, sub),
             SubEntry {
                 head: head.clone(),
-                version: self.version,
+                form: self.version.into(),
                 queue: self.queue.clone(),
                 monitor: self
                     .info
