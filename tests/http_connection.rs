@@ -539,3 +539,24 @@ async fn a_keep_alive_poller_keeps_its_subscription_between_polls() {
     drop(c);
     wait_subscriptions(&hub, 0).await;
 }
+
+/// An event stream after a long-poll on the same connection: the stream is the
+/// connection's last answer, and the poll's subscription is given up for it.
+#[tokio::test]
+async fn an_event_stream_after_a_poll_on_one_connection_replaces_its_subscription() {
+    let hub = TestHub::start().await;
+    let http = serve_http(&hub, held_polls()).await;
+    let mut b = hub.broadcaster().await;
+    b.publish(TEXT, b"TEXT already there", &[]).await;
+    let mut c = Raw::connect(&http).await;
+    c.send(get(&poll_target()).as_bytes()).await;
+    assert_eq!(c.response(false).await.json()["body"], "TEXT already there");
+    wait_subscriptions(&hub, 1).await;
+    c.send(get(SSE_PATH).as_bytes()).await;
+    let head = c.head().await;
+    assert_eq!(head.header("content-type"), Some("text/event-stream"));
+    // The stream's text and image, not the poll's text besides.
+    wait_subscriptions(&hub, 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(hub.hub.stats().subscriptions, 2);
+}

@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::wire::{encode_head, parse, Head, HeadError};
-use super::{Abort, Body, Kept, Place, Router, HEADER_TIMEOUT, MAX_HEAD};
+use super::{Abort, Body, Connection, Place, Router, HEADER_TIMEOUT, MAX_HEAD};
 
 /// How long writing one piece of an answer may take: a client that does not read
 /// its answer is dropped (docs/protocol.md#http-listener).
@@ -87,7 +87,6 @@ where
     // Made here and moved into the future whole: made inside it, each would be held
     // twice (as the future's captured argument and as its local).
     let abort = Abort(CancellationToken::new());
-    let kept = Kept::default();
     let mut conn = Conn {
         stream,
         buf: Vec::new(),
@@ -102,7 +101,7 @@ where
             };
             if head.has_body {
                 // What a request left is given up: hyper's requests do not see it.
-                drop(kept);
+                place.forget_kept();
                 // The whole connection, what was read of it first put back in front,
                 // goes to hyper (tokio's split, chain and join: this is the rare path).
                 let read = std::io::Cursor::new(std::mem::take(&mut conn.buf));
@@ -112,7 +111,7 @@ where
                 return;
             }
             conn.consume(head.len);
-            let (request, answer) = prepare(head, &abort, &place, &kept);
+            let (request, answer) = prepare(head, &abort, &place);
             let response = tokio::select! {
                 r = router.route(request, peer) => r,
                 _ = conn.until_closed() => {
@@ -127,6 +126,10 @@ where
                 answer.head_only || switching,
                 answer.keep_alive,
             );
+            if switching || out.is_stream() {
+                // The connection's last answer: what a request left is given up.
+                place.forget_kept();
+            }
             if let (true, Some(tx)) = (switching, answer.upgrade) {
                 if Box::pin(conn.respond(out, &abort)).await.is_ok() {
                     let _ = tx.send(Upgraded {
@@ -174,18 +177,14 @@ struct Answer {
     upgrade: Option<oneshot::Sender<Upgraded>>,
 }
 
-/// The request for the router, with the connection's abort token, place and kept
-/// slot (and its upgrade, for a handshake) in its extensions.
-fn prepare(
-    head: Head,
-    abort: &Abort,
-    place: &Place,
-    kept: &Kept,
-) -> (Request<Empty<Bytes>>, Answer) {
+/// The request for the router, with the connection's abort token and place (and its
+/// upgrade, for a handshake) in its extensions.
+fn prepare(head: Head, abort: &Abort, place: &Place) -> (Request<Empty<Bytes>>, Answer) {
     let mut request = head.request.map(|()| Empty::<Bytes>::new());
-    request.extensions_mut().insert(abort.clone());
-    request.extensions_mut().insert(place.clone());
-    request.extensions_mut().insert(kept.clone());
+    request.extensions_mut().insert(Connection {
+        abort: abort.clone(),
+        place: place.clone(),
+    });
     let upgrade = wants_upgrade(&request).then(|| {
         let (tx, rx) = oneshot::channel();
         request

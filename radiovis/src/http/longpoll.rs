@@ -14,7 +14,7 @@ use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
 
 use super::watch::{Ended, Watch, WatchError};
-use super::{Abort, Body, HttpConfig, Kept};
+use super::{Abort, Body, HttpConfig, Place};
 use crate::backend::{Cache, DirectoryApi, MessageBus};
 use crate::hub::{Hub, Transport};
 use crate::outbound::Outbound;
@@ -127,13 +127,13 @@ pub(super) fn handle<T, B: MessageBus, D: DirectoryApi, C: Cache>(
         Err(e) => return Either::Left(ready(super::error(StatusCode::BAD_REQUEST, &e))),
     };
     let abort = Abort::of(&req);
-    let kept = Kept::of(&req);
+    let place = Place::of(&req);
     drop(req);
     // The subscriptions of the client's last poll on this connection, if they are
     // to the same topics (those to others are given up here).
-    let parked = kept
+    let parked = place
         .as_ref()
-        .and_then(Kept::take::<Poller<B, D, C>>)
+        .and_then(Place::take_kept::<Poller<B, D, C>>)
         .filter(|p| p.watch.follows(&query.topics));
     let (hub, hold) = (hub.clone(), config.poll_hold);
     Either::Right(async move {
@@ -160,8 +160,8 @@ pub(super) fn handle<T, B: MessageBus, D: DirectoryApi, C: Cache>(
                 Err(_) => poll_again(),
             },
         };
-        if let Some(kept) = kept {
-            kept.put(poller);
+        if let Some(place) = place {
+            place.keep(poller);
         }
         answer
     })

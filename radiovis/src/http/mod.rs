@@ -144,8 +144,10 @@ async fn serve_hyper<R, S>(
         let abort = abort.clone();
         let place = place.clone();
         move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(abort.clone());
-            req.extensions_mut().insert(place.clone());
+            req.extensions_mut().insert(Connection {
+                abort: abort.clone(),
+                place: place.clone(),
+            });
             let router = router.clone();
             async move { Ok::<_, Infallible>(router.route(req, peer).await) }
         }
@@ -189,54 +191,76 @@ pub struct Abort(pub CancellationToken);
 impl Abort {
     /// The token of the request's connection (a fresh one outside [`serve_connection`]).
     pub fn of<T>(req: &Request<T>) -> CancellationToken {
-        req.extensions()
-            .get::<Abort>()
-            .map(|a| a.0.clone())
+        Connection::of(req)
+            .map(|c| c.abort.0.clone())
             .unwrap_or_default()
     }
 }
 
-/// The connection's place under the connection limits (what [`Router::admit`] gave).
-/// A request that upgrades the connection takes it along, so that the upgraded
+/// What a request carries of its connection, in its extensions (one entry: every
+/// request pays for each).
+#[derive(Clone)]
+pub(super) struct Connection {
+    pub abort: Abort,
+    pub place: Place,
+}
+
+impl Connection {
+    fn of<T>(req: &Request<T>) -> Option<&Connection> {
+        req.extensions().get::<Connection>()
+    }
+}
+
+type AnyBox = Box<dyn std::any::Any + Send>;
+
+/// The connection's place under the connection limits (what [`Router::admit`] gave),
+/// and what a request leaves on the connection for the next request on it (a
+/// long-poll's subscriptions, docs/protocol.md#http-long-poll), dropped with it. A
+/// request that upgrades the connection takes the place along, so that the upgraded
 /// connection stays counted and is never counted twice.
 #[derive(Clone)]
-pub struct Place(Arc<parking_lot::Mutex<Option<Box<dyn std::any::Any + Send>>>>);
+pub struct Place(Arc<parking_lot::Mutex<Seat>>);
+
+struct Seat {
+    guard: Option<AnyBox>,
+    kept: Option<AnyBox>,
+}
 
 impl Place {
     /// The place `guard` holds.
-    pub(super) fn new(guard: Box<dyn std::any::Any + Send>) -> Self {
-        Place(Arc::new(parking_lot::Mutex::new(Some(guard))))
+    pub(super) fn new(guard: AnyBox) -> Self {
+        Place(Arc::new(parking_lot::Mutex::new(Seat {
+            guard: Some(guard),
+            kept: None,
+        })))
+    }
+
+    /// The place of the request's connection (`None` outside [`serve_connection`]).
+    pub(super) fn of<T>(req: &Request<T>) -> Option<Place> {
+        Connection::of(req).map(|c| c.place.clone())
     }
 
     /// Takes the place of the request's connection (`None` outside
     /// [`serve_connection`], or when taken already).
-    pub fn take<T>(req: &Request<T>) -> Option<Box<dyn std::any::Any + Send>> {
-        req.extensions()
-            .get::<Place>()
-            .and_then(|p| p.0.lock().take())
-    }
-}
-
-/// What a request leaves on its connection for the next request on it (a long-poll's
-/// subscriptions, docs/protocol.md#http-long-poll); dropped with the connection. Every
-/// request read by [`serve_connection`] carries its connection's in its extensions.
-#[derive(Clone, Default)]
-pub struct Kept(Arc<parking_lot::Mutex<Option<Box<dyn std::any::Any + Send>>>>);
-
-impl Kept {
-    /// The slot of the request's connection (`None` outside [`serve_connection`]).
-    pub fn of<T>(req: &Request<T>) -> Option<Kept> {
-        req.extensions().get::<Kept>().cloned()
+    pub fn take<T>(req: &Request<T>) -> Option<AnyBox> {
+        Connection::of(req).and_then(|c| c.place.0.lock().guard.take())
     }
 
-    /// Takes what was left, if it is a `V` (anything else left is dropped).
-    pub fn take<V: Send + 'static>(&self) -> Option<Box<V>> {
-        self.0.lock().take()?.downcast().ok()
+    /// Takes what the last request left, if it is a `V` (anything else is dropped).
+    pub(super) fn take_kept<V: Send + 'static>(&self) -> Option<Box<V>> {
+        self.0.lock().kept.take()?.downcast().ok()
     }
 
-    /// Leaves `value` for the next request (replacing what was left).
-    pub fn put<V: Send + 'static>(&self, value: Box<V>) {
-        *self.0.lock() = Some(value);
+    /// Leaves `value` for the next request (what was left before is dropped).
+    pub(super) fn keep<V: Send + 'static>(&self, value: Box<V>) {
+        let before = self.0.lock().kept.replace(value);
+        drop(before);
+    }
+
+    /// Drops what the last request left.
+    pub(super) fn forget_kept(&self) {
+        let before = self.0.lock().kept.take();
+        drop(before);
     }
 }
 
