@@ -87,11 +87,12 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Poller<B, D, C> {
 
 /// The `last_id` of a poll, as a JSON string (how answers hold ids), so that it is
 /// compared with a message's id without decoding the message.
-struct LastId(Option<Vec<u8>>);
+struct LastId(Option<Box<[u8]>>);
 
 impl LastId {
     fn new(last_id: Option<&str>) -> LastId {
-        LastId(last_id.and_then(|id| serde_json::to_vec(id).ok()))
+        // Exact size: a held poll keeps it (serde_json writes into 128 bytes at least).
+        LastId(last_id.and_then(|id| serde_json::to_vec(id).ok().map(Vec::into_boxed_slice)))
     }
 
     /// Whether the client has `message` already. Some handsets strip an `ID:` prefix
@@ -126,25 +127,32 @@ pub(super) fn handle<T, B: MessageBus, D: DirectoryApi, C: Cache>(
         Ok(query) => query,
         Err(e) => return Either::Left(ready(super::error(StatusCode::BAD_REQUEST, &e))),
     };
-    let abort = Abort::of(&req);
     let place = Place::of(&req);
-    drop(req);
+    let Query { topics, last_id } = query;
+    let last_id = LastId::new(last_id.as_deref());
     // The subscriptions of the client's last poll on this connection, if they are
-    // to the same topics (those to others are given up here).
-    let parked = place
+    // to the same topics (those to others are given up here); else what subscribing
+    // takes. The future holds only what its path needs.
+    let start = match place
         .as_ref()
         .and_then(Place::take_kept::<Poller<B, D, C>>)
-        .filter(|p| p.watch.follows(&query.topics));
-    let (hub, hold) = (hub.clone(), config.poll_hold);
+        .filter(|p| p.watch.follows(&topics))
+    {
+        Some(parked) => Ok(parked),
+        None => Err((hub.clone(), Abort::of(&req), topics)),
+    };
+    drop(req);
+    let hold = config.poll_hold;
     Either::Right(async move {
-        let last_id = LastId::new(query.last_id.as_deref());
-        let mut poller = match parked {
-            Some(poller) => poller,
+        let mut poller = match start {
+            Ok(parked) => parked,
             // Boxed: subscribing is a moment, the wait is long.
-            None => match Box::pin(subscribe(hub, peer, abort, query.topics)).await {
-                Ok(poller) => poller,
-                Err(answer) => return *answer,
-            },
+            Err((hub, abort, topics)) => {
+                match Box::pin(subscribe(hub, peer, abort, topics)).await {
+                    Ok(poller) => poller,
+                    Err(answer) => return *answer,
+                }
+            }
         };
         let answer = match poller.newest() {
             // The client does not have the newest: it gets it at once.
