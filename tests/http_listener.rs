@@ -103,3 +103,47 @@ async fn shutdown_closes_idle_keep_alive_connections() {
         .expect("closed after shutdown")
         .expect("read");
 }
+
+/// At a shutdown, a held long-poll is answered "poll again" (an empty 200) and an
+/// event stream ends: their clients get a clean end, not a reset
+/// (docs/protocol.md#http-long-poll).
+#[tokio::test]
+async fn shutdown_answers_a_held_poll_and_ends_an_event_stream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut hub = TestHub::start().await;
+    let config = HttpConfig {
+        poll_hold: Duration::from_secs(20),
+        ..HttpConfig::default()
+    };
+    let http = serve_http(&hub, config).await;
+    let mut poll = tokio::net::TcpStream::connect(&http)
+        .await
+        .expect("connect");
+    let target = format!("/radiodns/vis/vis.json?topic={}", TEXT.replace('/', "%2F"));
+    poll.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut sse =
+        testkit::web::SseClient::open(&http, "/radiodns/push/1.0/fm/4e1/4001/09580", None).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while hub.hub.stats().subscriptions < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "not held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let read_poll = async {
+        let mut answer = Vec::new();
+        tokio::time::timeout(WAIT, poll.read_to_end(&mut answer))
+            .await
+            .expect("answered and closed")
+            .expect("read");
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let (answer, stopped) = tokio::join!(read_poll, hub.shutdown(WAIT));
+    stopped.expect("shutdown");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(
+        answer.to_ascii_lowercase().contains("content-length: 0"),
+        "poll again is an empty 200: {answer:?}"
+    );
+    sse.expect_closed(WAIT).await;
+}

@@ -62,8 +62,8 @@ pub struct OutboundQueue {
     /// a client that is only ever sent the newest message (a long-poll) cannot be a
     /// slow consumer.
     keep_newest: bool,
-    /// Cancelled on a kill too: a web client's connection, closed even while a write to
-    /// it is blocked (STOMP sessions wait on the queue itself and have none).
+    /// Cancelled when the queue overflows too: a web client's connection, closed even
+    /// while a write to it is blocked (STOMP sessions wait on the queue itself and have none).
     abort: Option<CancellationToken>,
 }
 
@@ -88,7 +88,7 @@ impl OutboundQueue {
     }
 
     /// A queue that holds only the newest frame pushed to it (a push replaces the one
-    /// waiting), and cancels `abort` when it is killed (a long-poll, answered with the
+    /// waiting) and never overflows (a long-poll, answered with the
     /// newest message: docs/protocol.md#http-long-poll).
     pub fn newest(abort: CancellationToken) -> OutboundQueue {
         OutboundQueue {
@@ -97,7 +97,7 @@ impl OutboundQueue {
         }
     }
 
-    /// A queue that also cancels `abort` when it is killed.
+    /// A queue that also cancels `abort` when it overflows (a slow consumer).
     pub fn with_abort(capacity: usize, abort: CancellationToken) -> OutboundQueue {
         OutboundQueue {
             abort: Some(abort),
@@ -183,7 +183,9 @@ impl OutboundQueue {
         if let Some(waker) = waker {
             waker.wake();
         }
-        if let Some(abort) = &self.abort {
+        // A slow consumer's connection is closed even in the middle of a write; at a
+        // shutdown its client gets what it is owed first.
+        if let (Kill::SlowConsumer, Some(abort)) = (reason, &self.abort) {
             abort.cancel();
         }
         true
@@ -488,7 +490,10 @@ mod tests {
         assert_eq!(&newest.tail[..], b"3");
         assert!(q.take_newest().is_none(), "taken");
         assert!(q.kill(Kill::Shutdown));
-        assert!(abort.is_cancelled(), "a kill still aborts");
+        assert!(
+            !abort.is_cancelled(),
+            "a shutdown lets the client have its answer"
+        );
     }
 
     #[tokio::test]

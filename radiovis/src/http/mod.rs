@@ -70,6 +70,8 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 pub(super) const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most bytes of a request's head the server buffers.
 pub(super) const MAX_HEAD: usize = 16 * 1024;
+/// Children of its shutdown token that [`serve`] spreads connections over.
+const SHUTDOWN_SHARDS: usize = 32;
 /// How long [`serve`] waits at shutdown for open connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -97,6 +99,12 @@ pub async fn serve<R: Router>(listener: TcpListener, router: R, shutdown: Cancel
         tracing::info!(%addr, "listening for HTTP connections");
     }
     let tracker = TaskTracker::new();
+    // Connections wait for the shutdown on children of `shutdown`, spread over a few:
+    // waiting and checking take a token's lock, on every request of every connection.
+    let shards: Vec<CancellationToken> = (0..SHUTDOWN_SHARDS)
+        .map(|_| shutdown.child_token())
+        .collect();
+    let mut accepted_count = 0usize;
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
@@ -108,7 +116,8 @@ pub async fn serve<R: Router>(listener: TcpListener, router: R, shutdown: Cancel
                 backoff = Duration::from_millis(10);
                 let _ = stream.set_nodelay(true);
                 let router = router.clone();
-                let shutdown = shutdown.clone();
+                accepted_count = accepted_count.wrapping_add(1);
+                let shutdown = shards[accepted_count % SHUTDOWN_SHARDS].clone();
                 tracker.spawn(serve_connection(router, stream, peer, shutdown));
             }
             Err(e) => {

@@ -54,6 +54,9 @@ pub(super) struct Watch<B: MessageBus, D: DirectoryApi, C: Cache> {
     wildcards: usize,
     budget: SubscribeBudget,
     info: Option<Arc<SessionInfo>>,
+    /// The queue's key among the hub's sessions, which a stopping hub tells through
+    /// their queues.
+    registered: usize,
 }
 
 impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
@@ -78,6 +81,12 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
             hub.monitor().emit(Event::Connection(info.clone()));
             info
         });
+        // The fan-out kills the queue on overflow, which cancels `kill`.
+        let queue = Arc::new(match transport {
+            Transport::LongPoll => OutboundQueue::newest(kill.clone()),
+            _ => OutboundQueue::with_abort(hub.config().outbound_queue, kill.clone()),
+        });
+        let registered = hub.register_session(&queue);
         Watch {
             transport,
             form: match transport {
@@ -85,11 +94,8 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
                 _ => Form::Stomp(Version::V1_0),
             },
             conn: hub.next_id(),
-            // The fan-out kills the queue on overflow, which cancels `kill`.
-            queue: Arc::new(match transport {
-                Transport::LongPoll => OutboundQueue::newest(kill.clone()),
-                _ => OutboundQueue::with_abort(hub.config().outbound_queue, kill.clone()),
-            }),
+            queue,
+            registered,
             kill,
             subs: Vec::new(),
             wildcards: 0,
@@ -164,11 +170,12 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
         }))
     }
 
-    /// Waits for the next queued message (or the end of the client).
+    /// Waits for the next queued message (or the end of the client). The hub's stop
+    /// comes through the queue, like a STOMP session's: waiting on the hub's own token,
+    /// every client would take its one lock on every message.
     pub async fn next(&self) -> Result<(), Ended> {
         tokio::select! {
             biased;
-            _ = self.hub.stopped() => Err(Ended::Shutdown),
             _ = self.kill.cancelled() => Err(Ended::SlowConsumer),
             kill = self.queue.ready() => match kill {
                 None => Ok(()),
@@ -204,6 +211,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
 
 impl<B: MessageBus, D: DirectoryApi, C: Cache> Drop for Watch<B, D, C> {
     fn drop(&mut self) {
+        self.hub.unregister_session(self.registered);
         self.queue.close();
         for (key, sub, destination) in self.subs.drain(..) {
             self.hub.unsubscribe(&key, (self.conn, sub));
