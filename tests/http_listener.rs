@@ -123,7 +123,7 @@ async fn shutdown_answers_a_held_poll_and_ends_an_event_stream() {
     poll.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .await
         .expect("write");
-    let mut sse =
+    let sse =
         testkit::web::SseClient::open(&http, "/radiodns/push/1.0/fm/4e1/4001/09580", None).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while hub.hub.stats().subscriptions < 3 {
