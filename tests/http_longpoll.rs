@@ -248,3 +248,28 @@ async fn a_held_poll_whose_client_left_is_released() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// An id with characters JSON escapes (a quote, a backslash) is answered as sent and
+/// recognised when the client sends it back: the client that has it is held.
+#[tokio::test]
+async fn an_id_with_json_escapes_round_trips() {
+    const ID: &str = r#"id "quoted" \ back"#;
+    let hub = TestHub::start().await;
+    let http = serve_http(&hub, config(700)).await;
+    let mut b = hub.broadcaster().await;
+    b.publish(TEXT, b"TEXT escaped id", &[("message-id", ID)])
+        .await;
+    let target = format!("/radiodns/vis/vis.json?topic={}", enc(TEXT));
+    let r = get(&http, &target, WAIT).await;
+    assert_eq!(assert_message(&r, TEXT, "TEXT escaped id"), ID);
+    assert_eq!(r.header("radiovis-message-id"), Some(ID));
+
+    let last_id: String = ID.bytes().map(|b| format!("%{b:02X}")).collect();
+    let started = tokio::time::Instant::now();
+    let r = get(&http, &format!("{target}&last_id={last_id}"), WAIT).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "not held: {r:?}"
+    );
+    assert!(r.body.is_empty(), "poll again: {r:?}");
+}

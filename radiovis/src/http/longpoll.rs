@@ -4,6 +4,7 @@
 //! by the next message or, after the hold time, by an empty `200` ("poll again"). A
 //! client's subscriptions stay on its keep-alive connection for its next poll.
 
+use std::borrow::Cow;
 use std::future::{ready, Future};
 
 use futures::future::Either;
@@ -85,33 +86,36 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Poller<B, D, C> {
     }
 }
 
-/// The `last_id` of a poll, as a JSON string (how answers hold ids), so that it is
-/// compared with a message's id without decoding the message.
-struct LastId(Option<Box<[u8]>>);
+/// The `last_id` of a poll.
+struct LastId(Option<Box<str>>);
 
 impl LastId {
-    fn new(last_id: Option<&str>) -> LastId {
-        // Exact size: a held poll keeps it (serde_json writes into 128 bytes at least).
-        LastId(last_id.and_then(|id| serde_json::to_vec(id).ok().map(Vec::into_boxed_slice)))
+    fn new(last_id: Option<String>) -> LastId {
+        LastId(last_id.map(String::into_boxed_str))
     }
 
     /// Whether the client has `message` already. Some handsets strip an `ID:` prefix
     /// from the id they were given, so it is ignored on both sides.
     fn names(&self, message: &Outbound) -> bool {
-        match (&self.0, message.json_id()) {
-            (Some(last), Some(id)) => bare(last) == bare(id),
+        fn bare(id: &str) -> &str {
+            id.strip_prefix("ID:").unwrap_or(id)
+        }
+        match (&self.0, message.json_id().and_then(json_str)) {
+            (Some(last), Some(id)) => bare(last) == bare(&id),
             _ => false,
         }
     }
 }
 
-/// A JSON string's content without its quotes and a leading `ID:` (which JSON writes
-/// as it is).
-fn bare(json: &[u8]) -> &[u8] {
-    let s = json
-        .get(1..json.len().saturating_sub(1))
-        .unwrap_or_default();
-    s.strip_prefix(b"ID:").unwrap_or(s)
+/// The text of a JSON string as the hub wrote it (quotes included): read in place
+/// unless it has escapes.
+fn json_str(token: &[u8]) -> Option<Cow<'_, str>> {
+    let inner = token.get(1..token.len().checked_sub(1)?)?;
+    if inner.contains(&b'\\') {
+        serde_json::from_slice::<String>(token).ok().map(Cow::Owned)
+    } else {
+        std::str::from_utf8(inner).ok().map(Cow::Borrowed)
+    }
 }
 
 /// Answers one long-poll request. The request is read here and dropped: the future
@@ -129,7 +133,7 @@ pub(super) fn handle<T, B: MessageBus, D: DirectoryApi, C: Cache>(
     };
     let place = Place::of(&req);
     let Query { topics, last_id } = query;
-    let last_id = LastId::new(last_id.as_deref());
+    let last_id = LastId::new(last_id);
     // The subscriptions of the client's last poll on this connection, if they are
     // to the same topics (those to others are given up here); else what subscribing
     // takes. The future holds only what its path needs.
@@ -224,8 +228,10 @@ fn answer(message: &Outbound) -> Response<Body> {
         ("RadioVIS-Message-ID", message.json_id()),
         ("RadioVIS-Destination", message.json_destination()),
     ] {
-        let value = value.and_then(|v| serde_json::from_slice::<String>(v).ok());
-        if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        if let Some(v) = value
+            .and_then(json_str)
+            .and_then(|v| HeaderValue::from_str(&v).ok())
+        {
             response.headers_mut().insert(name, v);
         }
     }
