@@ -52,6 +52,10 @@ pub struct WebArgs {
     /// baseline of the ratios, is always measured first.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<Transport>,
+    /// Repeat the whole measurement this many times and print the median of each
+    /// ratio (latency on shared cores varies from run to run).
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
 }
 
 /// The transports measured.
@@ -91,11 +95,35 @@ struct Row {
     cpu_us_per_delivery: Option<f64>,
 }
 
-/// Runs every transport and prints a table.
+/// Runs every transport (`--runs` times) and prints a table of each run, then the
+/// median of each ratio over the runs.
 pub async fn run(a: WebArgs) -> Result<(), String> {
-    if a.clients == 0 || a.topics == 0 {
-        return Err("--clients and --topics must be at least 1".into());
+    if a.clients == 0 || a.topics == 0 || a.runs == 0 {
+        return Err("--clients, --topics and --runs must be at least 1".into());
     }
+    let mut runs = Vec::new();
+    for _ in 0..a.runs {
+        let rows = measure(&a).await?;
+        print_table(&rows);
+        runs.push(rows);
+    }
+    if runs.len() > 1 {
+        print_medians(&runs);
+    }
+    if let Some(path) = &a.json {
+        let text = match runs.as_slice() {
+            [rows] => serde_json::to_string_pretty(rows),
+            _ => serde_json::to_string_pretty(&runs),
+        }
+        .map_err(|e| e.to_string())?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// One run: every transport against the STOMP TCP baseline measured first.
+async fn measure(a: &WebArgs) -> Result<Vec<Row>, String> {
     let mut rows: Vec<Row> = Vec::new();
     for transport in TRANSPORTS {
         if transport != Transport::StompTcp && !a.only.is_empty() && !a.only.contains(&transport) {
@@ -107,12 +135,12 @@ pub async fn run(a: WebArgs) -> Result<(), String> {
             // Held long-polls stay held for the whole measurement.
             ("HTTP_POLL_HOLD".to_owned(), "3600".to_owned()),
         ];
-        let server = start_server(&run_args(&a), ServerKind::Radiovis, &env).await?;
+        let server = start_server(&run_args(a), ServerKind::Radiovis, &env).await?;
         let pid = server.pid.ok_or("no server pid")?;
         let http = format!("127.0.0.1:{http_port}");
         let stomp = server.addr.to_string();
         let before = sys::rss_kib(pid).map_err(|e| format!("rss: {e}"))?;
-        let clients = open_clients(&a, transport, &stomp, &http).await?;
+        let clients = open_clients(a, transport, &stomp, &http).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let after = sys::rss_kib(pid).map_err(|e| format!("rss: {e}"))?;
         let per = after.saturating_sub(before) as f64 / a.clients as f64;
@@ -156,6 +184,18 @@ pub async fn run(a: WebArgs) -> Result<(), String> {
         });
         drop(server);
     }
+    Ok(rows)
+}
+
+/// The name of a transport as the tables and JSON write it.
+fn name(transport: Transport) -> String {
+    serde_json::to_value(transport)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn print_table(rows: &[Row]) {
     println!(
         "{:<16} {:>8} {:>12} {:>12} {:>10} {:>8} {:>10} {:>9} {:>9} {:>7} {:>10}",
         "transport",
@@ -170,14 +210,11 @@ pub async fn run(a: WebArgs) -> Result<(), String> {
         "missing",
         "cpu µs/msg"
     );
-    for r in &rows {
+    for r in rows {
         let l = r.latency.as_ref();
         println!(
             "{:<16} {:>8} {:>9} KiB {:>9} KiB {:>10.2} {:>8.2} {:>10} {:>9} {:>9} {:>7} {:>10.1}",
-            serde_json::to_value(r.transport)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            name(r.transport),
             r.clients,
             r.rss_before_kib,
             r.rss_after_kib,
@@ -190,12 +227,50 @@ pub async fn run(a: WebArgs) -> Result<(), String> {
             r.cpu_us_per_delivery.unwrap_or(f64::NAN),
         );
     }
-    if let Some(path) = &a.json {
-        let text = serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?;
-        std::fs::write(path, text + "\n")
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+}
+
+/// The median over the runs of each transport's ratios to the STOMP TCP row of the
+/// same run: memory, p50 and p99 latency, server CPU per delivery.
+fn print_medians(runs: &[Vec<Row>]) {
+    println!(
+        "median of {} runs, x STOMP TCP of the same run:\n{:<16} {:>8} {:>8} {:>8} {:>8}",
+        runs.len(),
+        "transport",
+        "memory",
+        "p50",
+        "p99",
+        "cpu"
+    );
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.retain(|x| x.is_finite());
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    };
+    let Some(first) = runs.first() else { return };
+    for (i, r) in first.iter().enumerate() {
+        let ratio = |f: &dyn Fn(&Row) -> Option<f64>| {
+            median(
+                runs.iter()
+                    .filter_map(|run| Some(f(run.get(i)?)? / f(run.first()?)?))
+                    .collect(),
+            )
+        };
+        let latency = |q: fn(&crate::web_latency::Latency) -> u64| {
+            move |row: &Row| row.latency.as_ref().map(|l| q(l) as f64)
+        };
+        println!(
+            "{:<16} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            name(r.transport),
+            ratio(&|row| Some(row.kib_per_client)),
+            ratio(&latency(|l| l.p50_us)),
+            ratio(&latency(|l| l.p99_us)),
+            ratio(&|row| row.cpu_us_per_delivery),
+        );
     }
-    Ok(())
 }
 
 fn run_args(a: &WebArgs) -> RunArgs {
