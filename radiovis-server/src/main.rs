@@ -177,9 +177,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let Some((listeners, acceptor)) = tls.http {
         for l in listeners {
-            let (router, shutdown) = (router.clone(), stop.clone());
+            let router = router.clone();
+            let shutdown = radiovis::http::ShutdownShards::new(&stop);
             let serve = move |stream, peer| {
-                radiovis::http::serve_connection(router.clone(), stream, peer, shutdown.clone())
+                radiovis::http::serve_connection(router.clone(), stream, peer, shutdown.next())
             };
             let task = radiovis::tls::serve(l, acceptor.clone(), "HTTPS", stop.clone(), serve);
             tls_tasks.push(tokio::spawn(task));

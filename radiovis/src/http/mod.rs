@@ -70,8 +70,6 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 pub(super) const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most bytes of a request's head the server buffers.
 pub(super) const MAX_HEAD: usize = 16 * 1024;
-/// Children of its shutdown token that [`serve`] spreads connections over.
-const SHUTDOWN_SHARDS: usize = 32;
 /// How long [`serve`] waits at shutdown for open connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -99,12 +97,7 @@ pub async fn serve<R: Router>(listener: TcpListener, router: R, shutdown: Cancel
         tracing::info!(%addr, "listening for HTTP connections");
     }
     let tracker = TaskTracker::new();
-    // Connections wait for the shutdown on children of `shutdown`, spread over a few:
-    // waiting and checking take a token's lock, on every request of every connection.
-    let shards: Vec<CancellationToken> = (0..SHUTDOWN_SHARDS)
-        .map(|_| shutdown.child_token())
-        .collect();
-    let mut accepted_count = 0usize;
+    let shards = ShutdownShards::new(&shutdown);
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
@@ -116,9 +109,7 @@ pub async fn serve<R: Router>(listener: TcpListener, router: R, shutdown: Cancel
                 backoff = Duration::from_millis(10);
                 let _ = stream.set_nodelay(true);
                 let router = router.clone();
-                accepted_count = accepted_count.wrapping_add(1);
-                let shutdown = shards[accepted_count % SHUTDOWN_SHARDS].clone();
-                tracker.spawn(serve_connection(router, stream, peer, shutdown));
+                tracker.spawn(serve_connection(router, stream, peer, shards.next()));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "HTTP accept failed; retrying in {:?}", backoff);
@@ -133,6 +124,31 @@ pub async fn serve<R: Router>(listener: TcpListener, router: R, shutdown: Cancel
         .is_err()
     {
         tracing::warn!("HTTP shutdown grace elapsed with connections still open");
+    }
+}
+
+/// Children of a shutdown token that connections are spread over, for
+/// [`serve_connection`]: waiting on a token and checking it take its lock, on every
+/// request of every connection, which would all take the one lock.
+#[derive(Clone)]
+pub struct ShutdownShards {
+    shards: Arc<[CancellationToken]>,
+    next: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ShutdownShards {
+    /// 32 children of `shutdown`, cancelled with it.
+    pub fn new(shutdown: &CancellationToken) -> Self {
+        ShutdownShards {
+            shards: (0..32).map(|_| shutdown.child_token()).collect(),
+            next: Arc::default(),
+        }
+    }
+
+    /// The token of the next connection.
+    pub fn next(&self) -> CancellationToken {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.shards[i % self.shards.len()].clone()
     }
 }
 
