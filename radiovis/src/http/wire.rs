@@ -45,7 +45,9 @@ pub(super) fn encode_head(
     keep_alive: bool,
 ) -> Vec<u8> {
     let status = parts.status;
-    let mut out = Vec::with_capacity(256);
+    // Room for a whole body after the head: one block for the answer's one write.
+    let body = length.map_or(0, |n| usize::try_from(n).unwrap_or(0).min(64 * 1024));
+    let mut out = Vec::with_capacity(256 + body);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
