@@ -143,6 +143,7 @@ where
                 // A stream (an event stream) is written by a task of its own, which
                 // holds only what writing it needs (this future is sized for a held
                 // long-poll), with the connection's place; the connection ends with it.
+                conn.forget_reader();
                 tokio::spawn(async move {
                     if let Err(e) = conn.respond(out, &abort).await {
                         tracing::debug!(%peer, error = %e, "HTTP stream ended");
@@ -294,6 +295,26 @@ impl<S: Io> Conn<S> {
                     true => HeadError::Closed,
                     false => HeadError::Bad("connection closed within a request head"),
                 });
+            }
+        }
+    }
+
+    /// Reads what the client has sent so far (kept, up to the head limit) until the
+    /// socket would block, with a waker that wakes nothing. The socket keeps the waker
+    /// of the last task that waited to read it; a stream written by another task never
+    /// reads, and without this the socket would keep this finished task's memory
+    /// (about 1 KiB) alive for the stream's life.
+    fn forget_reader(&mut self) {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut chunk = [0u8; 512];
+        while self.buf.len() < MAX_HEAD {
+            let mut read = tokio::io::ReadBuf::new(&mut chunk);
+            match std::pin::Pin::new(&mut self.stream).poll_read(&mut cx, &mut read) {
+                std::task::Poll::Ready(Ok(())) if !read.filled().is_empty() => {
+                    self.buf.extend_from_slice(read.filled());
+                }
+                // Closed, failed or would block (the waker that wakes nothing is kept).
+                _ => return,
             }
         }
     }
