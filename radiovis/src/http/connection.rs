@@ -430,6 +430,12 @@ enum Framing {
     Close,
 }
 
+impl Framing {
+    fn is_stream(self) -> bool {
+        matches!(self, Framing::Chunked | Framing::Close)
+    }
+}
+
 /// An answer ready to write: its head encoded, its body, how the body is framed.
 struct Outgoing {
     head: Vec<u8>,
@@ -441,7 +447,7 @@ struct Outgoing {
 impl Outgoing {
     /// Whether the body is a stream, written as it comes.
     fn is_stream(&self) -> bool {
-        matches!(self.framing, Framing::Chunked | Framing::Close)
+        self.framing.is_stream()
     }
 
     fn new(response: Response<Body>, version: Version, head_only: bool, keep_alive: bool) -> Self {
@@ -462,7 +468,7 @@ impl Outgoing {
             Framing::Close
         };
         // A stream ends its connection (docs/protocol.md#http-listener).
-        let keep_alive = keep_alive && !matches!(framing, Framing::Chunked | Framing::Close);
+        let keep_alive = keep_alive && !framing.is_stream();
         let head = encode_head(
             parts,
             version,

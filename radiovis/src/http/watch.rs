@@ -41,15 +41,11 @@ pub(super) enum Ended {
 
 /// One web client on the hub; dropping it removes its subscriptions.
 pub(super) struct Watch<B: MessageBus, D: DirectoryApi, C: Cache> {
-    /// How the client is connected (metrics).
+    /// How the client is connected (metrics), and so the form of its messages.
     transport: Transport,
-    /// How it receives messages: a long-poll's answers, or STOMP 1.0 frames (the
-    /// other web transports re-frame them).
-    form: Form,
     hub: Arc<Hub<B, D, C>>,
     conn: u64,
     queue: Arc<OutboundQueue>,
-    kill: CancellationToken,
     subs: Vec<(IndexKey, u64, Arc<str>)>,
     wildcards: usize,
     budget: SubscribeBudget,
@@ -83,20 +79,15 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
         });
         // The fan-out kills the queue on overflow, which cancels `kill`.
         let queue = Arc::new(match transport {
-            Transport::LongPoll => OutboundQueue::newest(kill.clone()),
-            _ => OutboundQueue::with_abort(hub.config().outbound_queue, kill.clone()),
+            Transport::LongPoll => OutboundQueue::newest(kill),
+            _ => OutboundQueue::with_abort(hub.config().outbound_queue, kill),
         });
         let registered = hub.register_session(&queue);
         Watch {
             transport,
-            form: match transport {
-                Transport::LongPoll => Form::Json,
-                _ => Form::Stomp(Version::V1_0),
-            },
             conn: hub.next_id(),
             queue,
             registered,
-            kill,
             subs: Vec::new(),
             wildcards: 0,
             budget: SubscribeBudget::default(),
@@ -128,7 +119,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
             Ok(key) => key,
             Err(_) => self.hub.unconverted_index_key(destination),
         };
-        let head = match self.form {
+        let head = match self.form() {
             Form::Json => encode_json_head(destination),
             Form::Stomp(version) => encode_head(destination, None, version),
         };
@@ -139,7 +130,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
             (self.conn, sub),
             SubEntry {
                 head: head.clone(),
-                form: self.form,
+                form: self.form(),
                 queue: self.queue.clone(),
                 monitor: self
                     .info
@@ -164,24 +155,30 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
                 p.seq,
                 Outbound {
                     head,
-                    tail: p.tail(self.form),
+                    tail: p.tail(self.form()),
                 },
             )
         }))
     }
 
-    /// Waits for the next queued message (or the end of the client). The hub's stop
-    /// comes through the queue, like a STOMP session's: waiting on the hub's own token,
-    /// every client would take its one lock on every message.
+    /// How the client receives messages: a long-poll's answers, or STOMP 1.0 frames
+    /// (the other web transports re-frame them).
+    fn form(&self) -> Form {
+        match self.transport {
+            Transport::LongPoll => Form::Json,
+            _ => Form::Stomp(Version::V1_0),
+        }
+    }
+
+    /// Waits for the next queued message (or the end of the client). Both ends come
+    /// through the queue, like a STOMP session's: an overflow (which also cancels the
+    /// connection's token) and the hub's stop. Waiting on a token as well would take
+    /// its lock on every message.
     pub async fn next(&self) -> Result<(), Ended> {
-        tokio::select! {
-            biased;
-            _ = self.kill.cancelled() => Err(Ended::SlowConsumer),
-            kill = self.queue.ready() => match kill {
-                None => Ok(()),
-                Some(Kill::SlowConsumer) => Err(Ended::SlowConsumer),
-                Some(Kill::Shutdown) => Err(Ended::Shutdown),
-            },
+        match self.queue.ready().await {
+            None => Ok(()),
+            Some(Kill::SlowConsumer) => Err(Ended::SlowConsumer),
+            Some(Kill::Shutdown) => Err(Ended::Shutdown),
         }
     }
 
