@@ -560,3 +560,70 @@ async fn an_event_stream_after_a_poll_on_one_connection_replaces_its_subscriptio
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(hub.hub.stats().subscriptions, 2);
 }
+
+/// A long-poll is answered the same however it is asked: on the fast path (a `GET`
+/// of the path and query) and through a whole request (an absolute-form target, a
+/// `HEAD`), with its parameter names percent-encoded, on HTTP/1.1 and HTTP/1.0.
+#[tokio::test]
+async fn a_long_poll_is_answered_alike_however_it_is_asked() {
+    let hub = TestHub::start().await;
+    let http = serve_http(&hub, held_polls()).await;
+    let mut b = hub.broadcaster().await;
+    b.publish(
+        TEXT,
+        b"TEXT asked alike",
+        &[("link", "https://example.org/")],
+    )
+    .await;
+    let without_date = |r: &HttpResponse| -> Vec<(String, String)> {
+        let mut headers: Vec<_> = r
+            .headers
+            .iter()
+            .filter(|(k, _)| k != "date")
+            .cloned()
+            .collect();
+        headers.sort();
+        headers
+    };
+    let mut c = Raw::connect(&http).await;
+    c.send(get(&poll_target()).as_bytes()).await;
+    let first = c.response(false).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.json()["body"], "TEXT asked alike", "{first:?}");
+    assert_eq!(first.header("radiovis-destination"), Some(TEXT));
+    assert!(first.header("radiovis-message-id").is_some(), "{first:?}");
+    assert!(first.header("date").is_some(), "{first:?}");
+
+    let absolute = format!("http://radiovis.test{}", poll_target());
+    let encoded_name = poll_target().replace("?topic=", "?%74opic=");
+    for request in [get(&absolute), get(&encoded_name)] {
+        c.send(request.as_bytes()).await;
+        let r = c.response(false).await;
+        assert_eq!(r.body, first.body, "{request}: {r:?}");
+        assert_eq!(without_date(&r), without_date(&first), "{request}");
+    }
+    c.send(format!("HEAD {} HTTP/1.1\r\nHost: x\r\n\r\n", poll_target()).as_bytes())
+        .await;
+    let head = c.response(true).await;
+    assert_eq!(without_date(&head), without_date(&first), "HEAD");
+    c.expect_quiet(Duration::from_millis(300)).await;
+
+    c.send(
+        format!(
+            "GET {} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            poll_target()
+        )
+        .as_bytes(),
+    )
+    .await;
+    let old = c.response(false).await;
+    assert_eq!(old.body, first.body, "{old:?}");
+    assert_eq!(old.header("connection"), Some("keep-alive"), "{old:?}");
+    // Without keep-alive, HTTP/1.0 closes after the answer.
+    c.send(format!("GET {} HTTP/1.0\r\n\r\n", poll_target()).as_bytes())
+        .await;
+    let last = c.response(false).await;
+    assert_eq!(last.body, first.body, "{last:?}");
+    assert_eq!(last.header("connection"), Some("close"), "{last:?}");
+    assert!(c.until_closed().await.is_empty());
+}

@@ -273,3 +273,31 @@ async fn an_id_with_json_escapes_round_trips() {
     );
     assert!(r.body.is_empty(), "poll again: {r:?}");
 }
+
+/// `last_id` is form-encoded: `+` is a space and `%2B` a plus. The client that has
+/// the message is held; one with another id gets it at once.
+#[tokio::test]
+async fn a_form_encoded_last_id_is_decoded() {
+    const ID: &str = "a b+c";
+    let hub = TestHub::start().await;
+    let http = serve_http(&hub, config(700)).await;
+    let mut b = hub.broadcaster().await;
+    b.publish(TEXT, b"TEXT spaced id", &[("message-id", ID)])
+        .await;
+    let target = format!("/radiodns/vis/vis.json?topic={}", enc(TEXT));
+    let started = tokio::time::Instant::now();
+    let r = get(&http, &format!("{target}&last_id=a+b%2Bc"), WAIT).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "not held: {r:?}"
+    );
+    assert!(r.body.is_empty(), "poll again: {r:?}");
+    // `+` read as a plus is another id: answered at once.
+    let started = tokio::time::Instant::now();
+    let r = get(&http, &format!("{target}&last_id=a%2Bb%2Bc"), WAIT).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(600),
+        "held: {r:?}"
+    );
+    assert_eq!(assert_message(&r, TEXT, "TEXT spaced id"), ID);
+}

@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::wire::{encode_head, parse, Head, HeadError};
-use super::{Abort, Body, Connection, Place, Router, HEADER_TIMEOUT, MAX_HEAD};
+use super::{Abort, Body, Connection, Place, Reply, ReplyKind, Router, HEADER_TIMEOUT, MAX_HEAD};
 
 /// How long writing one piece of an answer may take: a client that does not read
 /// its answer is dropped (docs/protocol.md#http-listener).
@@ -80,23 +80,23 @@ where
     S: Io,
 {
     // Logged and counted by `admit`; a refused client sees the connection closed.
-    let place = router
-        .admit(peer)
-        .ok()
-        .map(|guard| Place::new(Box::new(guard)));
     // Made here and moved into the future whole: made inside it, each would be held
     // twice (as the future's captured argument and as its local).
-    let abort = Abort(CancellationToken::new());
+    let connection = router.admit(peer).ok().map(|guard| Connection {
+        abort: Abort(CancellationToken::new()),
+        place: Place::new(Box::new(guard)),
+    });
     let mut conn = Conn {
         stream,
         buf: Vec::new(),
     };
     async move {
-        let Some(place) = place else {
+        let Some(connection) = connection else {
             return;
         };
+        let (abort, place) = (&connection.abort, &connection.place);
         loop {
-            let Some(head) = Box::pin(conn.next_head(&shutdown, &abort, peer)).await else {
+            let Some(head) = Box::pin(conn.next_head(&shutdown, abort, peer)).await else {
                 return;
             };
             if head.has_body {
@@ -107,31 +107,38 @@ where
                 let read = std::io::Cursor::new(std::mem::take(&mut conn.buf));
                 let (reader, writer) = tokio::io::split(conn.stream);
                 let io = tokio::io::join(read.chain(reader), writer);
-                Box::pin(super::serve_hyper(router, io, peer, shutdown, place, abort)).await;
+                Box::pin(super::serve_hyper(router, io, peer, shutdown, connection)).await;
                 return;
             }
-            conn.consume(head.len);
-            let (request, answer) = prepare(head, &abort, &place);
-            let response = tokio::select! {
-                r = router.route(request, peer) => r,
-                _ = conn.until_closed() => {
-                    tracing::debug!(%peer, "HTTP client left before its answer");
-                    return;
+            // A long-poll is answered from its request target alone; any other
+            // request is made whole for the router. The fast path's future is made
+            // in place (moved, it would be held twice: its future is what a held
+            // long-poll costs); the other path is boxed (its futures are larger).
+            let mut fast = std::pin::pin!(head
+                .get_target(&conn.buf)
+                .and_then(|target| router.route_get(target, &connection, peer)));
+            let (reply, answer) = match fast.as_mut().as_pin_mut() {
+                Some(reply) => {
+                    conn.consume(head.len);
+                    let answer = Answer::plain(&head);
+                    (conn.unless_closed(reply).await, answer)
                 }
+                None => match Box::pin(conn.route_whole(&router, &head, &connection, peer)).await {
+                    Some(routed) => routed,
+                    None => return,
+                },
             };
-            let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-            let out = Outgoing::new(
-                response,
-                answer.version,
-                answer.head_only || switching,
-                answer.keep_alive,
-            );
+            let Some(reply) = reply else {
+                tracing::debug!(%peer, "HTTP client left before its answer");
+                return;
+            };
+            let (out, switching) = Outgoing::new(reply, &answer);
             if switching || out.is_stream() {
                 // The connection's last answer: what a request left is given up.
                 place.forget_kept();
             }
             if let (true, Some(tx)) = (switching, answer.upgrade) {
-                if Box::pin(conn.respond(out, &abort)).await.is_ok() {
+                if Box::pin(conn.respond(out, abort)).await.is_ok() {
                     let _ = tx.send(Upgraded {
                         io: Box::new(conn.stream),
                         read: conn.buf,
@@ -145,15 +152,15 @@ where
                 // long-poll), with the connection's place; the connection ends with it.
                 conn.forget_reader();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.respond(out, &abort).await {
+                    if let Err(e) = conn.respond(out, &connection.abort).await {
                         tracing::debug!(%peer, error = %e, "HTTP stream ended");
                     }
                     Box::pin(conn.linger()).await;
-                    drop(place);
+                    drop(connection);
                 });
                 return;
             }
-            let written = Box::pin(conn.respond(out, &abort)).await;
+            let written = Box::pin(conn.respond(out, abort)).await;
             match written {
                 Ok(true) if !shutdown.is_cancelled() => {}
                 Ok(_) => {
@@ -178,14 +185,27 @@ struct Answer {
     upgrade: Option<oneshot::Sender<Upgraded>>,
 }
 
-/// The request for the router, with the connection's abort token and place (and its
-/// upgrade, for a handshake) in its extensions.
-fn prepare(head: Head, abort: &Abort, place: &Place) -> (Request<Empty<Bytes>>, Answer) {
-    let mut request = head.request.map(|()| Empty::<Bytes>::new());
-    request.extensions_mut().insert(Connection {
-        abort: abort.clone(),
-        place: place.clone(),
-    });
+impl Answer {
+    /// The answer to a `GET` (no upgrade).
+    fn plain(head: &Head) -> Answer {
+        Answer {
+            version: head.version,
+            head_only: false,
+            keep_alive: head.keep_alive,
+            upgrade: None,
+        }
+    }
+}
+
+/// The request for the router, with its connection (and its upgrade, for a
+/// handshake) in its extensions.
+fn prepare(
+    request: Request<()>,
+    head: &Head,
+    connection: &Connection,
+) -> (Request<Empty<Bytes>>, Answer) {
+    let mut request = request.map(|()| Empty::<Bytes>::new());
+    request.extensions_mut().insert(connection.clone());
     let upgrade = wants_upgrade(&request).then(|| {
         let (tx, rx) = oneshot::channel();
         request
@@ -199,7 +219,7 @@ fn prepare(head: Head, abort: &Abort, place: &Place) -> (Request<Empty<Bytes>>, 
         *request.method_mut() = Method::GET;
     }
     let answer = Answer {
-        version: request.version(),
+        version: head.version,
         head_only,
         keep_alive: head.keep_alive,
         upgrade,
@@ -231,30 +251,56 @@ impl<S: Io> Conn<S> {
             r = tokio::time::timeout(HEADER_TIMEOUT, self.read_head()) => r,
             _ = shutdown.cancelled(), if self.buf.is_empty() => return None,
         };
-        let refusal = match read {
-            Ok(Ok(head)) => return Some(head),
-            Ok(Err(HeadError::Closed)) => return None,
-            Ok(Err(HeadError::Io(e))) => {
-                tracing::debug!(%peer, error = %e, "HTTP connection ended");
-                return None;
+        match read {
+            Ok(Ok(head)) => Some(head),
+            // No request within the time: an idle keep-alive connection is closed
+            // without a word.
+            Err(_) if self.buf.is_empty() => None,
+            Err(_) => {
+                self.refuse_with(StatusCode::REQUEST_TIMEOUT, abort).await;
+                None
             }
-            Ok(Err(HeadError::TooLarge)) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Ok(Err(HeadError::Bad(reason))) => {
+            Ok(Err(e)) => {
+                self.refuse(e, abort, peer).await;
+                None
+            }
+        }
+    }
+
+    /// Ends the connection after a request head that could not be read: with the
+    /// refusal its error calls for, if any.
+    async fn refuse(&mut self, error: HeadError, abort: &Abort, peer: SocketAddr) {
+        let status = match error {
+            HeadError::Closed => return,
+            HeadError::Io(e) => {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+                return;
+            }
+            HeadError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            HeadError::Bad(reason) => {
                 tracing::debug!(%peer, reason, "bad HTTP request");
                 StatusCode::BAD_REQUEST
             }
-            // No request within the time: an idle keep-alive connection is closed
-            // without a word.
-            Err(_) if self.buf.is_empty() => return None,
-            Err(_) => StatusCode::REQUEST_TIMEOUT,
         };
+        self.refuse_with(status, abort).await;
+    }
+
+    /// Answers `status` with an empty body and closes the connection.
+    async fn refuse_with(&mut self, status: StatusCode, abort: &Abort) {
         let mut response = Response::new(super::full(Bytes::new()));
-        *response.status_mut() = refusal;
-        let out = Outgoing::new(response, Version::HTTP_11, false, false);
+        *response.status_mut() = status;
+        let (out, _) = Outgoing::new(
+            response.into(),
+            &Answer {
+                version: Version::HTTP_11,
+                head_only: false,
+                keep_alive: false,
+                upgrade: None,
+            },
+        );
         if let Ok(false) = self.respond(out, abort).await {
             self.linger().await;
         }
-        None
     }
 
     /// Closes the connection after its last answer: the write side is shut, then what
@@ -324,6 +370,37 @@ impl<S: Io> Conn<S> {
         self.buf.drain(..n);
         if self.buf.is_empty() {
             self.buf = Vec::new();
+        }
+    }
+
+    /// Makes the whole request of `head` and has the router answer it (unless the
+    /// client leaves first: no reply); `None` when the request is refused (the
+    /// connection is over).
+    async fn route_whole<R: Router>(
+        &mut self,
+        router: &R,
+        head: &Head,
+        connection: &Connection,
+        peer: SocketAddr,
+    ) -> Option<(Option<Reply>, Answer)> {
+        let request = match super::wire::request(&self.buf[..head.len]) {
+            Ok(request) => request,
+            Err(e) => {
+                self.refuse(e, &connection.abort, peer).await;
+                return None;
+            }
+        };
+        self.consume(head.len);
+        let (request, answer) = prepare(request, head, connection);
+        let response = self.unless_closed(router.route(request, peer)).await;
+        Some((response.map(Reply::from), answer))
+    }
+
+    /// What `answer` gives, unless the client closes the connection first (`None`).
+    async fn unless_closed<F: Future>(&mut self, answer: F) -> Option<F::Output> {
+        tokio::select! {
+            r = answer => Some(r),
+            _ = self.until_closed() => None,
         }
     }
 
@@ -450,7 +527,28 @@ impl Outgoing {
         self.framing.is_stream()
     }
 
-    fn new(response: Response<Body>, version: Version, head_only: bool, keep_alive: bool) -> Self {
+    /// The answer `reply` makes to a request; whether it switches protocols.
+    fn new(reply: Reply, answer: &Answer) -> (Self, bool) {
+        match reply.0 {
+            ReplyKind::Response(response) => {
+                let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                let head_only = answer.head_only || switching;
+                let out = Self::of(response, answer.version, head_only, answer.keep_alive);
+                (out, switching)
+            }
+            ReplyKind::Poll(poll) => {
+                let out = Outgoing {
+                    head: poll.encode(answer.version, answer.keep_alive),
+                    body: Body::default(),
+                    framing: Framing::Length,
+                    keep_alive: answer.keep_alive,
+                };
+                (out, false)
+            }
+        }
+    }
+
+    fn of(response: Response<Body>, version: Version, head_only: bool, keep_alive: bool) -> Self {
         let (parts, body) = response.into_parts();
         let status = parts.status;
         let length = body.size_hint().exact();

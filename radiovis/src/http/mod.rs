@@ -88,6 +88,45 @@ pub trait Router: Clone + Send + Sync + 'static {
     where
         T: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
         T::Error: std::error::Error + Send + Sync + 'static;
+
+    /// Answers a `GET` without a body from its request `target` alone, before an
+    /// `http::Request` is made of it: the fast path of the most frequent request (a
+    /// radio's long-poll, once per radio per message). `None` (the default): the
+    /// request is made and given to [`Router::route`].
+    fn route_get(
+        &self,
+        target: &str,
+        conn: &Connection,
+        peer: SocketAddr,
+    ) -> Option<impl Future<Output = Reply> + Send + use<Self>> {
+        let _ = (target, conn, peer);
+        None::<std::future::Ready<Reply>>
+    }
+}
+
+/// A router's answer: an `http::Response`, or a long-poll's answer written straight
+/// from the message the hub encoded (it is the listener's most frequent answer).
+pub struct Reply(ReplyKind);
+
+enum ReplyKind {
+    Response(Response<Body>),
+    Poll(longpoll::Answer),
+}
+
+impl Reply {
+    /// The answer as an `http::Response` (for hyper, which writes those).
+    pub fn into_response(self) -> Response<Body> {
+        match self.0 {
+            ReplyKind::Response(response) => response,
+            ReplyKind::Poll(answer) => answer.into_response(),
+        }
+    }
+}
+
+impl From<Response<Body>> for Reply {
+    fn from(response: Response<Body>) -> Self {
+        Reply(ReplyKind::Response(response))
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting,
@@ -159,20 +198,16 @@ async fn serve_hyper<R, S>(
     io: S,
     peer: SocketAddr,
     shutdown: CancellationToken,
-    place: Place,
-    abort: Abort,
+    connection: Connection,
 ) where
     R: Router,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let abort = connection.abort.clone();
     let service = hyper::service::service_fn({
-        let abort = abort.clone();
-        let place = place.clone();
+        let connection = connection.clone();
         move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(Connection {
-                abort: abort.clone(),
-                place: place.clone(),
-            });
+            req.extensions_mut().insert(connection.clone());
             let router = router.clone();
             async move { Ok::<_, Infallible>(router.route(req, peer).await) }
         }
@@ -204,7 +239,7 @@ async fn serve_hyper<R, S>(
         tracing::debug!(%peer, error = %e, "HTTP connection ended");
     }
     // The connection's place, unless an upgraded connection took it along.
-    drop(place);
+    drop(connection);
 }
 
 /// Cancelling it closes the HTTP connection at once, even while a response is being
@@ -222,16 +257,17 @@ impl Abort {
     }
 }
 
-/// What a request carries of its connection, in its extensions (one entry: every
-/// request pays for each).
+/// What a request has of its connection: its abort token and its place. A request
+/// made for [`Router::route`] carries it in its extensions (one entry: every request
+/// pays for each); [`Router::route_get`] is given it.
 #[derive(Clone)]
-pub(super) struct Connection {
-    pub abort: Abort,
-    pub place: Place,
+pub struct Connection {
+    pub(super) abort: Abort,
+    pub(super) place: Place,
 }
 
 impl Connection {
-    fn of<T>(req: &Request<T>) -> Option<&Connection> {
+    pub(super) fn of<T>(req: &Request<T>) -> Option<&Connection> {
         req.extensions().get::<Connection>()
     }
 }
@@ -258,11 +294,6 @@ impl Place {
             guard: Some(guard),
             kept: None,
         })))
-    }
-
-    /// The place of the request's connection (`None` outside [`serve_connection`]).
-    pub(super) fn of<T>(req: &Request<T>) -> Option<Place> {
-        Connection::of(req).map(|c| c.place.clone())
     }
 
     /// Takes the place of the request's connection (`None` outside
@@ -305,20 +336,18 @@ pub fn json_bytes(status: StatusCode, json: Vec<u8>) -> Response<Body> {
     let mut response = Response::new(full(json));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    headers.insert(
-        hyper::header::CACHE_CONTROL,
-        hyper::header::HeaderValue::from_static("no-store"),
-    );
-    headers.insert(
-        hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        hyper::header::HeaderValue::from_static("*"),
-    );
+    for (name, value) in JSON_FIELDS {
+        headers.insert(name, hyper::header::HeaderValue::from_static(value));
+    }
     response
 }
+
+/// The header fields of every JSON answer to a web client.
+pub(super) const JSON_FIELDS: [(&str, &str); 3] = [
+    ("content-type", "application/json"),
+    ("cache-control", "no-store"),
+    ("access-control-allow-origin", "*"),
+];
 
 /// `{"error": message}` with `status` (docs/protocol.md#http-listener).
 pub fn error(status: StatusCode, message: &str) -> Response<Body> {

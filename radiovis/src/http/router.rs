@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::future::Either;
+use futures::FutureExt as _;
 use hyper::{Method, Request, Response};
 
 use super::ops::Ops;
-use super::{longpoll, sse, websocket, Body, Router};
+use super::{longpoll, sse, websocket, Body, Connection, Reply, Router};
 use crate::backend::{Cache, DirectoryApi, MessageBus};
 use crate::metrics::Metrics;
 use crate::server::{Admitted, Refused};
@@ -93,7 +94,7 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Router for RadiovisRouter<B, D, C
         let get = req.method() == Method::GET;
         let path = req.uri().path();
         let (longpoll, sse) = (
-            get && path == "/radiodns/vis/vis.json",
+            get && path == longpoll::PATH,
             get && path.starts_with(sse::PREFIX),
         );
         // The requests a client holds (a long-poll, an event stream) are not boxed:
@@ -101,12 +102,41 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Router for RadiovisRouter<B, D, C
         // others are, so that the future of every request is no larger than theirs.
         let hub = self.hub.hub();
         if longpoll {
-            Either::Left(longpoll::handle(hub, &self.config, req, peer))
+            let poll = longpoll::handle(
+                hub,
+                &self.config,
+                req.uri().query(),
+                Connection::of(&req),
+                peer,
+            );
+            Either::Left(poll.map(Reply::into_response))
         } else if sse {
             Either::Right(Either::Left(sse::handle(hub, &self.config, req, peer)))
         } else {
             Either::Right(Either::Right(Box::pin(self.other(req, peer))))
         }
+    }
+
+    fn route_get(
+        &self,
+        target: &str,
+        conn: &Connection,
+        peer: SocketAddr,
+    ) -> Option<impl Future<Output = Reply> + Send + use<B, D, C>> {
+        let query = target.strip_prefix(longpoll::PATH)?;
+        let query = match query.strip_prefix('?') {
+            Some(query) => Some(query),
+            None if query.is_empty() => None,
+            None => return None,
+        };
+        tracing::debug!(method = "GET", path = longpoll::PATH, "HTTP request");
+        Some(longpoll::handle(
+            self.hub.hub(),
+            &self.config,
+            query,
+            Some(conn),
+            peer,
+        ))
     }
 }
 

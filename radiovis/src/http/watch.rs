@@ -182,14 +182,9 @@ impl<B: MessageBus, D: DirectoryApi, C: Cache> Watch<B, D, C> {
         }
     }
 
-    /// Whether the client follows exactly `destinations`, in this order.
-    pub fn follows(&self, destinations: &[String]) -> bool {
-        self.subs.len() == destinations.len()
-            && self
-                .subs
-                .iter()
-                .zip(destinations)
-                .all(|((_, _, d), want)| **d == **want)
+    /// The destinations the client follows, in the order it subscribed to them.
+    pub fn destinations(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.subs.iter().map(|(_, _, d)| &**d)
     }
 
     /// Takes the queued messages and returns the newest.

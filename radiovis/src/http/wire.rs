@@ -1,7 +1,7 @@
 //! The HTTP/1 wire format of the listener's own reader (docs/protocol.md#http-listener):
 //! request heads in (`httparse`) and answer heads out.
 
-use std::io;
+use std::io::{self, Write as _};
 
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri, Version};
@@ -9,15 +9,28 @@ use hyper::{Method, Request, StatusCode, Uri, Version};
 /// Most headers in a request head.
 const MAX_HEADERS: usize = 64;
 
-/// A request head, parsed.
+/// A request head, parsed as far as routing it needs; [`request`] makes the whole
+/// request of it when a handler needs one.
 pub(super) struct Head {
-    pub(super) request: Request<()>,
     /// Bytes of the head in the buffer.
     pub(super) len: usize,
+    pub(super) version: Version,
     /// A body follows (`content-length` above 0 or `transfer-encoding`).
     pub(super) has_body: bool,
     /// The client keeps the connection open after the answer.
     pub(super) keep_alive: bool,
+    /// Where the request target is in the buffer, for a `GET` without a body or an
+    /// upgrade (the requests a router may answer from their target alone).
+    get_target: Option<std::ops::Range<usize>>,
+}
+
+impl Head {
+    /// The request target of a `GET` without a body or an upgrade, read from `buf`
+    /// (the buffer the head was parsed from).
+    pub(super) fn get_target<'a>(&self, buf: &'a [u8]) -> Option<&'a str> {
+        let target = buf.get(self.get_target.clone()?)?;
+        std::str::from_utf8(target).ok()
+    }
 }
 
 #[derive(Debug)]
@@ -48,11 +61,7 @@ pub(super) fn encode_head(
     // Room for a whole body after the head: one block for the answer's one write.
     let body = length.map_or(0, |n| usize::try_from(n).unwrap_or(0).min(64 * 1024));
     let mut out = Vec::with_capacity(256 + body);
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    status_line(&mut out, status);
     for (name, value) in &parts.headers {
         header_line(&mut out, name.as_str(), value.as_bytes());
     }
@@ -67,19 +76,69 @@ pub(super) fn encode_head(
     let no_length = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    if let (Some(n), false) = (length, no_length) {
-        header_line(&mut out, "content-length", n.to_string().as_bytes());
+    framing_lines(
+        &mut out,
+        version,
+        length.filter(|_| !no_length),
+        chunked,
+        keep_alive,
+    );
+    out
+}
+
+/// A whole answer with a body, head and body in one buffer: `status`, `fields` (each
+/// a valid header field), the framing headers and the body, given in `pieces`.
+pub(super) fn encode_whole<'a>(
+    status: StatusCode,
+    fields: impl IntoIterator<Item = (&'static str, &'a [u8])>,
+    pieces: &[&[u8]],
+    version: Version,
+    keep_alive: bool,
+) -> Vec<u8> {
+    let length: usize = pieces.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(320 + length);
+    status_line(&mut out, status);
+    for (name, value) in fields {
+        header_line(&mut out, name, value);
+    }
+    date_line(&mut out);
+    framing_lines(&mut out, version, Some(length as u64), false, keep_alive);
+    for piece in pieces {
+        out.extend_from_slice(piece);
+    }
+    out
+}
+
+fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the body is delimited and whether the connection stays open, then the blank
+/// line that ends the head.
+fn framing_lines(
+    out: &mut Vec<u8>,
+    version: Version,
+    length: Option<u64>,
+    chunked: bool,
+    keep_alive: bool,
+) {
+    if let Some(n) = length {
+        // Written in place: `to_string` would allocate for every answer.
+        let _ = write!(out, "content-length: {n}\r\n");
     }
     if chunked {
-        header_line(&mut out, "transfer-encoding", b"chunked");
+        header_line(out, "transfer-encoding", b"chunked");
     }
     if !keep_alive {
-        header_line(&mut out, "connection", b"close");
+        header_line(out, "connection", b"close");
     } else if version == Version::HTTP_10 {
-        header_line(&mut out, "connection", b"keep-alive");
+        header_line(out, "connection", b"keep-alive");
     }
     out.extend_from_slice(b"\r\n");
-    out
 }
 
 /// The `date` header, formatted once a second per thread: answers to held long-polls
@@ -110,7 +169,8 @@ fn header_line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Parses the head at the start of `buf`; `None` while it is incomplete.
+/// Parses the head at the start of `buf`; `None` while it is incomplete. Only what
+/// routing needs is read; the header fields are checked when [`request`] builds them.
 pub(super) fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
@@ -120,6 +180,56 @@ pub(super) fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(_) => return Err(HeadError::Bad("malformed request head")),
     };
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let (mut has_body, mut upgrade, mut close, mut keep) = (false, false, false, false);
+    for h in parsed.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("transfer-encoding")
+            || (name.eq_ignore_ascii_case("content-length") && h.value != b"0")
+        {
+            has_body = true;
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
+    let keep_alive = match version {
+        Version::HTTP_10 => keep,
+        _ => !close,
+    };
+    let get_target = match (parsed.method, parsed.path) {
+        (Some("GET"), Some(path)) if !has_body && !upgrade => {
+            // The target is a slice of `buf`: its place in it.
+            let start = path.as_ptr() as usize - buf.as_ptr() as usize;
+            Some(start..start + path.len())
+        }
+        _ => None,
+    };
+    Ok(Some(Head {
+        len,
+        version,
+        has_body,
+        keep_alive,
+        get_target,
+    }))
+}
+
+/// The whole request of the head at the start of `buf`, which [`parse`] found
+/// complete: method, target, version and every header field, checked.
+pub(super) fn request(buf: &[u8]) -> Result<Request<()>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    if !matches!(parsed.parse(buf), Ok(httparse::Status::Complete(_))) {
+        return Err(HeadError::Bad("malformed request head"));
+    }
     let method = Method::from_bytes(parsed.method.unwrap_or("").as_bytes())
         .map_err(|_| HeadError::Bad("bad method"))?;
     let uri: Uri = parsed
@@ -127,41 +237,19 @@ pub(super) fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         .unwrap_or("")
         .parse()
         .map_err(|_| HeadError::Bad("bad request target"))?;
-    let version = match parsed.version {
-        Some(0) => Version::HTTP_10,
-        _ => Version::HTTP_11,
-    };
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
-    *request.version_mut() = version;
+    *request.version_mut() = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
     let map = request.headers_mut();
-    let mut has_body = false;
     for h in parsed.headers.iter() {
         let name =
             HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Bad("bad header"))?;
         let value = HeaderValue::from_bytes(h.value).map_err(|_| HeadError::Bad("bad header"))?;
-        if name == header::TRANSFER_ENCODING
-            || (name == header::CONTENT_LENGTH && value.as_bytes() != b"0")
-        {
-            has_body = true;
-        }
         map.append(name, value);
     }
-    let tokens = |token: &str| {
-        map.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    let keep_alive = match version {
-        Version::HTTP_10 => tokens("keep-alive"),
-        _ => !tokens("close"),
-    };
-    Ok(Some(Head {
-        request,
-        len,
-        has_body,
-        keep_alive,
-    }))
+    Ok(request)
 }
