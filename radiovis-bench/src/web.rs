@@ -93,6 +93,10 @@ struct Row {
     /// The server's CPU time (user + system) while the messages were delivered, per
     /// delivery (the clients' is not counted).
     cpu_us_per_delivery: Option<f64>,
+    /// The clients' CPU time (this process: the clients and the publisher) over the
+    /// same phase, per delivery: on shared cores it delays deliveries as the server's
+    /// does.
+    client_cpu_us_per_delivery: Option<f64>,
 }
 
 /// Runs every transport (`--runs` times) and prints a table of each run, then the
@@ -147,6 +151,8 @@ async fn measure(a: &WebArgs) -> Result<Vec<Row>, String> {
         let base = rows.first().map_or(per, |r| r.kib_per_client);
         let opened = clients.len();
         let cpu_before = sys::cpu_micros(pid).map_err(|e| format!("cpu: {e}"))?;
+        let me = std::process::id();
+        let client_cpu_before = sys::cpu_micros(me).map_err(|e| format!("cpu: {e}"))?;
         let latency = match a.messages {
             0 => None,
             m => Some(
@@ -163,10 +169,15 @@ async fn measure(a: &WebArgs) -> Result<Vec<Row>, String> {
         };
         // The server's CPU time over the latency phase, per message delivered.
         let cpu = sys::cpu_micros(pid).map_err(|e| format!("cpu: {e}"))? - cpu_before;
-        let cpu_us_per_delivery = latency
-            .as_ref()
-            .filter(|l| l.deliveries > 0)
-            .map(|l| cpu as f64 / l.deliveries as f64);
+        let client_cpu = sys::cpu_micros(me).map_err(|e| format!("cpu: {e}"))? - client_cpu_before;
+        let per_delivery = |micros: u64| {
+            latency
+                .as_ref()
+                .filter(|l| l.deliveries > 0)
+                .map(|l| micros as f64 / l.deliveries as f64)
+        };
+        let cpu_us_per_delivery = per_delivery(cpu);
+        let client_cpu_us_per_delivery = per_delivery(client_cpu);
         rows.push(Row {
             transport,
             clients: opened,
@@ -181,6 +192,7 @@ async fn measure(a: &WebArgs) -> Result<Vec<Row>, String> {
             ratio_to_stomp_tcp: if base > 0.0 { per / base } else { f64::NAN },
             latency,
             cpu_us_per_delivery,
+            client_cpu_us_per_delivery,
         });
         drop(server);
     }
@@ -197,7 +209,7 @@ fn name(transport: Transport) -> String {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<16} {:>8} {:>12} {:>12} {:>10} {:>8} {:>10} {:>9} {:>9} {:>7} {:>10}",
+        "{:<16} {:>8} {:>12} {:>12} {:>10} {:>8} {:>10} {:>9} {:>9} {:>7} {:>10} {:>10}",
         "transport",
         "clients",
         "rss before",
@@ -208,12 +220,13 @@ fn print_table(rows: &[Row]) {
         "p50 µs",
         "p99 µs",
         "missing",
-        "cpu µs/msg"
+        "cpu µs/msg",
+        "client µs"
     );
     for r in rows {
         let l = r.latency.as_ref();
         println!(
-            "{:<16} {:>8} {:>9} KiB {:>9} KiB {:>10.2} {:>8.2} {:>10} {:>9} {:>9} {:>7} {:>10.1}",
+            "{:<16} {:>8} {:>9} KiB {:>9} KiB {:>10.2} {:>8.2} {:>10} {:>9} {:>9} {:>7} {:>10.1} {:>10.1}",
             name(r.transport),
             r.clients,
             r.rss_before_kib,
@@ -225,6 +238,7 @@ fn print_table(rows: &[Row]) {
             l.map_or(0, |l| l.p99_us),
             l.map_or(0, |l| l.missing),
             r.cpu_us_per_delivery.unwrap_or(f64::NAN),
+            r.client_cpu_us_per_delivery.unwrap_or(f64::NAN),
         );
     }
 }
