@@ -94,14 +94,14 @@ where
         let Some(connection) = connection else {
             return;
         };
-        let (abort, place) = (&connection.abort, &connection.place);
         loop {
-            let Some(head) = Box::pin(conn.next_head(&shutdown, abort, peer)).await else {
+            let Some(head) = Box::pin(conn.next_head(&shutdown, &connection.abort, peer)).await
+            else {
                 return;
             };
             if head.has_body {
                 // What a request left is given up: hyper's requests do not see it.
-                place.forget_kept();
+                connection.place.forget_kept();
                 // The whole connection, what was read of it first put back in front,
                 // goes to hyper (tokio's split, chain and join: this is the rare path).
                 let read = std::io::Cursor::new(std::mem::take(&mut conn.buf));
@@ -120,10 +120,10 @@ where
             let (reply, answer) = match fast.as_mut().as_pin_mut() {
                 Some(reply) => {
                     conn.consume(head.len);
-                    let answer = Answer::plain(&head);
+                    let answer = Answer::plain(head);
                     (conn.unless_closed(reply).await, answer)
                 }
-                None => match Box::pin(conn.route_whole(&router, &head, &connection, peer)).await {
+                None => match Box::pin(conn.route_whole(&router, head, &connection, peer)).await {
                     Some(routed) => routed,
                     None => return,
                 },
@@ -135,10 +135,10 @@ where
             let (out, switching) = Outgoing::new(reply, &answer);
             if switching || out.is_stream() {
                 // The connection's last answer: what a request left is given up.
-                place.forget_kept();
+                connection.place.forget_kept();
             }
             if let (true, Some(tx)) = (switching, answer.upgrade) {
-                if Box::pin(conn.respond(out, abort)).await.is_ok() {
+                if Box::pin(conn.respond(out, &connection.abort)).await.is_ok() {
                     let _ = tx.send(Upgraded {
                         io: Box::new(conn.stream),
                         read: conn.buf,
@@ -160,7 +160,7 @@ where
                 });
                 return;
             }
-            let written = Box::pin(conn.respond(out, abort)).await;
+            let written = Box::pin(conn.respond(out, &connection.abort)).await;
             match written {
                 Ok(true) if !shutdown.is_cancelled() => {}
                 Ok(_) => {
@@ -187,7 +187,7 @@ struct Answer {
 
 impl Answer {
     /// The answer to a `GET` (no upgrade).
-    fn plain(head: &Head) -> Answer {
+    fn plain(head: Head) -> Answer {
         Answer {
             version: head.version,
             head_only: false,
@@ -201,7 +201,7 @@ impl Answer {
 /// handshake) in its extensions.
 fn prepare(
     request: Request<()>,
-    head: &Head,
+    head: Head,
     connection: &Connection,
 ) -> (Request<Empty<Bytes>>, Answer) {
     let mut request = request.map(|()| Empty::<Bytes>::new());
@@ -379,7 +379,7 @@ impl<S: Io> Conn<S> {
     async fn route_whole<R: Router>(
         &mut self,
         router: &R,
-        head: &Head,
+        head: Head,
         connection: &Connection,
         peer: SocketAddr,
     ) -> Option<(Option<Reply>, Answer)> {

@@ -10,7 +10,9 @@ use hyper::{Method, Request, StatusCode, Uri, Version};
 const MAX_HEADERS: usize = 64;
 
 /// A request head, parsed as far as routing it needs; [`request`] makes the whole
-/// request of it when a handler needs one.
+/// request of it when a handler needs one. Passed by value: a held connection's
+/// future keeps no head it no longer needs.
+#[derive(Clone, Copy)]
 pub(super) struct Head {
     /// Bytes of the head in the buffer.
     pub(super) len: usize,
@@ -21,14 +23,15 @@ pub(super) struct Head {
     pub(super) keep_alive: bool,
     /// Where the request target is in the buffer, for a `GET` without a body or an
     /// upgrade (the requests a router may answer from their target alone).
-    get_target: Option<std::ops::Range<usize>>,
+    get_target: Option<(usize, usize)>,
 }
 
 impl Head {
     /// The request target of a `GET` without a body or an upgrade, read from `buf`
     /// (the buffer the head was parsed from).
-    pub(super) fn get_target<'a>(&self, buf: &'a [u8]) -> Option<&'a str> {
-        let target = buf.get(self.get_target.clone()?)?;
+    pub(super) fn get_target(self, buf: &[u8]) -> Option<&str> {
+        let (start, end) = self.get_target?;
+        let target = buf.get(start..end)?;
         std::str::from_utf8(target).ok()
     }
 }
@@ -209,7 +212,7 @@ pub(super) fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         (Some("GET"), Some(path)) if !has_body && !upgrade => {
             // The target is a slice of `buf`: its place in it.
             let start = path.as_ptr() as usize - buf.as_ptr() as usize;
-            Some(start..start + path.len())
+            Some((start, start + path.len()))
         }
         _ => None,
     };
