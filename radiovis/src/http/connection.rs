@@ -21,6 +21,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -335,8 +336,7 @@ impl<S: Io> Conn<S> {
             if self.buf.len() >= MAX_HEAD {
                 return Err(HeadError::TooLarge);
             }
-            self.buf.reserve(512);
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
+            if self.read_more().await? == 0 {
                 return Err(match self.buf.is_empty() {
                     true => HeadError::Closed,
                     false => HeadError::Bad("connection closed within a request head"),
@@ -351,14 +351,10 @@ impl<S: Io> Conn<S> {
     /// reads, and without this the socket would keep this finished task's memory
     /// (about 1 KiB) alive for the stream's life.
     fn forget_reader(&mut self) {
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let mut chunk = [0u8; 512];
+        let mut cx = Context::from_waker(std::task::Waker::noop());
         while self.buf.len() < MAX_HEAD {
-            let mut read = tokio::io::ReadBuf::new(&mut chunk);
-            match std::pin::Pin::new(&mut self.stream).poll_read(&mut cx, &mut read) {
-                std::task::Poll::Ready(Ok(())) if !read.filled().is_empty() => {
-                    self.buf.extend_from_slice(read.filled());
-                }
+            match self.poll_read_more(&mut cx) {
+                Poll::Ready(Ok(n)) if n > 0 => {}
                 // Closed, failed or would block (the waker that wakes nothing is kept).
                 _ => return,
             }
@@ -411,11 +407,28 @@ impl<S: Io> Conn<S> {
             if self.buf.len() >= MAX_HEAD {
                 return std::future::pending().await;
             }
-            match self.stream.read_buf(&mut self.buf).await {
+            match self.read_more().await {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
         }
+    }
+
+    /// Reads what the client sent and appends it to the buffer; 0 when the client
+    /// closed the connection.
+    async fn read_more(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read_more(cx)).await
+    }
+
+    /// Reads into a chunk on the stack, then appends what was read: the buffer holds
+    /// only what the client sent. Room reserved in it for a read that waits would be
+    /// kept by every held or idle connection, and allocated again for every request.
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut chunk = [0u8; 1024];
+        let mut read = tokio::io::ReadBuf::new(&mut chunk);
+        std::task::ready!(std::pin::Pin::new(&mut self.stream).poll_read(cx, &mut read))?;
+        self.buf.extend_from_slice(read.filled());
+        Poll::Ready(Ok(read.filled().len()))
     }
 
     /// Writes `bytes`, unless the connection is aborted first (slow consumer) or the

@@ -101,9 +101,14 @@ fn decoded(value: &str) -> impl Iterator<Item = u8> + '_ {
     })
 }
 
-/// Whether a form-encoded value decodes to `want` (compared as it is decoded).
+/// Whether a form-encoded value decodes to `want` (compared as it is decoded; a
+/// poll's topics are compared with its kept subscriptions on every poll).
 fn decoded_eq(value: &str, want: &str) -> bool {
-    decoded(value).eq(want.bytes())
+    match (value.contains('%'), value.contains('+')) {
+        (false, false) => value == want,
+        (true, false) => percent_encoding::percent_decode_str(value).eq(want.bytes()),
+        _ => decoded(value).eq(want.bytes()),
+    }
 }
 
 /// A form-encoded value, decoded (borrowed when nothing is encoded in it).
