@@ -265,13 +265,7 @@ async fn an_id_with_json_escapes_round_trips() {
     assert_eq!(r.header("radiovis-message-id"), Some(ID));
 
     let last_id: String = ID.bytes().map(|b| format!("%{b:02X}")).collect();
-    let started = tokio::time::Instant::now();
-    let r = get(&http, &format!("{target}&last_id={last_id}"), WAIT).await;
-    assert!(
-        started.elapsed() >= Duration::from_millis(600),
-        "not held: {r:?}"
-    );
-    assert!(r.body.is_empty(), "poll again: {r:?}");
+    assert_held_then_poll_again(&http, &format!("{target}&last_id={last_id}")).await;
 }
 
 /// `last_id` is form-encoded: `+` is a space and `%2B` a plus. The client that has
@@ -285,13 +279,7 @@ async fn a_form_encoded_last_id_is_decoded() {
     b.publish(TEXT, b"TEXT spaced id", &[("message-id", ID)])
         .await;
     let target = format!("/radiodns/vis/vis.json?topic={}", enc(TEXT));
-    let started = tokio::time::Instant::now();
-    let r = get(&http, &format!("{target}&last_id=a+b%2Bc"), WAIT).await;
-    assert!(
-        started.elapsed() >= Duration::from_millis(600),
-        "not held: {r:?}"
-    );
-    assert!(r.body.is_empty(), "poll again: {r:?}");
+    assert_held_then_poll_again(&http, &format!("{target}&last_id=a+b%2Bc")).await;
     // `+` read as a plus is another id: answered at once.
     let started = tokio::time::Instant::now();
     let r = get(&http, &format!("{target}&last_id=a%2Bb%2Bc"), WAIT).await;
@@ -300,4 +288,16 @@ async fn a_form_encoded_last_id_is_decoded() {
         "held: {r:?}"
     );
     assert_eq!(assert_message(&r, TEXT, "TEXT spaced id"), ID);
+}
+
+/// Polls `target` on a server holding polls 700 ms: the poll is held (the client has
+/// the newest message), then answered "poll again".
+async fn assert_held_then_poll_again(http: &str, target: &str) {
+    let started = tokio::time::Instant::now();
+    let r = get(http, target, WAIT).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "not held: {r:?}"
+    );
+    assert!(r.body.is_empty(), "poll again: {r:?}");
 }
