@@ -8,10 +8,12 @@
 //!
 //! 1. the request head is read (30 s, 16 KiB at most) and parsed with `httparse`;
 //! 2. a request without a body (every request of the web transports, every `GET` of
-//!    the operations endpoints) is answered by the [`Router`] and its answer written
-//!    here: with `content-length` when the body's size is known, chunked otherwise
-//!    (close-delimited for HTTP/1.0); while the answer is pending the socket is still
-//!    read, so that a client that leaves ends its request at once;
+//!    the operations endpoints) is answered by the [`Router`] (a plain `GET` from its
+//!    target alone when the router can: the long-poll, [`Router::route_get`]; any
+//!    other made whole first) and its answer written here: with `content-length`
+//!    when the body's size is known, chunked otherwise (close-delimited for
+//!    HTTP/1.0); while the answer is pending the socket is still read, so that a
+//!    client that leaves ends its request at once;
 //! 3. a `101` answer hands the socket, with anything read after the head, to the
 //!    upgrade (the WebSocket transports) through [`RawUpgrade`];
 //! 4. the first request with a body (HTTP publish) hands the connection, with what was
