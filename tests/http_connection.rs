@@ -11,9 +11,8 @@ use base64::Engine as _;
 use radiovis::http::HttpConfig;
 use radiovis::HubConfig;
 use testkit::harness::*;
-use testkit::web::{read_head, serve_http, HttpResponse};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use testkit::web::{serve_http, HttpResponse, RawHttp};
+use tokio::io::AsyncReadExt;
 
 const SSE_PATH: &str = "/radiodns/push/1.0/fm/4e1/4001/09580";
 const CHANNEL: &str = "/topic/fm/4e1/4001/09580/";
@@ -26,129 +25,6 @@ fn held_polls() -> HttpConfig {
     HttpConfig {
         poll_hold: Duration::from_secs(10),
         ..HttpConfig::default()
-    }
-}
-
-/// A raw HTTP client on one socket: writes bytes, reads answers one by one.
-struct Raw {
-    reader: BufReader<TcpStream>,
-}
-
-impl Raw {
-    async fn connect(addr: &str) -> Raw {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        Raw {
-            reader: BufReader::new(stream),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        let stream = self.reader.get_mut();
-        stream.write_all(bytes).await.expect("write request");
-        stream.flush().await.expect("flush request");
-    }
-
-    /// Reads one answer whose body is framed by `content-length` (none for HEAD).
-    async fn response(&mut self, head_only: bool) -> HttpResponse {
-        tokio::time::timeout(WAIT, async {
-            let (status, headers) = read_head(&mut self.reader).await;
-            let mut r = HttpResponse {
-                status,
-                headers,
-                body: Vec::new(),
-            };
-            assert!(
-                r.header("transfer-encoding").is_none(),
-                "a whole answer is not chunked: {r:?}"
-            );
-            let length: usize = r
-                .header("content-length")
-                .unwrap_or_else(|| panic!("no content-length: {r:?}"))
-                .parse()
-                .expect("content-length is a number");
-            if !head_only {
-                r.body.resize(length, 0);
-                self.reader
-                    .read_exact(&mut r.body)
-                    .await
-                    .expect("the whole body");
-            }
-            r
-        })
-        .await
-        .expect("an answer in time")
-    }
-
-    /// The head of an answer whose body is read separately (a stream).
-    async fn head(&mut self) -> HttpResponse {
-        let (status, headers) = tokio::time::timeout(WAIT, read_head(&mut self.reader))
-            .await
-            .expect("an answer's head in time");
-        HttpResponse {
-            status,
-            headers,
-            body: Vec::new(),
-        }
-    }
-
-    /// One chunk of a chunked body, checking its framing.
-    async fn chunk(&mut self) -> Vec<u8> {
-        tokio::time::timeout(WAIT, async {
-            let mut line = String::new();
-            self.reader.read_line(&mut line).await.expect("chunk size");
-            assert!(line.ends_with("\r\n"), "chunk size line {line:?}");
-            let size = usize::from_str_radix(line.trim_end(), 16)
-                .unwrap_or_else(|_| panic!("bad chunk size line {line:?}"));
-            let mut chunk = vec![0; size + 2];
-            self.reader.read_exact(&mut chunk).await.expect("chunk");
-            assert_eq!(&chunk[size..], b"\r\n", "a chunk ends with CRLF");
-            chunk.truncate(size);
-            chunk
-        })
-        .await
-        .expect("a chunk in time")
-    }
-
-    /// Reads raw bytes until they contain `needle`; returns all of them.
-    async fn read_until_contains(&mut self, needle: &str) -> String {
-        let mut seen = Vec::new();
-        tokio::time::timeout(WAIT, async {
-            let mut buf = [0u8; 4096];
-            while !String::from_utf8_lossy(&seen).contains(needle) {
-                let n = self.reader.read(&mut buf).await.expect("read");
-                assert!(n > 0, "closed before {needle:?}: {seen:?}");
-                seen.extend_from_slice(&buf[..n]);
-            }
-        })
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "no {needle:?} in time: {:?}",
-                String::from_utf8_lossy(&seen)
-            )
-        });
-        String::from_utf8_lossy(&seen).into_owned()
-    }
-
-    /// Reads until the server closes the connection; what came before the end.
-    async fn until_closed(&mut self) -> Vec<u8> {
-        let mut rest = Vec::new();
-        tokio::time::timeout(WAIT, self.reader.read_to_end(&mut rest))
-            .await
-            .expect("the server closes the connection")
-            .expect("a clean close");
-        rest
-    }
-
-    /// Asserts that nothing arrives (and the connection stays open) for `within`.
-    async fn expect_quiet(&mut self, within: Duration) {
-        if let Ok(r) = tokio::time::timeout(within, self.reader.fill_buf()).await {
-            let got = r.expect("read").to_vec();
-            panic!(
-                "unexpected bytes or close: {:?}",
-                String::from_utf8_lossy(&got)
-            );
-        }
     }
 }
 
@@ -179,7 +55,7 @@ async fn wait_subscriptions(hub: &TestHub, n: usize) {
 async fn two_requests_on_one_keep_alive_connection() {
     let hub = TestHub::start().await;
     let http = serve_http(&hub, held_polls()).await;
-    let mut c = Raw::connect(&http).await;
+    let mut c = RawHttp::connect(&http).await;
     c.send(get("/healthz").as_bytes()).await;
     assert_healthz(&c.response(false).await);
 
@@ -202,7 +78,7 @@ async fn two_requests_on_one_keep_alive_connection() {
 async fn pipelined_requests_are_answered_in_order() {
     let hub = TestHub::start().await;
     let http = serve_http(&hub, held_polls()).await;
-    let mut c = Raw::connect(&http).await;
+    let mut c = RawHttp::connect(&http).await;
     c.send(format!("{}{}", get("/healthz"), get("/no/such/thing")).as_bytes())
         .await;
     assert_healthz(&c.response(false).await);
@@ -234,7 +110,7 @@ async fn a_post_with_a_body_after_a_get_is_served_on_the_same_connection() {
         .await;
     radio.sync().await;
 
-    let mut c = Raw::connect(&http).await;
+    let mut c = RawHttp::connect(&http).await;
     c.send(get("/healthz").as_bytes()).await;
     assert_healthz(&c.response(false).await);
 
@@ -270,7 +146,7 @@ async fn a_post_with_a_body_after_a_get_is_served_on_the_same_connection() {
 async fn an_http_1_0_request_is_answered_then_the_connection_closed() {
     let hub = TestHub::start().await;
     let http = serve_http(&hub, HttpConfig::default()).await;
-    let mut c = Raw::connect(&http).await;
+    let mut c = RawHttp::connect(&http).await;
     c.send(b"GET /healthz HTTP/1.0\r\n\r\n").await;
     let r = c.response(false).await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -279,7 +155,7 @@ async fn an_http_1_0_request_is_answered_then_the_connection_closed() {
     assert!(c.until_closed().await.is_empty(), "bytes after the body");
 
     // With keep-alive asked for, HTTP/1.0 keeps the connection.
-    let mut c = Raw::connect(&http).await;
+    let mut c = RawHttp::connect(&http).await;
     c.send(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
         .await;
     let r = c.response(false).await;
@@ -293,7 +169,7 @@ async fn an_http_1_0_request_is_answered_then_the_connection_closed() {
 async fn connection_close_on_http_1_1_closes_after_the_answer() {
     let hub = TestHub::start().await;
     let http = serve_http(&hub, HttpConfig::default()).await;
-    let mut c = Raw::connect(&http).await;
+    let mut c = RawHttp::connect(&http).await;
     // Requests behind it (more than one read of the server) are never answered,
     // and the close is a clean one: what was left unread does not reset it.
     c.send(
@@ -315,7 +191,7 @@ async fn connection_close_on_http_1_1_closes_after_the_answer() {
 async fn a_head_answer_has_a_length_and_no_body() {
     let hub = TestHub::start().await;
     let http = serve_http(&hub, HttpConfig::default()).await;
-    let mut c = Raw::connect(&http).await;
+    let mut c = RawHttp::connect(&http).await;
     c.send(b"HEAD /no/such/thing HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;
     let r = c.response(true).await;
@@ -341,7 +217,7 @@ async fn a_head_answer_has_a_length_and_no_body() {
 async fn a_head_over_16_kib_is_a_431_then_close() {
     let hub = TestHub::start().await;
     let http = serve_http(&hub, HttpConfig::default()).await;
-    let mut c = Raw::connect(&http).await;
+    let mut c = RawHttp::connect(&http).await;
     let big = format!(
         "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(20 * 1024)
@@ -353,7 +229,7 @@ async fn a_head_over_16_kib_is_a_431_then_close() {
     c.until_closed().await;
 
     // Under the limit, a big head is fine.
-    let mut c = Raw::connect(&http).await;
+    let mut c = RawHttp::connect(&http).await;
     let fits = format!(
         "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(12 * 1024)
@@ -370,7 +246,7 @@ async fn a_malformed_request_line_is_a_400_then_close() {
         &b"THIS IS NOT HTTP\r\n\r\n"[..],
         b"GET /healthz HTTP/1.1\r\nNo colon here\r\n\r\n",
     ] {
-        let mut c = Raw::connect(&http).await;
+        let mut c = RawHttp::connect(&http).await;
         c.send(bad).await;
         let r = c.response(false).await;
         assert_eq!(r.status, 400, "{:?}: {r:?}", String::from_utf8_lossy(bad));
@@ -378,7 +254,7 @@ async fn a_malformed_request_line_is_a_400_then_close() {
         c.until_closed().await;
     }
     // A malformed request behind a good one: the good one is answered first.
-    let mut c = Raw::connect(&http).await;
+    let mut c = RawHttp::connect(&http).await;
     c.send(format!("{}BAD\0REQUEST\r\n\r\n", get("/healthz")).as_bytes())
         .await;
     assert_healthz(&c.response(false).await);
@@ -390,7 +266,7 @@ async fn a_malformed_request_line_is_a_400_then_close() {
 async fn an_event_stream_is_chunked_on_http_1_1() {
     let hub = TestHub::start().await;
     let http = serve_http(&hub, HttpConfig::default()).await;
-    let mut c = Raw::connect(&http).await;
+    let mut c = RawHttp::connect(&http).await;
     c.send(get(SSE_PATH).as_bytes()).await;
     let r = c.head().await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -416,7 +292,7 @@ async fn an_event_stream_is_chunked_on_http_1_1() {
 async fn an_event_stream_is_close_delimited_on_http_1_0() {
     let hub = TestHub::start().await;
     let http = serve_http(&hub, HttpConfig::default()).await;
-    let mut c = Raw::connect(&http).await;
+    let mut c = RawHttp::connect(&http).await;
     c.send(format!("GET {SSE_PATH} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").as_bytes())
         .await;
     let r = c.head().await;
@@ -444,11 +320,11 @@ async fn a_held_poll_whose_client_closed_is_released_with_its_connection() {
     };
     let hub = TestHub::with(config, static_directory()).await;
     let http = serve_http(&hub, held_polls()).await;
-    let mut held = Raw::connect(&http).await;
+    let mut held = RawHttp::connect(&http).await;
     held.send(get(&poll_target()).as_bytes()).await;
     wait_subscriptions(&hub, 1).await;
     // The held poll has the address's only place: another connection is refused.
-    let mut other = Raw::connect(&http).await;
+    let mut other = RawHttp::connect(&http).await;
     other.send(get("/healthz").as_bytes()).await;
     let mut refused = Vec::new();
     let _ = tokio::time::timeout(WAIT, other.reader.read_to_end(&mut refused))
@@ -465,7 +341,7 @@ async fn a_held_poll_whose_client_closed_is_released_with_its_connection() {
     wait_subscriptions(&hub, 0).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let mut c = Raw::connect(&http).await;
+        let mut c = RawHttp::connect(&http).await;
         c.send(get("/healthz").as_bytes()).await;
         let mut first = [0u8; 1];
         if let Ok(Ok(1)) = tokio::time::timeout(WAIT, c.reader.read(&mut first)).await {
@@ -489,7 +365,7 @@ async fn a_keep_alive_poller_keeps_its_subscription_between_polls() {
     let hub = TestHub::start().await;
     let http = serve_http(&hub, held_polls()).await;
     let mut b = hub.broadcaster().await;
-    let mut c = Raw::connect(&http).await;
+    let mut c = RawHttp::connect(&http).await;
     c.send(get(&poll_target()).as_bytes()).await;
     wait_subscriptions(&hub, 1).await;
     b.publish(TEXT, b"TEXT one", &[("message-id", "m-1")]).await;
@@ -548,7 +424,7 @@ async fn an_event_stream_after_a_poll_on_one_connection_replaces_its_subscriptio
     let http = serve_http(&hub, held_polls()).await;
     let mut b = hub.broadcaster().await;
     b.publish(TEXT, b"TEXT already there", &[]).await;
-    let mut c = Raw::connect(&http).await;
+    let mut c = RawHttp::connect(&http).await;
     c.send(get(&poll_target()).as_bytes()).await;
     assert_eq!(c.response(false).await.json()["body"], "TEXT already there");
     wait_subscriptions(&hub, 1).await;
@@ -585,7 +461,7 @@ async fn a_long_poll_is_answered_alike_however_it_is_asked() {
         headers.sort();
         headers
     };
-    let mut c = Raw::connect(&http).await;
+    let mut c = RawHttp::connect(&http).await;
     c.send(get(&poll_target()).as_bytes()).await;
     let first = c.response(false).await;
     assert_eq!(first.status, 200, "{first:?}");

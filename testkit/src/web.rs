@@ -9,7 +9,7 @@ use radiovis::http::{HttpConfig, RadiovisRouter};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::harness::TestHub;
+use crate::harness::{TestHub, WAIT};
 
 /// Starts the HTTP listener of `hub` with `config`; returns its `host:port`. It stops
 /// with the hub.
@@ -291,5 +291,129 @@ impl SseClient {
         })
         .await
         .unwrap_or_else(|_| panic!("connection still open after {within:?}"));
+    }
+}
+
+/// A raw HTTP client on one socket: writes bytes, reads answers one by one.
+pub struct RawHttp {
+    /// The socket, for reads a test makes itself.
+    pub reader: BufReader<TcpStream>,
+}
+
+impl RawHttp {
+    pub async fn connect(addr: &str) -> RawHttp {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        RawHttp {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        let stream = self.reader.get_mut();
+        stream.write_all(bytes).await.expect("write request");
+        stream.flush().await.expect("flush request");
+    }
+
+    /// Reads one answer whose body is framed by `content-length` (none for HEAD).
+    pub async fn response(&mut self, head_only: bool) -> HttpResponse {
+        tokio::time::timeout(WAIT, async {
+            let (status, headers) = read_head(&mut self.reader).await;
+            let mut r = HttpResponse {
+                status,
+                headers,
+                body: Vec::new(),
+            };
+            assert!(
+                r.header("transfer-encoding").is_none(),
+                "a whole answer is not chunked: {r:?}"
+            );
+            let length: usize = r
+                .header("content-length")
+                .unwrap_or_else(|| panic!("no content-length: {r:?}"))
+                .parse()
+                .expect("content-length is a number");
+            if !head_only {
+                r.body.resize(length, 0);
+                self.reader
+                    .read_exact(&mut r.body)
+                    .await
+                    .expect("the whole body");
+            }
+            r
+        })
+        .await
+        .expect("an answer in time")
+    }
+
+    /// The head of an answer whose body is read separately (a stream).
+    pub async fn head(&mut self) -> HttpResponse {
+        let (status, headers) = tokio::time::timeout(WAIT, read_head(&mut self.reader))
+            .await
+            .expect("an answer's head in time");
+        HttpResponse {
+            status,
+            headers,
+            body: Vec::new(),
+        }
+    }
+
+    /// One chunk of a chunked body, checking its framing.
+    pub async fn chunk(&mut self) -> Vec<u8> {
+        tokio::time::timeout(WAIT, async {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).await.expect("chunk size");
+            assert!(line.ends_with("\r\n"), "chunk size line {line:?}");
+            let size = usize::from_str_radix(line.trim_end(), 16)
+                .unwrap_or_else(|_| panic!("bad chunk size line {line:?}"));
+            let mut chunk = vec![0; size + 2];
+            self.reader.read_exact(&mut chunk).await.expect("chunk");
+            assert_eq!(&chunk[size..], b"\r\n", "a chunk ends with CRLF");
+            chunk.truncate(size);
+            chunk
+        })
+        .await
+        .expect("a chunk in time")
+    }
+
+    /// Reads raw bytes until they contain `needle`; returns all of them.
+    pub async fn read_until_contains(&mut self, needle: &str) -> String {
+        let mut seen = Vec::new();
+        tokio::time::timeout(WAIT, async {
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&seen).contains(needle) {
+                let n = self.reader.read(&mut buf).await.expect("read");
+                assert!(n > 0, "closed before {needle:?}: {seen:?}");
+                seen.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no {needle:?} in time: {:?}",
+                String::from_utf8_lossy(&seen)
+            )
+        });
+        String::from_utf8_lossy(&seen).into_owned()
+    }
+
+    /// Reads until the server closes the connection; what came before the end.
+    pub async fn until_closed(&mut self) -> Vec<u8> {
+        let mut rest = Vec::new();
+        tokio::time::timeout(WAIT, self.reader.read_to_end(&mut rest))
+            .await
+            .expect("the server closes the connection")
+            .expect("a clean close");
+        rest
+    }
+
+    /// Asserts that nothing arrives (and the connection stays open) for `within`.
+    pub async fn expect_quiet(&mut self, within: Duration) {
+        if let Ok(r) = tokio::time::timeout(within, self.reader.fill_buf()).await {
+            let got = r.expect("read").to_vec();
+            panic!(
+                "unexpected bytes or close: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+        }
     }
 }
