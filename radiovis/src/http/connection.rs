@@ -34,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::wire::{encode_head, parse, Head, HeadError};
+use super::wire::{encode_head, parse, Framing, Head, HeadError};
 use super::{Abort, Body, Connection, Place, Reply, ReplyKind, Router, HEADER_TIMEOUT, MAX_HEAD};
 
 /// How long writing one piece of an answer may take: a client that does not read
@@ -273,19 +273,9 @@ impl<S: Io> Conn<S> {
     /// Ends the connection after a request head that could not be read: with the
     /// refusal its error calls for, if any.
     async fn refuse(&mut self, error: HeadError, abort: &Abort, peer: SocketAddr) {
-        let status = match error {
-            HeadError::Closed => return,
-            HeadError::Io(e) => {
-                tracing::debug!(%peer, error = %e, "HTTP connection ended");
-                return;
-            }
-            HeadError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            HeadError::Bad(reason) => {
-                tracing::debug!(%peer, reason, "bad HTTP request");
-                StatusCode::BAD_REQUEST
-            }
-        };
-        self.refuse_with(status, abort).await;
+        if let Some(status) = error.refusal(peer) {
+            self.refuse_with(status, abort).await;
+        }
     }
 
     /// Answers `status` with an empty body and closes the connection.
@@ -435,7 +425,10 @@ impl<S: Io> Conn<S> {
 
     /// Writes `bytes`, unless the connection is aborted first (slow consumer) or the
     /// client takes none of them for [`WRITE_TIMEOUT`].
-    async fn write(&mut self, bytes: &[u8], abort: &Abort) -> io::Result<()> {
+    async fn write(&mut self, mut bytes: &[u8], abort: &Abort) -> io::Result<()> {
+        if let Some(done) = self.write_now(&mut bytes) {
+            return done;
+        }
         let write = async {
             self.stream.write_all(bytes).await?;
             self.stream.flush().await
@@ -445,6 +438,25 @@ impl<S: Io> Conn<S> {
                 Err(io::Error::new(io::ErrorKind::TimedOut, "client does not read its answer"))
             }),
             _ = abort.0.cancelled() => Err(io::Error::other("aborted: slow consumer")),
+        }
+    }
+
+    /// Writes what the socket takes at once (nearly every answer), which needs no
+    /// timer and no wait on the abort token; `None` when the rest has to wait.
+    fn write_now(&mut self, bytes: &mut &[u8]) -> Option<io::Result<()>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut stream = std::pin::Pin::new(&mut self.stream);
+        while !bytes.is_empty() {
+            match stream.as_mut().poll_write(&mut cx, bytes) {
+                Poll::Ready(Ok(0)) => return Some(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *bytes = &bytes[n..],
+                Poll::Ready(Err(e)) => return Some(Err(e)),
+                Poll::Pending => return None,
+            }
+        }
+        match stream.poll_flush(&mut cx) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
         }
     }
 
@@ -506,25 +518,6 @@ impl<S: Io> Conn<S> {
             self.write(b"0\r\n\r\n", abort).await?;
         }
         Ok(())
-    }
-}
-
-/// How an answer's body is delimited on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// No body (`HEAD`, `101`, `204`, `304`).
-    None,
-    /// `content-length`.
-    Length,
-    /// A stream on HTTP/1.1.
-    Chunked,
-    /// A stream on HTTP/1.0: it ends with the connection.
-    Close,
-}
-
-impl Framing {
-    fn is_stream(self) -> bool {
-        matches!(self, Framing::Chunked | Framing::Close)
     }
 }
 

@@ -2,6 +2,7 @@
 //! request heads in (`httparse`) and answer heads out.
 
 use std::io::{self, Write as _};
+use std::net::SocketAddr;
 
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri, Version};
@@ -45,9 +46,47 @@ pub(super) enum HeadError {
     Io(io::Error),
 }
 
+impl HeadError {
+    /// The status a head that could not be read is refused with, if any (none: the
+    /// connection just ends).
+    pub(super) fn refusal(self, peer: SocketAddr) -> Option<StatusCode> {
+        match self {
+            HeadError::Closed => None,
+            HeadError::Io(e) => {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+                None
+            }
+            HeadError::TooLarge => Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            HeadError::Bad(reason) => {
+                tracing::debug!(%peer, reason, "bad HTTP request");
+                Some(StatusCode::BAD_REQUEST)
+            }
+        }
+    }
+}
+
 impl From<io::Error> for HeadError {
     fn from(e: io::Error) -> Self {
         HeadError::Io(e)
+    }
+}
+
+/// How an answer's body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// No body (`HEAD`, `101`, `204`, `304`).
+    None,
+    /// `content-length`.
+    Length,
+    /// A stream on HTTP/1.1.
+    Chunked,
+    /// A stream on HTTP/1.0: it ends with the connection.
+    Close,
+}
+
+impl Framing {
+    pub(super) fn is_stream(self) -> bool {
+        matches!(self, Framing::Chunked | Framing::Close)
     }
 }
 
