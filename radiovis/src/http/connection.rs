@@ -28,7 +28,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Body as _;
-use hyper::header;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -209,7 +208,7 @@ fn prepare(
 ) -> (Request<Empty<Bytes>>, Answer) {
     let mut request = request.map(|()| Empty::<Bytes>::new());
     request.extensions_mut().insert(connection.clone());
-    let upgrade = wants_upgrade(&request).then(|| {
+    let upgrade = head.upgrade.then(|| {
         let (tx, rx) = oneshot::channel();
         request
             .extensions_mut()
@@ -228,11 +227,6 @@ fn prepare(
         upgrade,
     };
     (request, answer)
-}
-
-/// Whether the request asks to switch protocols (a WebSocket handshake).
-fn wants_upgrade<T>(request: &Request<T>) -> bool {
-    request.headers().contains_key(header::UPGRADE)
 }
 
 /// The socket and the bytes read from it and not consumed yet.

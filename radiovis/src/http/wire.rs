@@ -22,6 +22,8 @@ pub(super) struct Head {
     pub(super) has_body: bool,
     /// The client keeps the connection open after the answer.
     pub(super) keep_alive: bool,
+    /// The client asks to switch protocols (`Upgrade`: a WebSocket handshake).
+    pub(super) upgrade: bool,
     /// Where the request target is in the buffer, for a `GET` without a body or an
     /// upgrade (the requests a router may answer from their target alone).
     get_target: Option<(usize, usize)>,
@@ -260,6 +262,7 @@ pub(super) fn parse(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         version,
         has_body,
         keep_alive,
+        upgrade,
         get_target,
     }))
 }
